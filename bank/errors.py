@@ -1,0 +1,47 @@
+"""Errors of the knowledge bank.
+
+    CarlsError (schemas.errors)
+    └── BankError
+        ├── BankUnavailableError    Cassandra unreachable, timed out, overloaded (retriable)
+        ├── NamespaceError          unknown namespace, or one that already exists
+        ├── KnowledgeKindError      a kind the namespace does not declare
+        ├── DimensionError          a vector whose length disagrees with the declared one
+        ├── ValueRejectedError      NaN/Inf, empty batches, malformed values
+        └── ExportFormatError       a corrupt, truncated or foreign export file
+
+A read that fails raises; it never comes back as "missing".
+"""
+
+from __future__ import annotations
+
+from schemas.errors import CarlsError
+
+
+class BankError(CarlsError):
+    """Something went wrong in the knowledge bank."""
+
+
+class BankUnavailableError(BankError):
+    """The backend could not answer; trying again may succeed."""
+
+    retriable = True
+
+
+class NamespaceError(BankError):
+    """The namespace is unknown (or, on create, already exists)."""
+
+
+class KnowledgeKindError(BankError):
+    """The kind is not declared by the namespace."""
+
+
+class DimensionError(BankError):
+    """A vector's length disagrees with the namespace's declared dimension."""
+
+
+class ValueRejectedError(BankError):
+    """A value is not acceptable: NaN or Inf, an empty batch, a malformed payload."""
+
+
+class ExportFormatError(BankError):
+    """An export file is corrupt, truncated, or not a carls export."""

@@ -1,0 +1,85 @@
+"""The ``carls`` command: one group, a subcommand per area; commands parse and delegate."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from carls.output import fail
+from carls.settings import Settings
+from infra import InfraError
+from schemas.errors import CarlsError
+
+
+def _env_help() -> str:
+    names = ", ".join(f"CARLS_{name.upper()}" for name in Settings.model_fields)
+    return ("Settings come from CARLS_* environment variables (see `carls settings`): "
+            + names + ".")
+
+
+class CarlsGroup(click.Group):
+    """Turns the errors users can act on into one clear message instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InfraError as exc:
+            fail(exc.explain())
+        except ValidationError as exc:
+            fail(f"invalid settings: {exc}", hint="check your CARLS_* environment variables")
+        except CarlsError as exc:
+            fail(str(exc), hint="retry later; the backend may be starting or overloaded"
+                 if exc.retriable else "")
+        return None
+
+
+@click.group(cls=CarlsGroup, epilog=_env_help(), context_settings={"max_content_width": 100})
+@click.option("--log-level", default="WARNING", show_default=True, envvar="CARLS_LOG_LEVEL",
+              show_envvar=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="Log level for carls and its libraries.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
+    """carls: asynchronous knowledge for model training.
+
+    Trainers publish checkpoints and example ids to Kafka; knowledge makers (Faust workers)
+    compute embeddings, pseudo labels, difficulty, predictions and neighbours with the newest
+    checkpoint; the results land in the Cassandra knowledge bank, which trainers read
+    while they train.
+    """
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level != "DEBUG":
+        for noisy in ("kafka", "cassandra", "aiokafka", "faust", "mode"):
+            logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
+    ctx.obj = _LazySettings()
+
+
+class _LazySettings:
+    """Settings are read when a command first needs them, so --help never fails on them."""
+
+    _value: Settings | None = None
+
+    def get(self) -> Settings:
+        if self._value is None:
+            self._value = Settings()
+        return self._value
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    obj = ctx.find_object(_LazySettings)
+    return obj.get() if obj is not None else Settings()
+
+
+def _register() -> None:
+    from carls import cmd_demo, cmd_infra, cmd_settings
+
+    main.add_command(cmd_infra.infra)
+    main.add_command(cmd_demo.demo)
+    main.add_command(cmd_settings.settings)
+
+
+_register()

@@ -1,0 +1,124 @@
+"""The one settings object of a carls process, read from ``CARLS_*`` environment variables.
+
+Every field is ``CARLS_<FIELD>`` in the environment (``CARLS_KAFKA_PORT=19092``); complex
+fields take JSON (``CARLS_CASSANDRA_REPLICATION='{"class": "NetworkTopologyStrategy",
+"dc1": 3}'``). This is the only place that reads the environment; the packages below get
+plain config objects built from it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bank.session import CassandraConfig
+from infra.config import CASSANDRA_VERSION, KAFKA_VERSION, InfraConfig
+from schemas.names import validate_name
+from streams.config import KafkaConnection
+from streams.topics import Topics
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARLS_", frozen=True, extra="ignore")
+
+    # Local stack (carls infra)
+    state_dir: Path = Field(Path(".carls"), description="data, logs and jars of the local stack")
+    host: str = Field("127.0.0.1", description="address the local servers bind to")
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    cassandra_port: int = 9042
+    cassandra_storage_port: int = 7000
+    kafka_version: str = KAFKA_VERSION
+    cassandra_version: str = CASSANDRA_VERSION
+    kafka_heap_mb: int = 512
+    cassandra_heap_mb: int = 1024
+    infra_ready_timeout_s: float = 180.0
+
+    # Kafka connection (defaults to the local stack)
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="comma-separated host:port list; default: the local stack")
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    topic_prefix: str = Field("carls", description="topics are <prefix>.jobs, ...")
+    replication_factor: int = 1
+    partitions_jobs: int = 1
+    partitions_checkpoints: int = 1
+    partitions_examples: int = 4
+    partitions_progress: int = 1
+    partitions_deadletter: int = 1
+
+    # Cassandra connection (defaults to the local stack)
+    cassandra_hosts: str | None = Field(
+        None, description="comma-separated contact points; default: the local stack")
+    keyspace: str = "carls"
+    cassandra_replication: dict[str, Any] = Field(
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
+    cassandra_username: str | None = None
+    cassandra_password: SecretStr | None = None
+    cassandra_local_dc: str | None = None
+
+    # Knowledge
+    checkpoint_root: Path | None = Field(
+        None, description="where checkpoint artifacts are stored; default <state_dir>/checkpoints")
+
+    @field_validator("keyspace")
+    @classmethod
+    def _keyspace_is_a_name(cls, value: str) -> str:
+        return validate_name(value, "keyspace")
+
+    @cached_property
+    def infra(self) -> InfraConfig:
+        return InfraConfig(
+            state_dir=self.state_dir.resolve(), host=self.host, kafka_port=self.kafka_port,
+            kafka_controller_port=self.kafka_controller_port,
+            cassandra_port=self.cassandra_port,
+            cassandra_storage_port=self.cassandra_storage_port,
+            kafka_version=self.kafka_version, cassandra_version=self.cassandra_version,
+            kafka_heap_mb=self.kafka_heap_mb, cassandra_heap_mb=self.cassandra_heap_mb,
+            ready_timeout_s=self.infra_ready_timeout_s)
+
+    @cached_property
+    def kafka(self) -> KafkaConnection:
+        servers = (self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}").split(",")
+        return KafkaConnection(
+            bootstrap_servers=tuple(s.strip() for s in servers if s.strip()),
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism, sasl_username=self.kafka_sasl_username,
+            sasl_password=(self.kafka_sasl_password.get_secret_value()
+                           if self.kafka_sasl_password else None),
+            ssl_cafile=self.kafka_ssl_cafile, ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile)
+
+    @cached_property
+    def cassandra(self) -> CassandraConfig:
+        hosts = (self.cassandra_hosts or self.host).split(",")
+        return CassandraConfig(
+            hosts=tuple(h.strip() for h in hosts if h.strip()), port=self.cassandra_port,
+            keyspace=self.keyspace, replication=dict(self.cassandra_replication),
+            username=self.cassandra_username,
+            password=(self.cassandra_password.get_secret_value()
+                      if self.cassandra_password else None),
+            local_dc=self.cassandra_local_dc)
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def partitions(self) -> dict[str, int]:
+        return {"jobs": self.partitions_jobs, "checkpoints": self.partitions_checkpoints,
+                "examples": self.partitions_examples, "progress": self.partitions_progress,
+                "deadletter": self.partitions_deadletter}
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return (self.checkpoint_root or self.state_dir / "checkpoints").resolve()

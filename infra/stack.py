@@ -1,0 +1,68 @@
+"""The local stack as a whole: both servers up, down and checked together."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from infra import runtime
+from infra.cassandra import CassandraServer
+from infra.config import InfraConfig
+from infra.kafka import KafkaServer
+from infra.server import Server, ServerStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UpReport:
+    """What ``up`` did: per server, whether it was already running and seconds to ready."""
+
+    already_running: dict[str, bool] = field(default_factory=dict)
+    ready_s: dict[str, float] = field(default_factory=dict)
+
+
+def servers(config: InfraConfig) -> list[Server]:
+    return [KafkaServer(config), CassandraServer(config)]
+
+
+def up(config: InfraConfig) -> UpReport:
+    """Start whatever is not running and wait until both servers answer real requests."""
+    report = UpReport()
+    todo = []
+    for server in servers(config):
+        running = server.pid() is not None
+        report.already_running[server.name] = running
+        todo.append(server)
+    if not all(report.already_running.values()):
+        runtime.java_major_version(config.java)
+    # Resolve jars in parallel (first start only), then launch; both JVMs boot concurrently.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for fut in [pool.submit(s.resolve) for s in todo if not report.already_running[s.name]]:
+            fut.result()
+    started = time.monotonic()
+    for server in todo:
+        server.launch()
+    deadline = started + config.ready_timeout_s
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {s.name: pool.submit(s.wait_ready, deadline) for s in todo}
+        for name, fut in futures.items():
+            fut.result()
+            report.ready_s[name] = round(time.monotonic() - started, 2)
+    return report
+
+
+def down(config: InfraConfig, wipe: bool = False) -> dict[str, bool]:
+    """Stop both servers; with ``wipe``, remove their data and logs (resolved jars stay)."""
+    stopped = {s.name: s.stop_server() for s in servers(config)}
+    if wipe:
+        for s in servers(config):
+            shutil.rmtree(s.directory, ignore_errors=True)
+    return stopped
+
+
+def status(config: InfraConfig, probe: bool = True) -> list[ServerStatus]:
+    return [s.status(probe=probe) for s in servers(config)]

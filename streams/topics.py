@@ -1,0 +1,122 @@
+"""The topics carls uses, and their idempotent creation.
+
+Names are ``<prefix>.<role>`` (prefix ``carls`` by default), so tests and parallel
+deployments can share one cluster without touching each other's records.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.config import KafkaConnection
+from streams.errors import TopicSetupError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("jobs", "checkpoints", "examples", "progress", "deadletter")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of the five carls topics under one prefix."""
+
+    prefix: str = "carls"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.prefix}.checkpoints"
+
+    @property
+    def examples(self) -> str:
+        return f"{self.prefix}.examples"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.prefix}.progress"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+
+def topic_specs(topics: Topics, partitions: dict[str, int], replication: int = 1
+                ) -> list[TopicSpec]:
+    """The declared topics. ``checkpoints`` is compacted and keyed by namespace, so the
+    newest manifest of every namespace is kept forever and a new worker learns them all."""
+    configs = {
+        "checkpoints": {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                        "segment.ms": "3600000"},
+        "deadletter": {"retention.ms": str(30 * 24 * 3600 * 1000)},
+    }
+    return [TopicSpec(getattr(topics, role), partitions.get(role, 1), replication,
+                      configs.get(role, {})) for role in ROLES]
+
+
+def ensure_topics(conn: KafkaConnection, specs: list[TopicSpec], timeout_s: float = 30.0
+                  ) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    An existing topic with fewer partitions than declared is an error (Kafka can add
+    partitions, but that reshuffles keys, so it is left to the operator)."""
+    admin = KafkaAdminClient(**conn.kafka_python(), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
+                     for s in missing], timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass  # another process created it between our list and create
+        for spec in specs:
+            if spec.name in existing:
+                _check_partitions(admin, spec)
+        return [s.name for s in missing]
+    except KafkaError as exc:
+        raise TopicSetupError(f"could not create topics: {exc}") from exc
+    finally:
+        admin.close()
+
+
+def _check_partitions(admin: KafkaAdminClient, spec: TopicSpec) -> None:
+    described = admin.describe_topics([spec.name])
+    have = len(described[0].get("partitions", [])) if described else 0
+    if have < spec.partitions:
+        raise TopicSetupError(
+            f"topic {spec.name} has {have} partitions, settings declare {spec.partitions}; "
+            "add partitions with Kafka's tools or lower the setting")
+
+
+def topic_configs(conn: KafkaConnection, names: list[str]) -> dict[str, dict[str, str]]:
+    """The effective configs of ``names`` as the broker reports them."""
+    admin = KafkaAdminClient(**conn.kafka_python())
+    try:
+        result = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    finally:
+        admin.close()
+    return _configs_by_topic(result)
+
+
+def _configs_by_topic(result: dict[str, dict[str, dict[str, dict[str, object]]]]
+                      ) -> dict[str, dict[str, str]]:
+    return {name: {key: str(entry.get("value")) for key, entry in configs.items()}
+            for name, configs in result.get("topic", {}).items()}
