@@ -22,7 +22,8 @@ class CassandraConfig:
     port: int = 9042
     keyspace: str = "carls"
     replication: dict[str, Any] = field(
-        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1}
+    )
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     local_dc: str | None = None
@@ -32,21 +33,27 @@ class CassandraConfig:
 
 def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Session]:
     """Open a cluster and session; raise :class:`BankUnavailableError` when unreachable."""
-    auth = (PlainTextAuthProvider(cfg.username, cfg.password)
-            if cfg.username is not None else None)
+    auth = PlainTextAuthProvider(cfg.username, cfg.password) if cfg.username is not None else None
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc)),
-        request_timeout=cfg.request_timeout_s)
-    cluster = Cluster(list(cfg.hosts), port=cfg.port, auth_provider=auth, protocol_version=5,
-                      connect_timeout=cfg.connect_timeout_s,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+        request_timeout=cfg.request_timeout_s,
+    )
+    cluster = Cluster(
+        list(cfg.hosts),
+        port=cfg.port,
+        auth_provider=auth,
+        protocol_version=5,
+        connect_timeout=cfg.connect_timeout_s,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
     try:
         session = cluster.connect(cfg.keyspace if keyspace else None)
     except Exception as exc:
         cluster.shutdown()
         raise BankUnavailableError(
             f"cannot connect to Cassandra at {','.join(cfg.hosts)}:{cfg.port}"
-            f"{' keyspace ' + cfg.keyspace if keyspace else ''}: {exc}") from exc
+            f"{' keyspace ' + cfg.keyspace if keyspace else ''}: {exc}"
+        ) from exc
     return cluster, session
 
 

@@ -17,8 +17,7 @@ from schemas.errors import CarlsError
 
 def _env_help() -> str:
     names = ", ".join(f"CARLS_{name.upper()}" for name in Settings.model_fields)
-    return ("Settings come from CARLS_* environment variables (see `carls settings`): "
-            + names + ".")
+    return "Settings come from CARLS_* environment variables (see `carls settings`): " + names + "."
 
 
 class CarlsGroup(click.Group):
@@ -32,15 +31,25 @@ class CarlsGroup(click.Group):
         except ValidationError as exc:
             fail(f"invalid settings: {exc}", hint="check your CARLS_* environment variables")
         except CarlsError as exc:
-            fail(str(exc), hint="retry later; the backend may be starting or overloaded"
-                 if exc.retriable else "")
+            fail(
+                str(exc),
+                hint="retry later; the backend may be starting or overloaded"
+                if exc.retriable
+                else "",
+            )
         return None
 
 
 @click.group(cls=CarlsGroup, epilog=_env_help(), context_settings={"max_content_width": 100})
-@click.option("--log-level", default="WARNING", show_default=True, envvar="CARLS_LOG_LEVEL",
-              show_envvar=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              help="Log level for carls and its libraries.")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    envvar="CARLS_LOG_LEVEL",
+    show_envvar=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    help="Log level for carls and its libraries.",
+)
 @click.pass_context
 def main(ctx: click.Context, log_level: str) -> None:
     """carls: asynchronous knowledge for model training.
@@ -50,8 +59,9 @@ def main(ctx: click.Context, log_level: str) -> None:
     checkpoint; the results land in the Cassandra knowledge bank, which trainers read
     while they train.
     """
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if log_level != "DEBUG":
         for noisy in ("kafka", "cassandra", "aiokafka", "faust", "mode"):
             logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))

@@ -26,13 +26,24 @@ def demo(ctx: click.Context, as_json: bool) -> None:
     stack = bring_up(settings, say=progress)
     progress("round-tripping a record through Kafka and Cassandra")
     trip = round_trip(settings)
-    scope = ("demo scope: stack + round trip only; makers, trainers and the digits "
-             "semi-supervised job are not built yet")
+    scope = (
+        "demo scope: stack + round trip only; makers, trainers and the digits "
+        "semi-supervised job are not built yet"
+    )
     if as_json:
-        emit_json({"stack": dataclasses.asdict(stack), "kafka_round_trip_ms": trip.kafka_ms,
-                   "cassandra_round_trip_ms": trip.cassandra_ms, "ok": True, "scope": scope})
+        emit_json(
+            {
+                "stack": dataclasses.asdict(stack),
+                "kafka_round_trip_ms": trip.kafka_ms,
+                "cassandra_round_trip_ms": trip.cassandra_ms,
+                "ok": True,
+                "scope": scope,
+            }
+        )
         return
-    click.echo(f"kafka round trip: {trip.kafka_ms:.1f} ms (produced and consumed one "
-               f"{trip.record.SCHEMA} v{trip.record.VERSION} record)")
+    click.echo(
+        f"kafka round trip: {trip.kafka_ms:.1f} ms (produced and consumed one "
+        f"{trip.record.SCHEMA} v{trip.record.VERSION} record)"
+    )
     click.echo(f"cassandra round trip: {trip.cassandra_ms:.1f} ms (wrote and read it back)")
     click.echo(scope)

@@ -33,14 +33,17 @@ def up(ctx: click.Context, as_json: bool) -> None:
     elif all(report.up.already_running.values()):
         click.echo("the stack is already running; topics and schema checked")
     else:
-        click.echo(f"the stack is up ({report.wall_s:.1f} s): kafka "
-                   f"{settings.kafka.bootstrap_servers[0]}, cassandra "
-                   f"{settings.cassandra.hosts[0]}:{settings.cassandra.port}")
+        click.echo(
+            f"the stack is up ({report.wall_s:.1f} s): kafka "
+            f"{settings.kafka.bootstrap_servers[0]}, cassandra "
+            f"{settings.cassandra.hosts[0]}:{settings.cassandra.port}"
+        )
 
 
 @infra.command()
-@click.option("--wipe", is_flag=True,
-              help="Also delete the servers' data and logs (resolved jars are kept).")
+@click.option(
+    "--wipe", is_flag=True, help="Also delete the servers' data and logs (resolved jars are kept)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def down(ctx: click.Context, wipe: bool, as_json: bool) -> None:
@@ -71,7 +74,20 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json({"healthy": healthy, "servers": {s.name: s.as_dict() for s in report}})
     else:
-        click.echo(table([(s.name, s.version, f"{s.host}:{s.port}", s.pid, s.rss_mb,
-                           "healthy" if s.healthy else s.detail) for s in report],
-                         ["server", "version", "address", "pid", "rss MiB", "state"]))
+        click.echo(
+            table(
+                [
+                    (
+                        s.name,
+                        s.version,
+                        f"{s.host}:{s.port}",
+                        s.pid,
+                        s.rss_mb,
+                        "healthy" if s.healthy else s.detail,
+                    )
+                    for s in report
+                ],
+                ["server", "version", "address", "pid", "rss MiB", "state"],
+            )
+        )
     ctx.exit(0 if healthy else 1)

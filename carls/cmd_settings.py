@@ -18,6 +18,8 @@ def settings(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(current)
         return
-    rows = [(f"CARLS_{k.upper()}", "**********" if "password" in k and v else v)
-            for k, v in current.items()]
+    rows = [
+        (f"CARLS_{k.upper()}", "**********" if "password" in k and v else v)
+        for k, v in current.items()
+    ]
     click.echo(table(rows, ["variable", "value"]))

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
 
     # Kafka connection (defaults to the local stack)
     kafka_bootstrap_servers: str | None = Field(
-        None, description="comma-separated host:port list; default: the local stack")
+        None, description="comma-separated host:port list; default: the local stack"
+    )
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -58,17 +59,20 @@ class Settings(BaseSettings):
 
     # Cassandra connection (defaults to the local stack)
     cassandra_hosts: str | None = Field(
-        None, description="comma-separated contact points; default: the local stack")
+        None, description="comma-separated contact points; default: the local stack"
+    )
     keyspace: str = "carls"
     cassandra_replication: dict[str, Any] = Field(
-        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1}
+    )
     cassandra_username: str | None = None
     cassandra_password: SecretStr | None = None
     cassandra_local_dc: str | None = None
 
     # Knowledge
     checkpoint_root: Path | None = Field(
-        None, description="where checkpoint artifacts are stored; default <state_dir>/checkpoints")
+        None, description="where checkpoint artifacts are stored; default <state_dir>/checkpoints"
+    )
 
     @field_validator("keyspace")
     @classmethod
@@ -78,13 +82,18 @@ class Settings(BaseSettings):
     @cached_property
     def infra(self) -> InfraConfig:
         return InfraConfig(
-            state_dir=self.state_dir.resolve(), host=self.host, kafka_port=self.kafka_port,
+            state_dir=self.state_dir.resolve(),
+            host=self.host,
+            kafka_port=self.kafka_port,
             kafka_controller_port=self.kafka_controller_port,
             cassandra_port=self.cassandra_port,
             cassandra_storage_port=self.cassandra_storage_port,
-            kafka_version=self.kafka_version, cassandra_version=self.cassandra_version,
-            kafka_heap_mb=self.kafka_heap_mb, cassandra_heap_mb=self.cassandra_heap_mb,
-            ready_timeout_s=self.infra_ready_timeout_s)
+            kafka_version=self.kafka_version,
+            cassandra_version=self.cassandra_version,
+            kafka_heap_mb=self.kafka_heap_mb,
+            cassandra_heap_mb=self.cassandra_heap_mb,
+            ready_timeout_s=self.infra_ready_timeout_s,
+        )
 
     @cached_property
     def kafka(self) -> KafkaConnection:
@@ -92,22 +101,30 @@ class Settings(BaseSettings):
         return KafkaConnection(
             bootstrap_servers=tuple(s.strip() for s in servers if s.strip()),
             security_protocol=self.kafka_security_protocol,
-            sasl_mechanism=self.kafka_sasl_mechanism, sasl_username=self.kafka_sasl_username,
-            sasl_password=(self.kafka_sasl_password.get_secret_value()
-                           if self.kafka_sasl_password else None),
-            ssl_cafile=self.kafka_ssl_cafile, ssl_certfile=self.kafka_ssl_certfile,
-            ssl_keyfile=self.kafka_ssl_keyfile)
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=(
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            ),
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+        )
 
     @cached_property
     def cassandra(self) -> CassandraConfig:
         hosts = (self.cassandra_hosts or self.host).split(",")
         return CassandraConfig(
-            hosts=tuple(h.strip() for h in hosts if h.strip()), port=self.cassandra_port,
-            keyspace=self.keyspace, replication=dict(self.cassandra_replication),
+            hosts=tuple(h.strip() for h in hosts if h.strip()),
+            port=self.cassandra_port,
+            keyspace=self.keyspace,
+            replication=dict(self.cassandra_replication),
             username=self.cassandra_username,
-            password=(self.cassandra_password.get_secret_value()
-                      if self.cassandra_password else None),
-            local_dc=self.cassandra_local_dc)
+            password=(
+                self.cassandra_password.get_secret_value() if self.cassandra_password else None
+            ),
+            local_dc=self.cassandra_local_dc,
+        )
 
     @cached_property
     def topics(self) -> Topics:
@@ -115,9 +132,13 @@ class Settings(BaseSettings):
 
     @property
     def partitions(self) -> dict[str, int]:
-        return {"jobs": self.partitions_jobs, "checkpoints": self.partitions_checkpoints,
-                "examples": self.partitions_examples, "progress": self.partitions_progress,
-                "deadletter": self.partitions_deadletter}
+        return {
+            "jobs": self.partitions_jobs,
+            "checkpoints": self.partitions_checkpoints,
+            "examples": self.partitions_examples,
+            "progress": self.partitions_progress,
+            "deadletter": self.partitions_deadletter,
+        }
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from bank.session import apply_schema, connect
 from carls.settings import Settings
@@ -28,14 +28,19 @@ def bring_up(settings: Settings, say: Callable[[str], None] = lambda _: None) ->
     t0 = time.monotonic()
     report = StackReport(up=up(settings.infra))
     for name, already in report.up.already_running.items():
-        say(f"{name}: already running" if already
-            else f"{name}: ready in {report.up.ready_s[name]:.1f} s")
+        say(
+            f"{name}: already running"
+            if already
+            else f"{name}: ready in {report.up.ready_s[name]:.1f} s"
+        )
     report.topics_created = ensure_topics(
-        settings.kafka, topic_specs(settings.topics, settings.partitions,
-                                    settings.replication_factor))
-    say(f"topics: {len(report.topics_created)} created"
-        + (f" ({', '.join(report.topics_created)})" if report.topics_created else
-           " (all present)"))
+        settings.kafka,
+        topic_specs(settings.topics, settings.partitions, settings.replication_factor),
+    )
+    say(
+        f"topics: {len(report.topics_created)} created"
+        + (f" ({', '.join(report.topics_created)})" if report.topics_created else " (all present)")
+    )
     report.schema_statements = apply_schema(settings.cassandra)
     say(f"cassandra schema: keyspace {settings.keyspace} ready")
     report.wall_s = round(time.monotonic() - t0, 2)
@@ -56,8 +61,15 @@ def round_trip(settings: Settings, timeout_s: float = 30.0) -> RoundTrip:
     """
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    record = ProgressEvent(namespace="smoke", kind="embedding", step=1, processed=1, total=1,
-                           worker=f"smoke-{uuid.uuid4().hex[:8]}", at=time.time())
+    record = ProgressEvent(
+        namespace="smoke",
+        kind="embedding",
+        step=1,
+        processed=1,
+        total=1,
+        worker=f"smoke-{uuid.uuid4().hex[:8]}",
+        at=time.time(),
+    )
     payload = encode(record)
     topic = settings.topics.progress
     t0 = time.monotonic()
@@ -66,16 +78,20 @@ def round_trip(settings: Settings, timeout_s: float = 30.0) -> RoundTrip:
         meta = producer.send(topic, key=b"smoke", value=payload).get(timeout=timeout_s)
     finally:
         producer.close()
-    consumer = KafkaConsumer(**settings.kafka.kafka_python(), enable_auto_commit=False,
-                             consumer_timeout_ms=int(timeout_s * 1000))
+    consumer = KafkaConsumer(
+        **settings.kafka.kafka_python(),
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
     try:
         tp = TopicPartition(topic, meta.partition)
         consumer.assign([tp])
         consumer.seek(tp, meta.offset)
         got = next(iter(consumer)).value
     except StopIteration as exc:
-        raise RuntimeError(f"record at {topic}[{meta.partition}]@{meta.offset} never came back"
-                           ) from exc
+        raise RuntimeError(
+            f"record at {topic}[{meta.partition}]@{meta.offset} never came back"
+        ) from exc
     finally:
         consumer.close()
     back = decode(got, ProgressEvent)
@@ -86,14 +102,18 @@ def round_trip(settings: Settings, timeout_s: float = 30.0) -> RoundTrip:
     t1 = time.monotonic()
     cluster, session = connect(settings.cassandra)
     try:
-        session.execute("INSERT INTO roundtrip (id, payload, written_at) VALUES (%s, %s, %s)",
-                        (record.worker, got, datetime.now(UTC)))
-        row = session.execute("SELECT payload FROM roundtrip WHERE id = %s",
-                              (record.worker,)).one()
+        session.execute(
+            "INSERT INTO roundtrip (id, payload, written_at) VALUES (%s, %s, %s)",
+            (record.worker, got, datetime.now(UTC)),
+        )
+        row = session.execute("SELECT payload FROM roundtrip WHERE id = %s", (record.worker,)).one()
         session.execute("DELETE FROM roundtrip WHERE id = %s", (record.worker,))
     finally:
         cluster.shutdown()
     if row is None or decode(bytes(row.payload), ProgressEvent) != record:
         raise RuntimeError("the row read back from Cassandra differs from the one written")
-    return RoundTrip(kafka_ms=round(kafka_ms, 1),
-                     cassandra_ms=round((time.monotonic() - t1) * 1000, 1), record=back)
+    return RoundTrip(
+        kafka_ms=round(kafka_ms, 1),
+        cassandra_ms=round((time.monotonic() - t1) * 1000, 1),
+        record=back,
+    )

@@ -10,5 +10,15 @@ from infra.errors import InfraError, PortTakenError, StartFailedError, ToolMissi
 from infra.server import ServerStatus
 from infra.stack import UpReport, down, status, up
 
-__all__ = ["InfraConfig", "InfraError", "PortTakenError", "ServerStatus", "StartFailedError",
-           "ToolMissingError", "UpReport", "down", "status", "up"]
+__all__ = [
+    "InfraConfig",
+    "InfraError",
+    "PortTakenError",
+    "ServerStatus",
+    "StartFailedError",
+    "ToolMissingError",
+    "UpReport",
+    "down",
+    "status",
+    "up",
+]

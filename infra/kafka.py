@@ -30,8 +30,10 @@ class KafkaServer(Server):
         return self.config.kafka_port
 
     def ports(self) -> dict[str, int]:
-        return {"kafka": self.config.kafka_port,
-                "kafka controller": self.config.kafka_controller_port}
+        return {
+            "kafka": self.config.kafka_port,
+            "kafka controller": self.config.kafka_controller_port,
+        }
 
     def server_log(self) -> Path:
         return self.directory / "logs" / "server.log"
@@ -42,15 +44,29 @@ class KafkaServer(Server):
     def prepare(self, lib: Path) -> list[str]:
         d = self.directory
         props, log4j = d / "server.properties", d / "log4j2.properties"
-        render("kafka-server.properties.tmpl", props, host=self.config.host,
-               port=self.config.kafka_port, controller_port=self.config.kafka_controller_port,
-               data_dir=d / "data")
+        render(
+            "kafka-server.properties.tmpl",
+            props,
+            host=self.config.host,
+            port=self.config.kafka_port,
+            controller_port=self.config.kafka_controller_port,
+            data_dir=d / "data",
+        )
         render("kafka-log4j2.properties.tmpl", log4j, log_dir=d / "logs")
-        java = [self.config.java, f"-Xms{min(256, self.config.kafka_heap_mb)}m",
-                f"-Xmx{self.config.kafka_heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                "-XX:ParallelGCThreads=2", "-XX:ConcGCThreads=1", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={d / 'logs'}",
-                "-cp", runtime.classpath(lib)]
+        java = [
+            self.config.java,
+            f"-Xms{min(256, self.config.kafka_heap_mb)}m",
+            f"-Xmx{self.config.kafka_heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:ParallelGCThreads=2",
+            "-XX:ConcGCThreads=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={d / 'logs'}",
+            "-cp",
+            runtime.classpath(lib),
+        ]
         self._format_storage(java, props)
         return [*java, "kafka.Kafka", str(props)]
 
@@ -60,20 +76,36 @@ class KafkaServer(Server):
         if not id_file.exists():
             id_file.write_text(_cluster_id())
         proc = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", id_file.read_text().strip(),
-             "-c", str(props), "--ignore-formatted"],
-            capture_output=True, text=True, check=False, timeout=300)
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                id_file.read_text().strip(),
+                "-c",
+                str(props),
+                "--ignore-formatted",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
         if proc.returncode != 0:
-            raise StartFailedError("formatting Kafka's log directory failed",
-                                   log_tail=(proc.stdout + proc.stderr)[-4000:],
-                                   hint=f"remove {self.directory} (carls infra down --wipe)")
+            raise StartFailedError(
+                "formatting Kafka's log directory failed",
+                log_tail=(proc.stdout + proc.stderr)[-4000:],
+                hint=f"remove {self.directory} (carls infra down --wipe)",
+            )
 
     def probe(self, timeout_s: float) -> str:
         from kafka import KafkaAdminClient  # heavy import, only when probing
 
         admin = KafkaAdminClient(
             bootstrap_servers=f"{self.config.host}:{self.config.kafka_port}",
-            request_timeout_ms=int(timeout_s * 1000), client_id="carls-infra-probe")
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="carls-infra-probe",
+        )
         try:
             cluster = admin.describe_cluster()
             if not cluster.get("brokers"):

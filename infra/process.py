@@ -29,8 +29,8 @@ def check_ports_free(host: str, ports: dict[str, int], env_hint: dict[str, str])
         if port_open(host, port):
             raise PortTakenError(
                 f"port {port} ({name}) on {host} is already in use by another process",
-                hint=f"stop that process, or pick another port with {env_hint.get(name, '')}"
-                     .rstrip())
+                hint=f"stop that process, or pick another port with {env_hint.get(name, '')}".rstrip(),
+            )
 
 
 def running_pid(server_dir: Path) -> int | None:
@@ -54,9 +54,14 @@ def start(cmd: list[str], server_dir: Path, log_file: Path) -> int:
     """Start ``cmd`` in its own session with output to ``log_file``; record and return its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                cwd=server_dir)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=server_dir,
+        )
     (server_dir / "server.pid").write_text(str(proc.pid))
     return proc.pid
 

@@ -81,8 +81,9 @@ class Server(ABC):
         """Talk to the server; return its reported version or raise."""
 
     def resolve(self) -> Path:
-        return runtime.resolve_jars(self.name, self.version, self.config.lib_dir,
-                                    self.config.maven, self.maven_properties())
+        return runtime.resolve_jars(
+            self.name, self.version, self.config.lib_dir, self.config.maven, self.maven_properties()
+        )
 
     def maven_properties(self) -> dict[str, str]:
         return {}
@@ -113,8 +114,10 @@ class Server(ABC):
         while time.monotonic() < deadline:
             if self.pid() is None:
                 raise StartFailedError(
-                    f"{self.name} exited during start-up", hint=f"see {self.server_log()}",
-                    log_tail=self._tail())
+                    f"{self.name} exited during start-up",
+                    hint=f"see {self.server_log()}",
+                    log_tail=self._tail(),
+                )
             if process.port_open(self.config.host, self.port):
                 try:
                     self.probe(timeout_s=10.0)
@@ -125,12 +128,20 @@ class Server(ABC):
         raise StartFailedError(
             f"{self.name} was not ready within the deadline ({last_error})",
             hint=f"see {self.server_log()}; a slow machine may need CARLS_INFRA_READY_TIMEOUT_S",
-            log_tail=self._tail())
+            log_tail=self._tail(),
+        )
 
     def status(self, probe: bool = True) -> ServerStatus:
         pid = self.pid()
-        st = ServerStatus(name=self.name, running=pid is not None, healthy=False,
-                          version=self.version, host=self.config.host, port=self.port, pid=pid)
+        st = ServerStatus(
+            name=self.name,
+            running=pid is not None,
+            healthy=False,
+            version=self.version,
+            host=self.config.host,
+            port=self.port,
+            pid=pid,
+        )
         if pid is None:
             st.detail = "not running"
             return st

@@ -41,16 +41,17 @@ def up(config: InfraConfig) -> UpReport:
         runtime.java_major_version(config.java)
     # Resolve jars in parallel (first start only), then launch; both JVMs boot concurrently.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for fut in [pool.submit(s.resolve) for s in todo if not report.already_running[s.name]]:
-            fut.result()
+        resolving = [pool.submit(s.resolve) for s in todo if not report.already_running[s.name]]
+        for job in resolving:
+            job.result()
     started = time.monotonic()
     for server in todo:
         server.launch()
     deadline = started + config.ready_timeout_s
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {s.name: pool.submit(s.wait_ready, deadline) for s in todo}
-        for name, fut in futures.items():
-            fut.result()
+        waiting = {s.name: pool.submit(s.wait_ready, deadline) for s in todo}
+        for name, ready in waiting.items():
+            ready.result()
             report.ready_s[name] = round(time.monotonic() - started, 2)
     return report
 

@@ -31,11 +31,15 @@ class KafkaConnection:
         if not self.bootstrap_servers:
             raise ValueError("bootstrap_servers: at least one host:port is needed")
         if self.security_protocol not in SECURITY_PROTOCOLS:
-            raise ValueError(f"security_protocol: {self.security_protocol!r} is not one of "
-                             f"{', '.join(SECURITY_PROTOCOLS)}")
+            raise ValueError(
+                f"security_protocol: {self.security_protocol!r} is not one of "
+                f"{', '.join(SECURITY_PROTOCOLS)}"
+            )
         if self.uses_sasl and self.sasl_mechanism not in SASL_MECHANISMS:
-            raise ValueError(f"sasl_mechanism: {self.sasl_mechanism!r} is not one of "
-                             f"{', '.join(SASL_MECHANISMS)} (needed by {self.security_protocol})")
+            raise ValueError(
+                f"sasl_mechanism: {self.sasl_mechanism!r} is not one of "
+                f"{', '.join(SASL_MECHANISMS)} (needed by {self.security_protocol})"
+            )
 
     @property
     def uses_sasl(self) -> bool:
@@ -55,29 +59,40 @@ class KafkaConnection:
 
     def kafka_python(self) -> dict[str, Any]:
         """Options for kafka-python's ``KafkaProducer``/``KafkaConsumer``/``KafkaAdminClient``."""
-        opts: dict[str, Any] = {"bootstrap_servers": list(self.bootstrap_servers),
-                                "security_protocol": self.security_protocol,
-                                "client_id": self.client_id}
+        opts: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
         if self.uses_ssl:
-            opts.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile,
-                        ssl_keyfile=self.ssl_keyfile)
+            opts.update(
+                ssl_cafile=self.ssl_cafile,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+            )
         if self.uses_sasl:
-            opts.update(sasl_mechanism=self.sasl_mechanism,
-                        sasl_plain_username=self.sasl_username,
-                        sasl_plain_password=self.sasl_password)
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
         return opts
 
     def aiokafka(self) -> dict[str, Any]:
         """Options for aiokafka's ``AIOKafkaConsumer``/``AIOKafkaProducer``."""
-        opts: dict[str, Any] = {"bootstrap_servers": list(self.bootstrap_servers),
-                                "security_protocol": self.security_protocol,
-                                "client_id": self.client_id}
+        opts: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
         if self.uses_ssl:
             opts["ssl_context"] = self.ssl_context()
         if self.uses_sasl:
-            opts.update(sasl_mechanism=self.sasl_mechanism,
-                        sasl_plain_username=self.sasl_username,
-                        sasl_plain_password=self.sasl_password)
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
         return opts
 
     def faust(self) -> dict[str, Any]:
@@ -89,8 +104,11 @@ class KafkaConnection:
         credentials: Any = None
         if self.uses_sasl:
             credentials = faust.SASLCredentials(
-                username=self.sasl_username, password=self.sasl_password,
-                mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+                username=self.sasl_username,
+                password=self.sasl_password,
+                mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context(),
+            )
         elif self.uses_ssl:
             credentials = faust.SSLCredentials(self.ssl_context())
         return {"broker": broker, "broker_credentials": credentials}

@@ -1,9 +1,9 @@
 """Errors of the streaming layer.
 
-    CarlsError (schemas.errors)
-    └── StreamsError
-        ├── TopicSetupError     topics could not be created or disagree with the settings
-        └── PublishError        a record could not be produced (retriable)
+CarlsError (schemas.errors)
+└── StreamsError
+    ├── TopicSetupError     topics could not be created or disagree with the settings
+    └── PublishError        a record could not be produced (retriable)
 """
 
 from __future__ import annotations

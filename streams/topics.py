@@ -6,6 +6,7 @@ deployments can share one cluster without touching each other's records.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -56,21 +57,30 @@ class Topics:
         return f"{self.prefix}.deadletter"
 
 
-def topic_specs(topics: Topics, partitions: dict[str, int], replication: int = 1
-                ) -> list[TopicSpec]:
+def topic_specs(
+    topics: Topics, partitions: dict[str, int], replication: int = 1
+) -> list[TopicSpec]:
     """The declared topics. ``checkpoints`` is compacted and keyed by namespace, so the
     newest manifest of every namespace is kept forever and a new worker learns them all."""
     configs = {
-        "checkpoints": {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-                        "segment.ms": "3600000"},
+        "checkpoints": {
+            "cleanup.policy": "compact",
+            "min.cleanable.dirty.ratio": "0.1",
+            "segment.ms": "3600000",
+        },
         "deadletter": {"retention.ms": str(30 * 24 * 3600 * 1000)},
     }
-    return [TopicSpec(getattr(topics, role), partitions.get(role, 1), replication,
-                      configs.get(role, {})) for role in ROLES]
+    return [
+        TopicSpec(
+            getattr(topics, role), partitions.get(role, 1), replication, configs.get(role, {})
+        )
+        for role in ROLES
+    ]
 
 
-def ensure_topics(conn: KafkaConnection, specs: list[TopicSpec], timeout_s: float = 30.0
-                  ) -> list[str]:
+def ensure_topics(
+    conn: KafkaConnection, specs: list[TopicSpec], timeout_s: float = 30.0
+) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 
     An existing topic with fewer partitions than declared is an error (Kafka can add
@@ -80,12 +90,15 @@ def ensure_topics(conn: KafkaConnection, specs: list[TopicSpec], timeout_s: floa
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            try:
+            # Another process may create one between our list and create: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
-                     for s in missing], timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass  # another process created it between our list and create
+                    [
+                        NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
+                        for s in missing
+                    ],
+                    timeout_ms=int(timeout_s * 1000),
+                )
         for spec in specs:
             if spec.name in existing:
                 _check_partitions(admin, spec)
@@ -102,7 +115,8 @@ def _check_partitions(admin: KafkaAdminClient, spec: TopicSpec) -> None:
     if have < spec.partitions:
         raise TopicSetupError(
             f"topic {spec.name} has {have} partitions, settings declare {spec.partitions}; "
-            "add partitions with Kafka's tools or lower the setting")
+            "add partitions with Kafka's tools or lower the setting"
+        )
 
 
 def topic_configs(conn: KafkaConnection, names: list[str]) -> dict[str, dict[str, str]]:
@@ -110,13 +124,17 @@ def topic_configs(conn: KafkaConnection, names: list[str]) -> dict[str, dict[str
     admin = KafkaAdminClient(**conn.kafka_python())
     try:
         result = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+        )
     finally:
         admin.close()
     return _configs_by_topic(result)
 
 
-def _configs_by_topic(result: dict[str, dict[str, dict[str, dict[str, object]]]]
-                      ) -> dict[str, dict[str, str]]:
-    return {name: {key: str(entry.get("value")) for key, entry in configs.items()}
-            for name, configs in result.get("topic", {}).items()}
+def _configs_by_topic(
+    result: dict[str, dict[str, dict[str, dict[str, object]]]],
+) -> dict[str, dict[str, str]]:
+    return {
+        name: {key: str(entry.get("value")) for key, entry in configs.items()}
+        for name, configs in result.get("topic", {}).items()
+    }
