@@ -6,7 +6,8 @@
         ├── NamespaceError          unknown namespace, or one that already exists
         ├── KnowledgeKindError      a kind the namespace does not declare
         ├── DimensionError          a vector whose length disagrees with the declared one
-        ├── ValueRejectedError      NaN/Inf, empty batches, malformed values
+        ├── ValueRejectedError      NaN/Inf, empty batches, malformed values, invalid
+        │                           names or ids (also a ``schemas`` InvalidValueError)
         └── ExportFormatError       a corrupt, truncated or foreign export file
 
 A read that fails raises; it never comes back as "missing".
@@ -14,7 +15,7 @@ A read that fails raises; it never comes back as "missing".
 
 from __future__ import annotations
 
-from schemas.errors import CarlsError
+from schemas.errors import CarlsError, InvalidValueError
 
 
 class BankError(CarlsError):
@@ -39,7 +40,7 @@ class DimensionError(BankError):
     """A vector's length disagrees with the namespace's declared dimension."""
 
 
-class ValueRejectedError(BankError):
+class ValueRejectedError(BankError, InvalidValueError):
     """A value is not acceptable: NaN or Inf, an empty batch, a malformed payload."""
 
 

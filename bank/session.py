@@ -32,7 +32,8 @@ class CassandraConfig:
 
 
 def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Session]:
-    """Open a cluster and session; raise :class:`BankUnavailableError` when unreachable."""
+    """Open a cluster and session (rows come back as plain tuples: they decode fastest);
+    raise :class:`BankUnavailableError` when unreachable."""
     auth = PlainTextAuthProvider(cfg.username, cfg.password) if cfg.username is not None else None
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc)),

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bank.session import CassandraConfig
 from infra.config import CASSANDRA_VERSION, KAFKA_VERSION, InfraConfig
+from schemas.errors import SchemaError
 from schemas.names import validate_name
 from streams.config import KafkaConnection
 from streams.topics import Topics
@@ -77,7 +78,10 @@ class Settings(BaseSettings):
     @field_validator("keyspace")
     @classmethod
     def _keyspace_is_a_name(cls, value: str) -> str:
-        return validate_name(value, "keyspace")
+        try:
+            return validate_name(value, "keyspace")
+        except SchemaError as exc:  # pydantic reports ValueErrors as validation errors
+            raise ValueError(str(exc)) from exc
 
     @cached_property
     def infra(self) -> InfraConfig:

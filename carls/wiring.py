@@ -110,7 +110,7 @@ def round_trip(settings: Settings, timeout_s: float = 30.0) -> RoundTrip:
         session.execute("DELETE FROM roundtrip WHERE id = %s", (record.worker,))
     finally:
         cluster.shutdown()
-    if row is None or decode(bytes(row.payload), ProgressEvent) != record:
+    if row is None or decode(bytes(row[0]), ProgressEvent) != record:
         raise RuntimeError("the row read back from Cassandra differs from the one written")
     return RoundTrip(
         kafka_ms=round(kafka_ms, 1),

@@ -29,7 +29,8 @@ def check_ports_free(host: str, ports: dict[str, int], env_hint: dict[str, str])
         if port_open(host, port):
             raise PortTakenError(
                 f"port {port} ({name}) on {host} is already in use by another process",
-                hint=f"stop that process, or pick another port with {env_hint.get(name, '')}".rstrip(),
+                hint="stop that process, or pick another port with "
+                + env_hint.get(name, "the port settings"),
             )
 
 

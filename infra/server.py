@@ -108,8 +108,7 @@ class Server(ABC):
         return process.stop(self.directory, timeout_s)
 
     def wait_ready(self, deadline: float) -> float:
-        """Poll until the server answers a real request; return seconds waited."""
-        started = time.monotonic()
+        """Poll until the server answers a real request; return the monotonic time it did."""
         last_error = "not reachable yet"
         while time.monotonic() < deadline:
             if self.pid() is None:
@@ -121,7 +120,7 @@ class Server(ABC):
             if process.port_open(self.config.host, self.port):
                 try:
                     self.probe(timeout_s=10.0)
-                    return time.monotonic() - started
+                    return time.monotonic()
                 except Exception as exc:  # any failure means "not ready yet"
                     last_error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.5)

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from infra import runtime
+from infra import process, runtime
 from infra.cassandra import CassandraServer
 from infra.config import InfraConfig
 from infra.kafka import KafkaServer
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class UpReport:
-    """What ``up`` did: per server, whether it was already running and seconds to ready."""
+    """What ``up`` did: per server, whether it was already running, and the seconds from
+    launching the servers (jars already resolved) until it answered a real request."""
 
     already_running: dict[str, bool] = field(default_factory=dict)
     ready_s: dict[str, float] = field(default_factory=dict)
@@ -32,27 +33,28 @@ def servers(config: InfraConfig) -> list[Server]:
 def up(config: InfraConfig) -> UpReport:
     """Start whatever is not running and wait until both servers answer real requests."""
     report = UpReport()
-    todo = []
-    for server in servers(config):
-        running = server.pid() is not None
-        report.already_running[server.name] = running
-        todo.append(server)
-    if not all(report.already_running.values()):
+    everything = servers(config)
+    todo = [s for s in everything if s.pid() is None]
+    for server in everything:
+        report.already_running[server.name] = server not in todo
+    for server in todo:  # fail fast, before any download
+        process.check_ports_free(config.host, server.ports(), server.port_env)
+    if todo:
         runtime.java_major_version(config.java)
     # Resolve jars in parallel (first start only), then launch; both JVMs boot concurrently.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        resolving = [pool.submit(s.resolve) for s in todo if not report.already_running[s.name]]
-        for job in resolving:
+        for job in [pool.submit(s.resolve) for s in todo]:
             job.result()
     started = time.monotonic()
     for server in todo:
         server.launch()
     deadline = started + config.ready_timeout_s
     with ThreadPoolExecutor(max_workers=2) as pool:
-        waiting = {s.name: pool.submit(s.wait_ready, deadline) for s in todo}
+        waiting = {s.name: pool.submit(s.wait_ready, deadline) for s in everything}
         for name, ready in waiting.items():
-            ready.result()
-            report.ready_s[name] = round(time.monotonic() - started, 2)
+            ready_at = ready.result()
+            if not report.already_running[name]:
+                report.ready_s[name] = round(ready_at - started, 2)
     return report
 
 

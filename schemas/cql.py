@@ -17,28 +17,32 @@ TABLES: tuple[str, ...] = ("namespaces", "examples", "knowledge", "kv", "roundtr
 _TABLE_BODIES: dict[str, str] = {
     # One row per namespace; ``kinds`` maps kind -> vector dimension (0 when not a vector);
     # ``settings`` is a JSON object.
+    # ``uid`` is fresh on every create, and keys the namespace's examples and knowledge:
+    # a dropped and re-created namespace never sees the old rows or their tombstones.
     "namespaces": """(
     name text PRIMARY KEY,
+    uid uuid,
     buckets int,
     kinds map<text, int>,
+    ttl map<text, int>,
+    feature_dim int,
     created_at timestamp,
     settings text
 )""",
     # The inputs makers need, registered once per namespace.
     "examples": """(
-    namespace text,
+    ns uuid,
     bucket int,
     id text,
     features blob,
-    dim int,
     label int,
     modality text,
-    registered_at timestamp,
-    PRIMARY KEY ((namespace, bucket), id)
+    PRIMARY KEY ((ns, bucket), id)
 )""",
-    # Knowledge with its lineage; ``value`` is a float32 vector or a JSON-encoded payload.
+    # Knowledge with its lineage; ``value`` is a little-endian float32 vector, ``extra`` the
+    # neighbour ids (UTF-8, separated by U+001F). Cells are written ``USING TIMESTAMP step``.
     "knowledge": """(
-    namespace text,
+    ns uuid,
     kind text,
     bucket int,
     id text,
@@ -50,7 +54,7 @@ _TABLE_BODIES: dict[str, str] = {
     maker text,
     fingerprint text,
     written_at timestamp,
-    PRIMARY KEY ((namespace, kind, bucket), id)
+    PRIMARY KEY ((ns, kind, bucket), id)
 )""",
     # Generic bank metadata.
     "kv": """(
@@ -65,6 +69,14 @@ _TABLE_BODIES: dict[str, str] = {
     payload blob,
     written_at timestamp
 )""",
+}
+
+
+# Float32 vectors do not compress, and a compressed point read inflates a whole chunk: the
+# bank's tables are stored uncompressed. Single node or not, reads never repair or hedge.
+_TABLE_OPTIONS: dict[str, str] = {
+    "examples": " WITH compression = {'enabled': 'false'}",
+    "knowledge": " WITH compression = {'enabled': 'false'} AND speculative_retry = 'NONE'",
 }
 
 
@@ -106,7 +118,9 @@ def schema_statements(keyspace: str, replication: dict[str, str | int]) -> list[
         f"WITH replication = {_replication_map(replication)}"
     ]
     statements += [
-        f"CREATE TABLE IF NOT EXISTS {keyspace}.{table} {_TABLE_BODIES[table]}" for table in TABLES
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{table} {_TABLE_BODIES[table]}"
+        f"{_TABLE_OPTIONS.get(table, '')}"
+        for table in TABLES
     ]
     return statements
 

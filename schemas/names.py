@@ -25,6 +25,7 @@ KINDS: tuple[str, ...] = ("embedding", "pseudo_label", "difficulty", "prediction
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _MODALITY_RE = re.compile(MODALITY_PATTERN)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _require_str(value: object, field: str) -> str:
@@ -53,6 +54,8 @@ def validate_id(value: str, field: str = "id") -> str:
         raise InvalidValueError("id is not valid Unicode", field=field) from exc
     if size > MAX_ID_BYTES:
         raise InvalidValueError(f"id is {size} UTF-8 bytes, at most {MAX_ID_BYTES}", field=field)
+    if _CONTROL_RE.search(value):
+        raise InvalidValueError("id contains a control character", field=field)
     return value
 
 

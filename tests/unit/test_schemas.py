@@ -431,7 +431,7 @@ def test_schema_statements_create_keyspace_then_every_table() -> None:
         assert statement.startswith(f"CREATE TABLE IF NOT EXISTS carls_test.{table} (")
         assert not statement.endswith(";")
     knowledge = statements[1 + TABLES.index("knowledge")]
-    assert "PRIMARY KEY ((namespace, kind, bucket), id)" in knowledge
+    assert "PRIMARY KEY ((ns, kind, bucket), id)" in knowledge
     assert "value blob" in knowledge
     assert "step bigint" in knowledge
 

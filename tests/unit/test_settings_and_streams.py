@@ -1,0 +1,89 @@
+"""Settings come from CARLS_* variables; one Kafka config feeds every client."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from carls.settings import Settings
+from streams.config import KafkaConnection
+from streams.topics import Topics, topic_specs
+
+
+def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("CARLS_KAFKA_PORT", "CARLS_KAFKA_BOOTSTRAP_SERVERS", "CARLS_CASSANDRA_HOSTS"):
+        monkeypatch.delenv(key, raising=False)
+    s = Settings()
+    assert s.kafka.bootstrap_servers == ("127.0.0.1:9092",)
+    assert s.cassandra.hosts == ("127.0.0.1",)
+    assert s.cassandra.keyspace == "carls"
+
+
+def test_environment_overrides_ports_servers_and_replication(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CARLS_KAFKA_PORT", "19092")
+    monkeypatch.setenv("CARLS_CASSANDRA_HOSTS", "10.0.0.1, 10.0.0.2")
+    monkeypatch.setenv(
+        "CARLS_CASSANDRA_REPLICATION", '{"class": "NetworkTopologyStrategy", "dc1": 3}'
+    )
+    monkeypatch.setenv("CARLS_PARTITIONS_EXAMPLES", "12")
+    monkeypatch.setenv("CARLS_KAFKA_SASL_PASSWORD", "s3cret")
+    s = Settings()
+    assert s.kafka.bootstrap_servers == ("127.0.0.1:19092",)
+    assert s.infra.kafka_port == 19092
+    assert s.cassandra.hosts == ("10.0.0.1", "10.0.0.2")
+    assert s.cassandra.replication == {"class": "NetworkTopologyStrategy", "dc1": 3}
+    assert s.partitions["examples"] == 12
+    assert "s3cret" not in repr(s)
+
+
+def test_an_invalid_keyspace_is_rejected_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARLS_KEYSPACE", "Bad-Name")
+    with pytest.raises(ValidationError, match="keyspace"):
+        Settings()
+
+
+def test_one_connection_translates_to_every_client() -> None:
+    conn = KafkaConnection(
+        bootstrap_servers=("b1:9093", "b2:9093"),
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u",
+        sasl_password="p",
+    )
+    kp = conn.kafka_python()
+    assert kp["bootstrap_servers"] == ["b1:9093", "b2:9093"]
+    assert (kp["security_protocol"], kp["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (kp["sasl_plain_username"], kp["sasl_plain_password"]) == ("u", "p")
+    ak = conn.aiokafka()
+    assert ak["ssl_context"] is not None
+    assert ak["sasl_plain_password"] == "p"
+    fa = conn.faust()
+    assert fa["broker"] == "kafka://b1:9093;kafka://b2:9093"
+    assert fa["broker_credentials"].username == "u"
+    plain = KafkaConnection().kafka_python()
+    assert "sasl_mechanism" not in plain
+    assert "ssl_cafile" not in plain
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"security_protocol": "TLS"}, "security_protocol"),
+        ({"security_protocol": "SASL_PLAINTEXT"}, "sasl_mechanism"),
+        ({"bootstrap_servers": ()}, "bootstrap_servers"),
+    ],
+)
+def test_bad_connection_options_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        KafkaConnection(**kwargs)  # type: ignore[arg-type]
+
+
+def test_declared_topics_checkpoints_compacted_and_partition_counts_from_settings() -> None:
+    specs = {s.name: s for s in topic_specs(Topics("x"), {"examples": 6}, replication=1)}
+    assert set(specs) == {"x.jobs", "x.checkpoints", "x.examples", "x.progress", "x.deadletter"}
+    assert specs["x.checkpoints"].configs["cleanup.policy"] == "compact"
+    assert specs["x.examples"].partitions == 6
+    assert specs["x.jobs"].partitions == 1
+    assert "cleanup.policy" not in specs["x.examples"].configs
