@@ -217,6 +217,8 @@ class CassandraBank:
     ) -> int:
         ns = self._lookup(namespace)
         id_list = check_ids(ids)
+        if len(set(id_list)) != len(id_list):
+            raise ValueRejectedError("ids: the batch names an id twice")
         feats = np.asarray(features)
         if feats.ndim != 2 or feats.shape[0] != len(id_list):
             raise DimensionError(f"features: expected shape ({len(id_list)}, d), got {feats.shape}")

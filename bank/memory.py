@@ -156,7 +156,7 @@ class MemoryBank:
         labels: Sequence[int] | None = None,
         modality: str | None = None,
     ) -> int:
-        spec = self.namespace(namespace)
+        spec = self._spec(namespace)
         ids = _unique(check_ids(ids))
         arr = np.asarray(features)
         if arr.ndim != 2 or arr.shape[1] < 1:
@@ -179,7 +179,7 @@ class MemoryBank:
         return len(ids)
 
     def fetch_examples(self, namespace: str, ids: Sequence[str]) -> Examples:
-        spec = self.namespace(namespace)
+        spec = self._spec(namespace)
         ids = check_ids(ids)
         with self._lock:
             ns = self._current(spec)
@@ -206,7 +206,7 @@ class MemoryBank:
     # Knowledge ----------------------------------------------------------------------------
 
     def write(self, namespace: str, kind: str, batch: KnowledgeBatch, lineage: Lineage) -> int:
-        spec = self.namespace(namespace)
+        spec = self._spec(namespace)
         if not isinstance(lineage, Lineage):
             raise ValueRejectedError(f"lineage: expected a Lineage, got {type(lineage).__name__}")
         checked = check_batch(spec, kind, batch)
@@ -253,7 +253,7 @@ class MemoryBank:
         max_staleness: int | None = None,
         lineage: bool = False,
     ) -> KnowledgeRead:
-        spec = self.namespace(namespace)
+        spec = self._spec(namespace)
         spec.dim(kind)
         ids = check_ids(ids)
         if max_staleness is not None and max_staleness < 0:
@@ -272,7 +272,7 @@ class MemoryBank:
         return out
 
     def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
-        spec = self.namespace(namespace)
+        spec = self._spec(namespace)
         spec.dim(kind)
         _check_bucket(bucket, spec.buckets)
         with self._lock:
@@ -286,12 +286,12 @@ class MemoryBank:
     def quarantine(
         self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None
     ) -> int:
-        spec = self.namespace(namespace)
+        spec = self._spec(namespace)
         for name, step in (("from_step", from_step), ("to_step", to_step)):
             if not isinstance(step, int) or isinstance(step, bool):
                 raise ValueRejectedError(f"{name}: must be an int, got {step!r}")
-        if from_step > to_step:
-            raise ValueRejectedError(f"from_step {from_step} is after to_step {to_step}")
+        if from_step > to_step or from_step < 0:
+            raise ValueRejectedError(f"step range {from_step}..{to_step} is empty or negative")
         if isinstance(kinds, str):
             raise ValueRejectedError("kinds: expected a sequence of kinds, got one string")
         chosen = list(spec.kinds) if kinds is None else list(kinds)
@@ -314,10 +314,15 @@ class MemoryBank:
 
     # --------------------------------------------------------------------------------------
 
+    def _spec(self, name: str) -> NamespaceSpec:
+        """The stored spec, uncopied: for validation inside the bank only."""
+        with self._lock:
+            return self._get(name).spec
+
     def _current(self, spec: NamespaceSpec) -> _Namespace:
         """The namespace a call validated against; it may have been dropped since."""
         ns = self._get(spec.name)
-        if ns.spec.created_at != spec.created_at:
+        if ns.spec is not spec:
             raise NamespaceError(
                 f"namespace {spec.name} was dropped and created again during the call"
             )

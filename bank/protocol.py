@@ -14,7 +14,7 @@ Rules every implementation keeps (``tests/contract`` checks them on each):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def concat_reads(kind: str, dim: int, parts: list[KnowledgeRead]) -> KnowledgeRe
             kind, [], empty, np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, bool)
         )
 
-    def cat_opt(name: str) -> object:
+    def cat_opt(name: str) -> Any:
         vals = [getattr(p, name) for p in parts]
         if any(v is None for v in vals):
             return None
@@ -129,11 +129,11 @@ def concat_reads(kind: str, dim: int, parts: list[KnowledgeRead]) -> KnowledgeRe
         missing=np.concatenate([p.missing for p in parts]),
         stale=np.concatenate([p.stale for p in parts]),
         classes=cat_opt("classes"),
-        confidence=cat_opt("confidence"),  # type: ignore[arg-type]
+        confidence=cat_opt("confidence"),
         neighbour_ids=cat_opt("neighbour_ids"),
-        makers=cat_opt("makers"),  # type: ignore[arg-type]
+        makers=cat_opt("makers"),
         fingerprints=cat_opt("fingerprints"),
-        written_at=cat_opt("written_at"),  # type: ignore[arg-type]
+        written_at=cat_opt("written_at"),
     )
 
 

@@ -13,6 +13,7 @@ so a batch is one ``(n, dim)`` array, and reads are a single gather on the clien
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,11 @@ class NamespaceSpec:
 
     def __post_init__(self) -> None:
         validate_name(self.name, "namespace")
-        if not isinstance(self.buckets, int) or not 1 <= self.buckets <= MAX_BUCKETS:
+        if (
+            not isinstance(self.buckets, int)
+            or isinstance(self.buckets, bool)
+            or not 1 <= self.buckets <= MAX_BUCKETS
+        ):
             raise ValueRejectedError(
                 f"buckets: must be an int in 1..{MAX_BUCKETS}, got {self.buckets!r}"
             )
@@ -75,7 +80,7 @@ class NamespaceSpec:
         for kind, ttl in self.ttl_s.items():
             if kind not in self.kinds:
                 raise KnowledgeKindError(f"ttl_s[{kind}]: not a kind of this namespace")
-            if not isinstance(ttl, int) or ttl <= 0:
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
                 raise ValueRejectedError(f"ttl_s[{kind}]: must be a positive int of seconds")
 
     def dim(self, kind: str) -> int:
@@ -207,23 +212,45 @@ def validate_kind(value: str, field_name: str = "kind") -> str:
         raise KnowledgeKindError(str(exc)) from exc
 
 
+_FAST_ID_CHARS = names.MAX_ID_BYTES // 4  # ids this short fit in MAX_ID_BYTES whatever they hold
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_ids(ids: Sequence[str], field_name: str = "ids") -> list[str]:
+    """Validate a batch of ids (non-empty, not too many, each a valid id); return a list.
+
+    Runs on every lookup, so the common case (short, clean str ids) is checked in bulk."""
     if isinstance(ids, str):
         raise ValueRejectedError(f"{field_name}: expected a sequence of ids, got one string")
-    out = list(ids)
+    out = ids if isinstance(ids, list) else list(ids)
     if not out:
         raise ValueRejectedError(f"{field_name}: the batch is empty")
     if len(out) > MAX_BATCH:
         raise ValueRejectedError(f"{field_name}: {len(out)} ids in one batch; at most {MAX_BATCH}")
-    for i, id_ in enumerate(out):
-        validate_id(id_, f"{field_name}[{i}]")
+    try:
+        joined = "".join(out)
+        lengths = list(map(len, out))
+        fast = (
+            min(lengths) > 0
+            and max(lengths) <= _FAST_ID_CHARS
+            and _CONTROL.search(joined) is None
+            and bool(joined.encode())
+        )
+    except (TypeError, UnicodeEncodeError):
+        fast = False
+    if not fast:
+        for i, id_ in enumerate(out):
+            validate_id(id_, f"{field_name}[{i}]")
     return out
 
 
 def check_matrix(
     values: object, rows: int, dim: int, what: str, allow_fewer_columns: bool = False
 ) -> F32:
-    arr = np.asarray(values)
+    try:
+        arr = np.asarray(values)
+    except ValueError as exc:  # ragged nested lists
+        raise DimensionError(f"{what}: not a rectangular array ({exc})") from exc
     if arr.ndim == 1 and dim == 1:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2 or arr.shape[0] != rows:
@@ -287,10 +314,10 @@ def check_batch(spec: NamespaceSpec, kind: str, batch: KnowledgeBatch) -> Knowle
 def stale_mask(
     steps: I64, missing: Bool, current_step: int | None, max_staleness: int | None
 ) -> Bool:
+    if max_staleness is not None and max_staleness < 0:
+        raise ValueRejectedError("max_staleness: must be >= 0")
     if max_staleness is None or current_step is None:
         return np.zeros(len(steps), dtype=bool)
-    if max_staleness < 0:
-        raise ValueRejectedError("max_staleness: must be >= 0")
     return ~missing & (steps < current_step - max_staleness)
 
 

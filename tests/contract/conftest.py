@@ -7,6 +7,7 @@ namespaces with ``make_namespace``, which gives each a unique name and drops it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -111,10 +112,8 @@ def _namespace_maker(bank: KnowledgeBank) -> tuple[MakeNamespace, list[str]]:
 
 def _drop_all(bank: KnowledgeBank, names: list[str]) -> None:
     for name in names:
-        try:
+        with contextlib.suppress(NamespaceError):  # the test dropped it itself
             bank.drop_namespace(name)
-        except NamespaceError:
-            pass  # the test dropped it itself
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from bank.types import KnowledgeBatch, Lineage, bucket_of
 
 
 @pytest.mark.parametrize("kind", list(CONTRACT_KINDS))
-def test_each_kind_round_trips_in_the_order_asked(bank: KnowledgeBank,
-                                                  make_namespace: MakeNamespace,
-                                                  kind: str) -> None:
+def test_each_kind_round_trips_in_the_order_asked(
+    bank: KnowledgeBank, make_namespace: MakeNamespace, kind: str
+) -> None:
     ns = make_namespace().name
     dim = CONTRACT_KINDS[kind]
     ids = [f"k{i}" for i in range(30)]
@@ -48,19 +48,31 @@ def test_each_kind_round_trips_in_the_order_asked(bank: KnowledgeBank,
     if kind == "pseudo_label":
         assert batch.classes is not None and batch.confidence is not None
         assert read.classes is not None and read.confidence is not None
-        assert read.classes.tolist() == [batch.classes[7], -1, batch.classes[0],
-                                         batch.classes[29], batch.classes[7], -1]
-        np.testing.assert_array_equal(read.confidence[[0, 2, 3]],
-                                      batch.confidence[[7, 0, 29]])
+        assert read.classes.tolist() == [
+            batch.classes[7],
+            -1,
+            batch.classes[0],
+            batch.classes[29],
+            batch.classes[7],
+            -1,
+        ]
+        np.testing.assert_array_equal(read.confidence[[0, 2, 3]], batch.confidence[[7, 0, 29]])
         assert read.confidence[[1, 5]].tolist() == [0.0, 0.0]
     if kind == "neighbours":
         assert batch.neighbour_ids is not None and read.neighbour_ids is not None
-        assert read.neighbour_ids == [batch.neighbour_ids[7], [], batch.neighbour_ids[0],
-                                      batch.neighbour_ids[29], batch.neighbour_ids[7], []]
+        assert read.neighbour_ids == [
+            batch.neighbour_ids[7],
+            [],
+            batch.neighbour_ids[0],
+            batch.neighbour_ids[29],
+            batch.neighbour_ids[7],
+            [],
+        ]
 
 
-def test_per_modality_kind_is_separate_from_embedding(bank: KnowledgeBank,
-                                                      make_namespace: MakeNamespace) -> None:
+def test_per_modality_kind_is_separate_from_embedding(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     text = batch_for("embedding/text", 3, ["a", "b"], seed=1)
     bank.write(ns, "embedding/text", text, lineage(2))
@@ -69,9 +81,9 @@ def test_per_modality_kind_is_separate_from_embedding(bank: KnowledgeBank,
 
 
 @pytest.mark.parametrize("shape", [(3,), (3, 1)])
-def test_difficulty_accepts_a_column_or_a_vector(bank: KnowledgeBank,
-                                                 make_namespace: MakeNamespace,
-                                                 shape: tuple[int, ...]) -> None:
+def test_difficulty_accepts_a_column_or_a_vector(
+    bank: KnowledgeBank, make_namespace: MakeNamespace, shape: tuple[int, ...]
+) -> None:
     ns = make_namespace().name
     values = np.array([0.5, 2.25, -1.0], np.float32).reshape(shape)
     bank.write(ns, "difficulty", KnowledgeBatch(["a", "b", "c"], values), lineage(1))
@@ -80,13 +92,18 @@ def test_difficulty_accepts_a_column_or_a_vector(bank: KnowledgeBank,
     assert read.values[:, 0].tolist() == [-1.0, 0.5, 2.25]
 
 
-def test_fewer_neighbours_than_k_are_kept_at_their_length(bank: KnowledgeBank,
-                                                          make_namespace: MakeNamespace) -> None:
+def test_fewer_neighbours_than_k_are_kept_at_their_length(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
-    two = KnowledgeBatch(["a", "b"], np.array([[0.9, 0.5], [0.8, 0.1]], np.float32),
-                         neighbour_ids=[["b", "c"], ["a", "d"]])
-    four = KnowledgeBatch(["c"], np.array([[0.7, 0.6, 0.5, 0.4]], np.float32),
-                          neighbour_ids=[["a", "b", "d", "e"]])
+    two = KnowledgeBatch(
+        ["a", "b"],
+        np.array([[0.9, 0.5], [0.8, 0.1]], np.float32),
+        neighbour_ids=[["b", "c"], ["a", "d"]],
+    )
+    four = KnowledgeBatch(
+        ["c"], np.array([[0.7, 0.6, 0.5, 0.4]], np.float32), neighbour_ids=[["a", "b", "d", "e"]]
+    )
     bank.write(ns, "neighbours", two, lineage(3))
     bank.write(ns, "neighbours", four, lineage(3))
     read = bank.read(ns, "neighbours", ["a", "c", "zz"])
@@ -96,14 +113,18 @@ def test_fewer_neighbours_than_k_are_kept_at_their_length(bank: KnowledgeBank,
     assert read.neighbour_ids == [["b", "c"], ["a", "b", "d", "e"], []]
 
 
-def test_lineage_is_returned_on_request(bank: KnowledgeBank,
-                                        make_namespace: MakeNamespace) -> None:
+def test_lineage_is_returned_on_request(bank: KnowledgeBank, make_namespace: MakeNamespace) -> None:
     ns = make_namespace().name
     before = time.time()
-    bank.write(ns, "embedding", batch_for("embedding", 8, ["a"], 1),
-               Lineage(step=12, maker="embedder-3", fingerprint="abc123"))
-    bank.write(ns, "embedding", batch_for("embedding", 8, ["b"], 2),
-               Lineage(step=13, maker="embedder-4"))
+    bank.write(
+        ns,
+        "embedding",
+        batch_for("embedding", 8, ["a"], 1),
+        Lineage(step=12, maker="embedder-3", fingerprint="abc123"),
+    )
+    bank.write(
+        ns, "embedding", batch_for("embedding", 8, ["b"], 2), Lineage(step=13, maker="embedder-4")
+    )
     read = bank.read(ns, "embedding", ["b", "none", "a"], lineage=True)
     assert read.steps.tolist() == [13, -1, 12]
     assert read.makers == ["embedder-4", "", "embedder-3"]
@@ -114,8 +135,9 @@ def test_lineage_is_returned_on_request(bank: KnowledgeBank,
         assert abs(at - before) < 120
 
 
-def test_written_at_given_by_an_import_is_kept(bank: KnowledgeBank,
-                                               make_namespace: MakeNamespace) -> None:
+def test_written_at_given_by_an_import_is_kept(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     batch = batch_for("embedding", 8, ["a", "b"], 1)
     batch.written_at = np.array([1_600_000_000.25, 1_650_000_000.5])
@@ -125,8 +147,9 @@ def test_written_at_given_by_an_import_is_kept(bank: KnowledgeBank,
     np.testing.assert_allclose(read.written_at, [1_650_000_000.5, 1_600_000_000.25], atol=1e-3)
 
 
-def test_scan_returns_a_bucket_sorted_with_lineage(bank: KnowledgeBank,
-                                                   make_namespace: MakeNamespace) -> None:
+def test_scan_returns_a_bucket_sorted_with_lineage(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     spec = make_namespace(buckets=3)
     ids = [f"s{i}" for i in range(40)]
     batch = batch_for("pseudo_label", 5, ids, seed=3)
@@ -148,8 +171,9 @@ def test_scan_returns_a_bucket_sorted_with_lineage(bank: KnowledgeBank,
         bank.scan(spec.name, "pseudo_label", 3)
 
 
-def test_staleness_marks_old_rows_and_never_missing_ones(bank: KnowledgeBank,
-                                                         make_namespace: MakeNamespace) -> None:
+def test_staleness_marks_old_rows_and_never_missing_ones(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     for id_, step in (("fresh", 10), ("edge", 9), ("old", 5)):
         bank.write(ns, "embedding", batch_for("embedding", 8, [id_], step), lineage(step))
@@ -161,7 +185,11 @@ def test_staleness_marks_old_rows_and_never_missing_ones(bank: KnowledgeBank,
     assert read.steps.tolist() == [10, 9, 5, -1]
     assert not bank.read(ns, "embedding", ask).stale.any()
     assert bank.read(ns, "embedding", ask, current_step=12, max_staleness=0).stale.tolist() == [
-        True, True, True, False]
+        True,
+        True,
+        True,
+        False,
+    ]
     with pytest.raises(ValueRejectedError):
         bank.read(ns, "embedding", ask, current_step=12, max_staleness=-1)
 
@@ -189,37 +217,63 @@ BAD_WRITES: dict[str, tuple[str, KnowledgeBatch, type[Exception]]] = {
     "inf": ("embedding", _emb(_with(1, np.inf)), ValueRejectedError),
     "float32 overflow": ("embedding", _emb(_with(2, 1e39, np.float64)), ValueRejectedError),
     "not numbers": ("embedding", _emb(np.full((3, 8), "x")), ValueRejectedError),
-    "over-long id": ("embedding", _emb(vectors(5, 3, 8), ["a", "b", "x" * 257]),
-                     ValueRejectedError),
-    "over-long id in bytes": ("embedding", _emb(vectors(5, 3, 8), ["a", "b", "é" * 129]),
-                              ValueRejectedError),
+    "over-long id": (
+        "embedding",
+        _emb(vectors(5, 3, 8), ["a", "b", "x" * 257]),
+        ValueRejectedError,
+    ),
+    "over-long id in bytes": (
+        "embedding",
+        _emb(vectors(5, 3, 8), ["a", "b", "é" * 129]),
+        ValueRejectedError,
+    ),
     "empty id": ("embedding", _emb(vectors(5, 3, 8), ["a", "b", ""]), ValueRejectedError),
-    "duplicate ids": ("embedding", _emb(vectors(5, 3, 8), ["a", "b", "a"]),
-                      ValueRejectedError),
+    "duplicate ids": ("embedding", _emb(vectors(5, 3, 8), ["a", "b", "a"]), ValueRejectedError),
     "undeclared kind": ("prediction", _emb(vectors(5, 3, 5)), KnowledgeKindError),
     "unknown kind": ("bogus", _emb(vectors(5, 3, 8)), KnowledgeKindError),
-    "pseudo_label without classes": ("pseudo_label", _emb(vectors(5, 3, 5)),
-                                     ValueRejectedError),
-    "class out of range": ("pseudo_label", KnowledgeBatch(
-        IDS, vectors(5, 3, 5), classes=np.array([0, 1, 5], np.int32),
-        confidence=np.ones(3, np.float32)), ValueRejectedError),
-    "nan confidence": ("pseudo_label", KnowledgeBatch(
-        IDS, vectors(5, 3, 5), classes=np.array([0, 1, 2], np.int32),
-        confidence=np.array([1, np.nan, 1], np.float32)), ValueRejectedError),
-    "more neighbours than k": ("neighbours", KnowledgeBatch(
-        IDS, vectors(5, 3, 5), neighbour_ids=[list("vwxyz")] * 3), DimensionError),
-    "neighbour ids do not match scores": ("neighbours", KnowledgeBatch(
-        IDS, vectors(5, 3, 2), neighbour_ids=[["x", "y"], ["x", "y"], ["x"]]),
-        DimensionError),
+    "pseudo_label without classes": ("pseudo_label", _emb(vectors(5, 3, 5)), ValueRejectedError),
+    "class out of range": (
+        "pseudo_label",
+        KnowledgeBatch(
+            IDS,
+            vectors(5, 3, 5),
+            classes=np.array([0, 1, 5], np.int32),
+            confidence=np.ones(3, np.float32),
+        ),
+        ValueRejectedError,
+    ),
+    "nan confidence": (
+        "pseudo_label",
+        KnowledgeBatch(
+            IDS,
+            vectors(5, 3, 5),
+            classes=np.array([0, 1, 2], np.int32),
+            confidence=np.array([1, np.nan, 1], np.float32),
+        ),
+        ValueRejectedError,
+    ),
+    "more neighbours than k": (
+        "neighbours",
+        KnowledgeBatch(IDS, vectors(5, 3, 5), neighbour_ids=[list("vwxyz")] * 3),
+        DimensionError,
+    ),
+    "neighbour ids do not match scores": (
+        "neighbours",
+        KnowledgeBatch(IDS, vectors(5, 3, 2), neighbour_ids=[["x", "y"], ["x", "y"], ["x"]]),
+        DimensionError,
+    ),
     "neighbours without ids": ("neighbours", _emb(vectors(5, 3, 2)), ValueRejectedError),
 }
 
 
 @pytest.mark.parametrize(("kind", "batch", "error"), BAD_WRITES.values(), ids=BAD_WRITES)
-def test_bad_write_raises_and_writes_nothing(bank: KnowledgeBank,
-                                             make_namespace: MakeNamespace, kind: str,
-                                             batch: KnowledgeBatch,
-                                             error: type[Exception]) -> None:
+def test_bad_write_raises_and_writes_nothing(
+    bank: KnowledgeBank,
+    make_namespace: MakeNamespace,
+    kind: str,
+    batch: KnowledgeBatch,
+    error: type[Exception],
+) -> None:
     kinds = {k: v for k, v in CONTRACT_KINDS.items() if k != "prediction"}
     ns = make_namespace(kinds=kinds).name
     baseline = {k: batch_for(k, kinds[k], ["a", "b"], seed=1) for k in kinds}
@@ -238,8 +292,7 @@ def test_bad_write_raises_and_writes_nothing(bank: KnowledgeBank,
 def test_empty_batch_rejected(bank: KnowledgeBank, make_namespace: MakeNamespace) -> None:
     ns = make_namespace().name
     with pytest.raises(ValueRejectedError):
-        bank.write(ns, "embedding", KnowledgeBatch([], np.zeros((0, 8), np.float32)),
-                   lineage(1))
+        bank.write(ns, "embedding", KnowledgeBatch([], np.zeros((0, 8), np.float32)), lineage(1))
     assert scan_all(bank, ns, "embedding").ids == []
 
 
@@ -254,19 +307,20 @@ def test_longest_id_is_accepted(bank: KnowledgeBank, make_namespace: MakeNamespa
 BAD_READS: dict[str, tuple[Callable[[KnowledgeBank, str], object], type[Exception]]] = {
     "no ids": (lambda b, ns: b.read(ns, "embedding", []), ValueRejectedError),
     "one string": (lambda b, ns: b.read(ns, "embedding", "abc"), ValueRejectedError),
-    "over-long id": (lambda b, ns: b.read(ns, "embedding", ["a", "x" * 257]),
-                     ValueRejectedError),
+    "over-long id": (lambda b, ns: b.read(ns, "embedding", ["a", "x" * 257]), ValueRejectedError),
     "undeclared kind": (lambda b, ns: b.read(ns, "prediction", ["a"]), KnowledgeKindError),
     "unknown kind": (lambda b, ns: b.read(ns, "bogus", ["a"]), KnowledgeKindError),
-    "unknown namespace": (lambda b, ns: b.read(ns + "_nope", "embedding", ["a"]),
-                          NamespaceError),
+    "unknown namespace": (lambda b, ns: b.read(ns + "_nope", "embedding", ["a"]), NamespaceError),
 }
 
 
 @pytest.mark.parametrize(("call", "error"), BAD_READS.values(), ids=BAD_READS)
-def test_bad_read_raises(bank: KnowledgeBank, make_namespace: MakeNamespace,
-                         call: Callable[[KnowledgeBank, str], object],
-                         error: type[Exception]) -> None:
+def test_bad_read_raises(
+    bank: KnowledgeBank,
+    make_namespace: MakeNamespace,
+    call: Callable[[KnowledgeBank, str], object],
+    error: type[Exception],
+) -> None:
     ns = make_namespace(kinds={"embedding": 8}).name
     with pytest.raises(error):
         call(bank, ns)
@@ -275,8 +329,9 @@ def test_bad_read_raises(bank: KnowledgeBank, make_namespace: MakeNamespace,
 # TTL -------------------------------------------------------------------------------------
 
 
-def test_rows_past_their_ttl_read_as_missing(harness: Harness,
-                                             make_namespace: MakeNamespace) -> None:
+def test_rows_past_their_ttl_read_as_missing(
+    harness: Harness, make_namespace: MakeNamespace
+) -> None:
     bank, ttl = harness.bank, harness.short_ttl_s
     ns = make_namespace(kinds={"embedding": 8, "prediction": 5}, ttl_s={"embedding": ttl}).name
     emb = batch_for("embedding", 8, ["a", "b"], 1)

@@ -29,8 +29,9 @@ def _ids(n: int, prefix: str = "id") -> list[str]:
     return [f"{prefix}{i:03d}" for i in range(n)]
 
 
-def test_older_step_never_replaces_newer(bank: KnowledgeBank,
-                                         make_namespace: MakeNamespace) -> None:
+def test_older_step_never_replaces_newer(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     new = batch_for("embedding", 8, ["a", "b"], seed=5)
     old = batch_for("embedding", 8, ["a", "b"], seed=3)
@@ -46,8 +47,9 @@ def test_older_step_never_replaces_newer(bank: KnowledgeBank,
     assert_rows(bank.read(ns, "embedding", ["a", "b"]), [0, 1], newer, [0, 1], step=6)
 
 
-def test_writing_the_same_batch_twice_is_harmless(bank: KnowledgeBank,
-                                                  make_namespace: MakeNamespace) -> None:
+def test_writing_the_same_batch_twice_is_harmless(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     batch = batch_for("pseudo_label", 5, _ids(20), seed=2)
     assert bank.write(ns, "pseudo_label", batch, lineage(7)) == 20
@@ -59,8 +61,22 @@ def test_writing_the_same_batch_twice_is_harmless(bank: KnowledgeBank,
     assert len(scan_all(bank, ns, "pseudo_label").ids) == 20
 
 
-def test_out_of_order_steps_end_at_the_newest(bank: KnowledgeBank,
-                                              make_namespace: MakeNamespace) -> None:
+def test_equal_step_writes_converge_whatever_their_order(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
+    ns = make_namespace(kinds={"embedding": 8}).name
+    first, second = vectors(1, 1, 8), vectors(2, 1, 8)
+    for id_, order in (("x", (first, second)), ("y", (second, first))):
+        for values in order:
+            bank.write(ns, "embedding", KnowledgeBatch([id_], values), lineage(5))
+    read = bank.read(ns, "embedding", ["x", "y"])
+    assert read.steps.tolist() == [5, 5]
+    np.testing.assert_array_equal(read.values[0], read.values[1])
+
+
+def test_out_of_order_steps_end_at_the_newest(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     ids = _ids(50)
     steps = list(range(1, 21))
@@ -82,19 +98,26 @@ def test_order_is_kept_per_id(bank: KnowledgeBank, make_namespace: MakeNamespace
     assert read.steps.tolist() == [11] * 25 + [12] * 50 + [11] * 25
     assert_rows(read, range(25), all_11, range(25), step=11)
     assert_rows(read, range(75, 100), all_11, range(75, 100), step=11)
-    assert_rows(read, range(25, 75), KnowledgeBatch(ids[25:75], vectors(12, 50, 8)),
-                range(50), step=12)
+    assert_rows(
+        read, range(25, 75), KnowledgeBatch(ids[25:75], vectors(12, 50, 8)), range(50), step=12
+    )
 
 
 def _expect_step(bank: KnowledgeBank, ns: str, ids: list[str], step: int) -> None:
     read = bank.read(ns, "embedding", ids)
     assert read.steps.tolist() == [step] * len(ids)
-    assert_rows(read, range(len(ids)), KnowledgeBatch(ids, vectors(step, len(ids), 8)),
-                range(len(ids)), step=step)
+    assert_rows(
+        read,
+        range(len(ids)),
+        KnowledgeBatch(ids, vectors(step, len(ids), 8)),
+        range(len(ids)),
+        step=step,
+    )
 
 
-def test_concurrent_writers_leave_the_newest_step(bank: KnowledgeBank,
-                                                  make_namespace: MakeNamespace) -> None:
+def test_concurrent_writers_leave_the_newest_step(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace().name
     ids = _ids(200)
     rnd = random.Random(99)
@@ -104,8 +127,9 @@ def test_concurrent_writers_leave_the_newest_step(bank: KnowledgeBank,
         barrier = threading.Barrier(len(steps))
         errors: list[BaseException] = []
 
-        def writer(step: int, barrier: threading.Barrier = barrier,
-                   errors: list[BaseException] = errors) -> None:
+        def writer(
+            step: int, barrier: threading.Barrier = barrier, errors: list[BaseException] = errors
+        ) -> None:
             try:
                 barrier.wait(timeout=30)
                 write_shuffled(bank, ns, ids, 8, step, seed=step, repeats=2, chunks=4)
@@ -121,17 +145,19 @@ def test_concurrent_writers_leave_the_newest_step(bank: KnowledgeBank,
         _expect_step(bank, ns, ids, max(steps))
 
 
-def test_concurrent_processes_leave_the_newest_step(shared_harness: Harness,
-                                                    make_shared_namespace: MakeNamespace) -> None:
+def test_concurrent_processes_leave_the_newest_step(
+    shared_harness: Harness, make_shared_namespace: MakeNamespace
+) -> None:
     bank = shared_harness.bank
     ns = make_shared_namespace().name
     ids = _ids(200)
     steps = [41, 44, 42, 43]
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(steps))
-    procs = [ctx.Process(target=write_in_child,
-                         args=(shared_harness.config, ns, ids, 8, step, barrier))
-             for step in steps]
+    procs = [
+        ctx.Process(target=write_in_child, args=(shared_harness.config, ns, ids, 8, step, barrier))
+        for step in steps
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -157,8 +183,9 @@ def _write_rows(bank: KnowledgeBank, ns: str, kind: str, dim: int) -> dict[str, 
     return batches
 
 
-def test_quarantine_removes_exactly_the_steps_in_range(bank: KnowledgeBank,
-                                                       make_namespace: MakeNamespace) -> None:
+def test_quarantine_removes_exactly_the_steps_in_range(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace(kinds={"embedding": 8, "prediction": 5}).name
     emb = _write_rows(bank, ns, "embedding", 8)
     pred = _write_rows(bank, ns, "prediction", 5)
@@ -174,7 +201,8 @@ def test_quarantine_removes_exactly_the_steps_in_range(bank: KnowledgeBank,
 
 
 def test_quarantined_step_stays_removed_and_newer_writes_land(
-        bank: KnowledgeBank, make_namespace: MakeNamespace) -> None:
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace(kinds={"embedding": 8}).name
     batches = _write_rows(bank, ns, "embedding", 8)
     assert bank.quarantine(ns, 3, 3) == 1
@@ -189,8 +217,9 @@ def test_quarantined_step_stays_removed_and_newer_writes_land(
     assert sorted(scan_all(bank, ns, "embedding").ids) == sorted(ROWS)
 
 
-def test_quarantine_of_some_kinds_leaves_the_others(bank: KnowledgeBank,
-                                                   make_namespace: MakeNamespace) -> None:
+def test_quarantine_of_some_kinds_leaves_the_others(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace(kinds={"embedding": 8, "prediction": 5}).name
     _write_rows(bank, ns, "embedding", 8)
     pred = _write_rows(bank, ns, "prediction", 5)
@@ -201,8 +230,9 @@ def test_quarantine_of_some_kinds_leaves_the_others(bank: KnowledgeBank,
         assert_rows(read, [pos], pred[id_], [0], step=ROWS[id_])
 
 
-def test_quarantine_rejects_bad_ranges_and_kinds(bank: KnowledgeBank,
-                                                 make_namespace: MakeNamespace) -> None:
+def test_quarantine_rejects_bad_ranges_and_kinds(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace(kinds={"embedding": 8}).name
     _write_rows(bank, ns, "embedding", 8)
     with pytest.raises(ValueRejectedError):
@@ -212,15 +242,20 @@ def test_quarantine_rejects_bad_ranges_and_kinds(bank: KnowledgeBank,
     assert not bank.read(ns, "embedding", list(ROWS)).missing.any()
 
 
-def test_quarantine_counts_only_rows_in_range(bank: KnowledgeBank,
-                                              make_namespace: MakeNamespace) -> None:
+def test_quarantine_counts_only_rows_in_range(
+    bank: KnowledgeBank, make_namespace: MakeNamespace
+) -> None:
     ns = make_namespace(kinds={"embedding": 8}).name
     ids = _ids(120)
     steps = np.random.default_rng(3).integers(1, 30, size=120)
     for step in np.unique(steps):
         sel = [i for i, s in zip(ids, steps, strict=True) if s == step]
-        bank.write(ns, "embedding", KnowledgeBatch(sel, vectors(int(step), len(sel), 8)),
-                   lineage(int(step)))
+        bank.write(
+            ns,
+            "embedding",
+            KnowledgeBatch(sel, vectors(int(step), len(sel), 8)),
+            lineage(int(step)),
+        )
     in_range = (steps >= 10) & (steps <= 19)
     assert bank.quarantine(ns, 10, 19) == int(in_range.sum())
     read = bank.read(ns, "embedding", ids)
