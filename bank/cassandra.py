@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 from cassandra import DriverException, RequestExecutionException
 from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from bank.errors import (
     BankUnavailableError,
@@ -286,9 +286,14 @@ class CassandraBank:
         values = b.values
         rows = []
         for k, i in enumerate(b.ids):
-            klass = int(b.classes[k]) if b.classes is not None else None
-            conf = float(b.confidence[k]) if b.confidence is not None else None
-            extra = SEP.join(b.neighbour_ids[k]).encode() if b.neighbour_ids is not None else None
+            # Absent columns are left unset: a bound None would write a tombstone per cell.
+            klass = int(b.classes[k]) if b.classes is not None else UNSET_VALUE
+            conf = float(b.confidence[k]) if b.confidence is not None else UNSET_VALUE
+            extra = (
+                SEP.join(b.neighbour_ids[k]).encode()
+                if b.neighbour_ids is not None
+                else UNSET_VALUE
+            )
             at = (
                 datetime.fromtimestamp(float(b.written_at[k]), UTC)
                 if b.written_at is not None

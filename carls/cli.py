@@ -85,9 +85,11 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 def _register() -> None:
-    from carls import cmd_demo, cmd_infra, cmd_settings
+    from carls import cmd_bank, cmd_bench, cmd_demo, cmd_infra, cmd_settings
 
     main.add_command(cmd_infra.infra)
+    main.add_command(cmd_bank.bank)
+    main.add_command(cmd_bench.bench)
     main.add_command(cmd_demo.demo)
     main.add_command(cmd_settings.settings)
 

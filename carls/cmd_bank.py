@@ -1,0 +1,407 @@
+"""``carls bank …``: look into and manage the knowledge bank."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from carls.output import emit_json, progress, table
+
+if TYPE_CHECKING:
+    from bank.cassandra import CassandraBank
+
+
+@contextmanager
+def _bank(ctx: click.Context) -> Iterator[CassandraBank]:
+    from bank.cassandra import CassandraBank
+    from carls.cli import settings_of
+
+    bank = CassandraBank(settings_of(ctx).cassandra)
+    try:
+        yield bank
+    finally:
+        bank.close()
+
+
+class _Progress:
+    """Progress lines on stderr (at most ~2 per second), with rate and ETA."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.5 and done < total):
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = (elapsed / done * (total - done)) if done else 0.0
+        progress(
+            f"  {what}: {done:,}/{total:,} ({100 * done / max(total, 1):.0f}%), "
+            f"{elapsed:.1f} s elapsed, ~{eta:.0f} s left"
+        )
+
+
+def _kv(values: tuple[str, ...], what: str) -> dict[str, int]:
+    out = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not val.strip().isdigit():
+            raise click.BadParameter(f"{item!r}: expected KIND=INT", param_hint=what)
+        out[key.strip()] = int(val)
+    return out
+
+
+@click.group()
+def bank() -> None:
+    """Inspect and manage the knowledge bank (Cassandra keyspace CARLS_KEYSPACE)."""
+
+
+@bank.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def namespaces(ctx: click.Context, as_json: bool) -> None:
+    """List namespaces with their buckets and kinds."""
+    from bank.admin import spec_dict
+
+    with _bank(ctx) as b:
+        specs = [spec_dict(s) for s in b.namespaces()]
+    if as_json:
+        emit_json(specs)
+        return
+    if not specs:
+        click.echo("no namespaces yet (create one: carls bank create NS --dim D)")
+        return
+    click.echo(
+        table(
+            [
+                (
+                    s["name"],
+                    s["buckets"],
+                    ", ".join(f"{k}={d}" for k, d in sorted(s["kinds"].items())),
+                )
+                for s in specs
+            ],
+            ["namespace", "buckets", "kinds (dimension)"],
+        )
+    )
+
+
+@bank.command()
+@click.argument("namespace")
+@click.option(
+    "--dim",
+    type=click.IntRange(1, 65536),
+    required=True,
+    help="Embedding dimension (the 'embedding' kind).",
+)
+@click.option(
+    "--buckets",
+    type=click.IntRange(1, 4096),
+    default=16,
+    show_default=True,
+    help="Partitions per kind: a batch lookup runs one query per bucket it touches.",
+)
+@click.option(
+    "--classes",
+    type=click.IntRange(1, 65536),
+    default=16,
+    show_default=True,
+    help="Classes of pseudo_label and prediction.",
+)
+@click.option(
+    "-k",
+    "--neighbours",
+    "k",
+    type=click.IntRange(1, 4096),
+    default=16,
+    show_default=True,
+    help="Neighbours kept per id.",
+)
+@click.option(
+    "--kind",
+    "extra_kinds",
+    multiple=True,
+    metavar="KIND=DIM",
+    help="Another kind, e.g. embedding/text=64 (repeatable).",
+)
+@click.option(
+    "--ttl",
+    multiple=True,
+    metavar="KIND=SECONDS",
+    help="Expire a kind's knowledge after SECONDS (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def create(
+    ctx: click.Context,
+    namespace: str,
+    dim: int,
+    buckets: int,
+    classes: int,
+    k: int,
+    extra_kinds: tuple[str, ...],
+    ttl: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Create NAMESPACE with the standard kinds (and any --kind)."""
+    from bank.admin import spec_dict
+    from bank.types import NamespaceSpec, default_kinds
+
+    kinds = {**default_kinds(dim, classes, k), **_kv(extra_kinds, "--kind")}
+    spec = NamespaceSpec(namespace, kinds, buckets, _kv(ttl, "--ttl"))
+    with _bank(ctx) as b:
+        created = b.create_namespace(spec)
+    if as_json:
+        emit_json(spec_dict(created))
+    else:
+        click.echo(
+            f"created namespace {namespace}: {buckets} buckets, kinds "
+            + ", ".join(f"{k}={d}" for k, d in sorted(kinds.items()))
+        )
+
+
+@bank.command()
+@click.argument("namespace")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def stats(ctx: click.Context, namespace: str, as_json: bool) -> None:
+    """Examples registered, and rows and step range per kind."""
+    from bank.admin import stats as compute
+
+    with _bank(ctx) as b:
+        st = compute(b, namespace)
+    if as_json:
+        emit_json(st)
+        return
+    click.echo(
+        f"namespace {namespace}: {st['examples']:,} examples ({st['labeled']:,} "
+        f"labeled), {st['namespace']['buckets']} buckets"
+    )
+    click.echo(
+        table(
+            [
+                (k, v["dim"], v["rows"], v["min_step"], v["max_step"])
+                for k, v in st["kinds"].items()
+            ],
+            ["kind", "dim", "rows", "oldest step", "newest step"],
+        )
+    )
+
+
+@bank.command()
+@click.argument("namespace")
+@click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def coverage(ctx: click.Context, namespace: str, kinds: tuple[str, ...], as_json: bool) -> None:
+    """How many registered ids have knowledge at the newest step, older steps, or none."""
+    from bank.admin import coverage_dicts
+
+    with _bank(ctx) as b:
+        rows = coverage_dicts(b, namespace, list(kinds) or None)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(
+        table(
+            [
+                (
+                    r["kind"],
+                    r["total"],
+                    r["newest_step"],
+                    r["at_newest"],
+                    f"{100 * r['fraction_at_newest']:.1f}%",
+                    r["older"],
+                    r["none"],
+                )
+                for r in rows
+            ],
+            ["kind", "ids", "newest step", "at newest", "coverage", "older", "none"],
+        )
+    )
+
+
+@bank.command()
+@click.argument("namespace")
+@click.argument("kind")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def get(ctx: click.Context, namespace: str, kind: str, ids: tuple[str, ...], as_json: bool) -> None:
+    """Knowledge of KIND for IDS, with its step and lineage."""
+    from bank.admin import get_rows
+
+    with _bank(ctx) as b:
+        rows = get_rows(b, namespace, kind, list(ids))
+    if as_json:
+        emit_json(rows)
+        return
+    out = []
+    for r in rows:
+        if r["missing"]:
+            out.append((r["id"], "-", "-", "missing"))
+            continue
+        head = ", ".join(f"{v:.4g}" for v in r["value"][:6])
+        more = f", … ({len(r['value'])} values)" if len(r["value"]) > 6 else ""
+        extra = f"class {r['class']} ({r['confidence']:.3f}) " if "class" in r else ""
+        extra += f"neighbours {' '.join(r['neighbours'][:5])} " if "neighbours" in r else ""
+        out.append((r["id"], r["step"], r["maker"], f"{extra}[{head}{more}]"))
+    click.echo(table(out, ["id", "step", "maker", "value"]))
+
+
+@bank.command()
+@click.argument("namespace")
+@click.option("--id", "query_id", help="Use the stored vector of this id as the query.")
+@click.option(
+    "--vector",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Query vector file: .npy, a JSON list, or floats separated by spaces/commas.",
+)
+@click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True)
+@click.option("--kind", default="embedding", show_default=True)
+@click.option("--metric", type=click.Choice(["cosine", "dot"]), default="cosine", show_default=True)
+@click.option("--from-step", type=int, help="Compare vectors from this step (inclusive) ...")
+@click.option("--to-step", type=int, help="... to this step; default: the newest step only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def neighbours(
+    ctx: click.Context,
+    namespace: str,
+    query_id: str | None,
+    vector: Path | None,
+    k: int,
+    kind: str,
+    metric: str,
+    from_step: int | None,
+    to_step: int | None,
+    as_json: bool,
+) -> None:
+    """Exact top-k nearest ids by cosine or dot product, within one model generation."""
+    from bank.admin import load_vector
+    from bank.protocol import nearest
+
+    if (query_id is None) == (vector is None):
+        raise click.UsageError("give exactly one of --id ID or --vector FILE")
+    if (from_step is None) != (to_step is None):
+        raise click.UsageError("give both --from-step and --to-step, or neither")
+    steps = (from_step, to_step) if from_step is not None and to_step is not None else None
+    with _bank(ctx) as b:
+        if query_id is not None:
+            got = b.read(namespace, kind, [query_id])
+            if got.missing[0]:
+                raise click.UsageError(f"{query_id} has no {kind} in {namespace}")
+            query, exclude = got.values[0], [query_id]
+            if steps is None:
+                steps = (int(got.steps[0]), int(got.steps[0]))
+        else:
+            assert vector is not None
+            query, exclude = load_vector(vector), []
+        found = nearest(b, namespace, kind, query, k, metric=metric, steps=steps, exclude=exclude)
+    rows = [{"id": n.id, "score": n.score, "step": n.step} for n in found]
+    if as_json:
+        emit_json(rows)
+    else:
+        click.echo(table([(r["id"], r["score"], r["step"]) for r in rows], ["id", metric, "step"]))
+
+
+@bank.command("export")
+@click.argument("namespace")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def export_(ctx: click.Context, namespace: str, path: Path, as_json: bool) -> None:
+    """Write NAMESPACE (examples and knowledge with lineage) to one portable file."""
+    from bank.transfer import describe, export_namespace
+
+    t0 = time.monotonic()
+    with _bank(ctx) as b:
+        manifest = export_namespace(b, namespace, path, progress=_Progress())
+    info = {
+        **describe(manifest),
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(
+            f"exported {namespace} to {path} ({info['bytes'] / 1e6:.1f} MB, "
+            f"{info['seconds']:.1f} s): {manifest['counts']}"
+        )
+
+
+@bank.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--namespace", "new_name", help="Import under this name instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def import_(ctx: click.Context, path: Path, new_name: str | None, as_json: bool) -> None:
+    """Create a namespace from an export file (checked in full before anything is written)."""
+    from bank.admin import spec_dict
+    from bank.transfer import import_namespace
+
+    t0 = time.monotonic()
+    with _bank(ctx) as b:
+        spec = import_namespace(b, path, new_name, progress=_Progress())
+    info = {**spec_dict(spec), "seconds": round(time.monotonic() - t0, 2)}
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(f"imported {path} as namespace {spec.name} ({info['seconds']:.1f} s)")
+
+
+@bank.command()
+@click.argument("namespace")
+@click.option("--from-step", type=click.IntRange(min=0), required=True)
+@click.option("--to-step", type=click.IntRange(min=0), required=True)
+@click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def quarantine(
+    ctx: click.Context,
+    namespace: str,
+    from_step: int,
+    to_step: int,
+    kinds: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Remove knowledge made by steps FROM..TO (inclusive), e.g. of a bad checkpoint.
+
+    Those rows read as missing; replays of those steps stay removed; newer steps land."""
+    with _bank(ctx) as b:
+        n = b.quarantine(namespace, from_step, to_step, list(kinds) or None)
+    if as_json:
+        emit_json(
+            {"namespace": namespace, "from_step": from_step, "to_step": to_step, "removed": n}
+        )
+    else:
+        click.echo(f"quarantined {n:,} rows of steps {from_step}..{to_step} in {namespace}")
+
+
+@bank.command()
+@click.argument("namespace")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def drop(ctx: click.Context, namespace: str, yes: bool, as_json: bool) -> None:
+    """Delete NAMESPACE with all its examples and knowledge (asks unless --yes)."""
+    with _bank(ctx) as b:
+        b.namespace(namespace)  # unknown: error before asking
+        if not yes and not click.confirm(
+            f"drop namespace {namespace} and all its knowledge?", default=False, err=True
+        ):
+            raise click.Abort()
+        b.drop_namespace(namespace)
+    if as_json:
+        emit_json({"dropped": namespace})
+    else:
+        click.echo(f"dropped namespace {namespace}")
