@@ -15,14 +15,20 @@ def bench() -> None:
 @bench.command("bank")
 @click.option("--rows", type=click.IntRange(1000), default=100_000, show_default=True)
 @click.option("--dim", type=click.IntRange(1, 4096), default=128, show_default=True)
-@click.option("--batch", type=click.IntRange(1, 100_000), default=1024, show_default=True,
-              help="Ids per lookup.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1024,
+    show_default=True,
+    help="Ids per lookup.",
+)
 @click.option("--lookups", type=click.IntRange(10), default=100, show_default=True)
 @click.option("--buckets", type=click.IntRange(1, 4096), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def bench_bank(ctx: click.Context, rows: int, dim: int, batch: int, lookups: int,
-               buckets: int, as_json: bool) -> None:
+def bench_bank(
+    ctx: click.Context, rows: int, dim: int, batch: int, lookups: int, buckets: int, as_json: bool
+) -> None:
     """Batch lookup, bulk write, export/import of the Cassandra bank vs numpy and dict."""
     from bank.bench import run
     from bank.cassandra import CassandraBank
@@ -30,27 +36,50 @@ def bench_bank(ctx: click.Context, rows: int, dim: int, batch: int, lookups: int
 
     bank = CassandraBank(settings_of(ctx).cassandra)
     try:
-        result = run(bank, rows=rows, dim=dim, batch=batch, lookups=lookups, buckets=buckets,
-                     say=progress)
+        result = run(
+            bank, rows=rows, dim=dim, batch=batch, lookups=lookups, buckets=buckets, say=progress
+        )
     finally:
         bank.close()
     if as_json:
         emit_json(result)
         return
     r = result
-    click.echo(table([
-        (f"lookup {batch} x {dim}-d, median", f"{r['lookup_median_ms']:.2f} ms",
-         f"numpy gather {r['numpy_gather_median_ms']:.3f} ms "
-         f"(x{r['lookup_vs_numpy']:.0f}); dict {r['dict_median_ms']:.2f} ms "
-         f"(x{r['lookup_vs_dict']:.1f})"),
-        ("lookup p99", f"{r['lookup_p99_ms']:.2f} ms", ""),
-        ("lookup rows/s", f"{r['lookup_rows_per_s']:,.0f}", ""),
-        ("lookup bytes/s", f"{r['lookup_bytes_per_s'] / 1e6:,.1f} MB/s",
-         f"loopback {r['loopback_bytes_per_s'] / 1e6:,.0f} MB/s "
-         f"({100 * r['lookup_vs_loopback']:.2f}%)"),
-        (f"bulk write {dim}-d", f"{r['write_rows_per_s']:,.0f} rows/s", ""),
-        (f"export {rows:,} rows", f"{r['export_s']:.1f} s", f"{r['export_bytes'] / 1e6:.0f} MB"),
-        (f"import {rows:,} rows", f"{r['import_s']:.1f} s", ""),
-    ], ["measure", "carls bank", "side by side"]))
-    click.echo(table([(k, v["target"], v["value"], "met" if v["met"] else "NOT MET")
-                      for k, v in r["targets"].items()], ["target", "goal", "measured", ""]))
+    click.echo(
+        table(
+            [
+                (
+                    f"lookup {batch} x {dim}-d, median",
+                    f"{r['lookup_median_ms']:.2f} ms",
+                    f"numpy gather {r['numpy_gather_median_ms']:.3f} ms "
+                    f"(x{r['lookup_vs_numpy']:.0f}); dict {r['dict_median_ms']:.2f} ms "
+                    f"(x{r['lookup_vs_dict']:.1f})",
+                ),
+                ("lookup p99", f"{r['lookup_p99_ms']:.2f} ms", ""),
+                ("lookup rows/s", f"{r['lookup_rows_per_s']:,.0f}", ""),
+                (
+                    "lookup bytes/s",
+                    f"{r['lookup_bytes_per_s'] / 1e6:,.1f} MB/s",
+                    f"loopback {r['loopback_bytes_per_s'] / 1e6:,.0f} MB/s "
+                    f"({100 * r['lookup_vs_loopback']:.2f}%)",
+                ),
+                (f"bulk write {dim}-d", f"{r['write_rows_per_s']:,.0f} rows/s", ""),
+                (
+                    f"export {rows:,} rows",
+                    f"{r['export_s']:.1f} s",
+                    f"{r['export_bytes'] / 1e6:.0f} MB",
+                ),
+                (f"import {rows:,} rows", f"{r['import_s']:.1f} s", ""),
+            ],
+            ["measure", "carls bank", "side by side"],
+        )
+    )
+    click.echo(
+        table(
+            [
+                (k, v["target"], v["value"], "met" if v["met"] else "NOT MET")
+                for k, v in r["targets"].items()
+            ],
+            ["target", "goal", "measured", ""],
+        )
+    )
