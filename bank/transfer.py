@@ -116,16 +116,20 @@ def export_namespace(
     }
     digests: dict[str, str] = {}
     tmp = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            data = buf.getvalue()
-            digests[name] = hashlib.sha256(data).hexdigest()
-            zf.writestr(name + ".npy", data)
-        manifest["sha256"] = digests
-        zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, arr, allow_pickle=False)
+                data = buf.getvalue()
+                digests[name] = hashlib.sha256(data).hexdigest()
+                zf.writestr(name + ".npy", data)
+            manifest["sha256"] = digests
+            zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (disk full, ...)
+        raise
     return manifest
 
 
@@ -136,6 +140,12 @@ def read_export(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, A
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, OSError) as exc:
+        with open(path, "rb") as fh:
+            looks_like_zip = fh.read(4) == b"PK\x03\x04"
+        if looks_like_zip:  # a zip that lost its end (central directory): cut short
+            raise ExportFormatError(
+                f"{path}: corrupt or truncated export (unreadable zip archive: {exc})"
+            ) from exc
         raise ExportFormatError(f"{path} is not a carls export (not a zip archive: {exc})") from exc
     with zf:
         try:
@@ -154,8 +164,11 @@ def read_export(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, A
                 f"{path}: export format version {manifest.get('version')!r}"
                 f" is not supported (this build reads {VERSION})"
             )
+        digests = manifest.get("sha256")
+        if not isinstance(digests, dict) or not digests:
+            raise ExportFormatError(f"{path}: manifest is incomplete (no member checksums)")
         arrays = {}
-        for name, digest in manifest.get("sha256", {}).items():
+        for name, digest in digests.items():
             try:
                 data = zf.read(name + ".npy")
             except (KeyError, zipfile.BadZipFile, OSError) as exc:
@@ -164,7 +177,10 @@ def read_export(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, A
                 ) from exc
             if hashlib.sha256(data).hexdigest() != digest:
                 raise ExportFormatError(f"{path}: member {name} fails its sha256 (corrupt)")
-            arrays[name] = np.load(io.BytesIO(data), allow_pickle=False)
+            try:
+                arrays[name] = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise ExportFormatError(f"{path}: member {name} is not an array ({exc})") from exc
     _check_shapes(path, manifest, arrays)
     return manifest, arrays
 
@@ -180,6 +196,10 @@ def _check_shapes(
                 f"knowledge/{k_index}/{m}"
                 for m in ("ids", "values", "steps", "makers", "fingerprints", "written_at")
             ]
+            if kind == "pseudo_label":
+                need += [f"knowledge/{k_index}/classes", f"knowledge/{k_index}/confidence"]
+            if kind == "neighbours":
+                need.append(f"knowledge/{k_index}/neighbour_ids")
             rows = manifest["counts"][kind]
             dim = manifest["namespace"]["kinds"][kind]
             values = arrays[f"knowledge/{k_index}/values"]
@@ -256,11 +276,17 @@ def _write_all(
         if not kids:
             continue
         steps, makers, fps = arrays[p + "steps"], arrays[p + "makers"], arrays[p + "fingerprints"]
-        groups: dict[tuple[int, str, str], list[int]] = defaultdict(list)
+        # Neighbour rows may hold fewer than k ids; a batch needs one width, so group by it.
+        widths = (
+            [j.count(SEP) + 1 if j else 0 for j in arrays[p + "neighbour_ids"].tolist()]
+            if kind == "neighbours"
+            else [0] * len(kids)
+        )
+        groups: dict[tuple[int, str, str, int], list[int]] = defaultdict(list)
         for i in range(len(kids)):
-            groups[(int(steps[i]), str(makers[i]), str(fps[i]))].append(i)
+            groups[(int(steps[i]), str(makers[i]), str(fps[i]), widths[i])].append(i)
         done = 0
-        for (step, maker, fp), rows in groups.items():
+        for (step, maker, fp, _width), rows in groups.items():
             for start in range(0, len(rows), CHUNK):
                 sel = np.asarray(rows[start : start + CHUNK])
                 batch = KnowledgeBatch(

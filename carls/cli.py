@@ -85,11 +85,13 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 def _register() -> None:
-    from carls import cmd_bank, cmd_bench, cmd_demo, cmd_infra, cmd_settings
+    from carls import cmd_bank, cmd_bench, cmd_demo, cmd_infra, cmd_publish, cmd_settings
 
     main.add_command(cmd_infra.infra)
     main.add_command(cmd_bank.bank)
     main.add_command(cmd_bench.bench)
+    main.add_command(cmd_publish.checkpoint)
+    main.add_command(cmd_publish.examples)
     main.add_command(cmd_demo.demo)
     main.add_command(cmd_settings.settings)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from carls.output import emit_json, progress, table
+from carls.output import emit_json, fail, progress, table
 
 if TYPE_CHECKING:
     from bank.cassandra import CassandraBank
@@ -321,9 +321,14 @@ def export_(ctx: click.Context, namespace: str, path: Path, as_json: bool) -> No
     """Write NAMESPACE (examples and knowledge with lineage) to one portable file."""
     from bank.transfer import describe, export_namespace
 
+    if not path.parent.is_dir():  # say so before reading the whole namespace
+        fail(f"cannot write {path}: directory {path.parent} does not exist")
     t0 = time.monotonic()
     with _bank(ctx) as b:
-        manifest = export_namespace(b, namespace, path, progress=_Progress())
+        try:
+            manifest = export_namespace(b, namespace, path, progress=_Progress())
+        except OSError as exc:
+            fail(f"cannot write {path}: {exc.strerror or exc}")
     info = {
         **describe(manifest),
         "path": str(path),

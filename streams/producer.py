@@ -1,0 +1,74 @@
+"""kafka-python producers for trainers and the CLI: records out, keyed so order holds.
+
+Checkpoint manifests are keyed by namespace (the compacted topic keeps the newest per
+namespace); example batches by namespace and campaign; progress by namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from schemas import CheckpointManifest, DeadLetter, ExampleBatch, ProgressEvent, TrainingJob
+from schemas.codec import encode
+from schemas.records import Record
+from streams.config import KafkaConnection
+from streams.errors import PublishError
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Produces carls records to their topics; ``flush``/``close`` or use as a context."""
+
+    def __init__(self, conn: KafkaConnection, topics: Topics, **overrides: Any) -> None:
+        self.topics = topics
+        opts: dict[str, Any] = {"linger_ms": 5, "acks": "all", **conn.kafka_python(), **overrides}
+        try:
+            self._producer = KafkaProducer(**opts)
+        except KafkaError as exc:
+            raise PublishError(
+                f"cannot connect to Kafka at {conn.bootstrap_servers}: {exc}"
+            ) from exc
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, topic: str, key: str, record: Record, wait: bool = False) -> None:
+        try:
+            future = self._producer.send(topic, key=key.encode(), value=encode(record))
+            if wait:
+                future.get(timeout=30)
+        except KafkaError as exc:
+            raise PublishError(f"could not produce {record.SCHEMA} to {topic}: {exc}") from exc
+
+    def manifest(self, m: CheckpointManifest, wait: bool = True) -> None:
+        self.send(self.topics.checkpoints, m.namespace, m, wait)
+
+    def examples(self, batch: ExampleBatch, wait: bool = False) -> None:
+        self.send(self.topics.examples, f"{batch.namespace}/{batch.campaign}", batch, wait)
+
+    def job(self, job: TrainingJob, wait: bool = True) -> None:
+        self.send(self.topics.jobs, job.job_id, job, wait)
+
+    def progress(self, event: ProgressEvent) -> None:
+        self.send(self.topics.progress, event.namespace, event)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.send(self.topics.deadletter, letter.source_topic, letter, wait=True)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise PublishError(f"flush failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=30)
