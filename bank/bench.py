@@ -72,7 +72,7 @@ def run(
     dim: int = 128,
     batch: int = 1024,
     lookups: int = 100,
-    buckets: int = 16,
+    buckets: int = 8,
     say: Say = lambda _: None,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(0)

@@ -29,7 +29,7 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
 
-DEFAULT_BUCKETS = 16
+DEFAULT_BUCKETS = 8
 MAX_BUCKETS = 4096
 MAX_BATCH = 100_000
 NO_LABEL = -1

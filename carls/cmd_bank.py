@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from bank.types import DEFAULT_BUCKETS
 from carls.output import emit_json, fail, progress, table
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def namespaces(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--buckets",
     type=click.IntRange(1, 4096),
-    default=16,
+    default=DEFAULT_BUCKETS,
     show_default=True,
     help="Partitions per kind: a batch lookup runs one query per bucket it touches.",
 )

@@ -23,7 +23,7 @@ def bench() -> None:
     help="Ids per lookup.",
 )
 @click.option("--lookups", type=click.IntRange(10), default=100, show_default=True)
-@click.option("--buckets", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--buckets", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def bench_bank(
