@@ -1,0 +1,413 @@
+"""Checkpoint artifacts: save, verify, load and cache the models makers run.
+
+The artifact convention (what a trainer saves and a maker loads, with no trainer code):
+
+* a Keras 3 ``.keras`` file of a **functional** model built from standard Keras layers;
+* **one input**: the features, float32 ``(n, d)``;
+* **two outputs, in this order**: ``embedding`` ``(n, e)`` and ``probabilities``
+  ``(n, classes)`` (softmax outputs: each row in ``[0, 1]`` summing to 1);
+* stored as ``<store>/<namespace>/step-<step:012d>.keras`` and announced by a
+  ``CheckpointManifest`` (``format="keras"``, ``uri="file://<absolute path>"``, sha256,
+  size, and ``model_fingerprint``: the first 16 hex digits of the sha256 of the model's
+  JSON config, so knowledge can name the architecture that made it).
+
+``save_artifact`` writes that (atomically) and returns the manifest; ``load_model``
+verifies size and sha256, loads the file and wraps the model in a traced ``tf.function``
+(one trace for any batch size; ``model.predict`` costs tens of milliseconds per call);
+``ModelCache`` loads each checkpoint once and keeps the newest few per namespace, and a
+checkpoint that fails to load never displaces the model already serving.
+
+TensorFlow is imported lazily, inside the functions that need it, so ``import makers``
+stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import numpy.typing as npt
+
+from bank.types import F32
+from makers.compute import check_finite
+from makers.errors import (
+    ArtifactCorruptError,
+    ArtifactMissingError,
+    BadModelOutputError,
+    CheckpointError,
+    InvalidInputError,
+    NotAModelError,
+)
+from schemas.errors import SchemaError
+from schemas.names import validate_name
+from schemas.records import CheckpointManifest
+
+# Before TensorFlow is first imported (lazily, below): keep its C++ INFO chatter quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "keras"
+"""The only ``CheckpointManifest.format`` makers load."""
+
+INFER_CHUNK = 1024
+"""Rows per model call in ``LoadedModel.infer``."""
+
+PROBABILITY_TOLERANCE = 1e-3
+"""How far a row of probabilities may stray from [0, 1] and from summing to 1."""
+
+_HASH_CHUNK = 1 << 20
+
+
+def artifact_path(directory: Path, namespace: str, step: int) -> Path:
+    """Where the artifact of ``namespace`` at ``step`` lives in a checkpoint store."""
+    try:
+        validate_name(namespace, "namespace")
+    except SchemaError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InvalidInputError(f"step: must be an int >= 0, got {step!r}")
+    return Path(directory) / namespace / f"step-{step:012d}.keras"
+
+
+def model_fingerprint(model: Any) -> str:
+    """The first 16 hex digits of the sha256 of the model's JSON config (keys sorted)."""
+    config = json.loads(model.to_json())
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_artifact(
+    model: Any, directory: Path, namespace: str, step: int, *, producer: str = "carls"
+) -> CheckpointManifest:
+    """Save ``model`` as ``<directory>/<namespace>/step-<step:012d>.keras`` and return its
+    manifest. The file appears atomically: it is written under a temporary name in the same
+    folder, flushed to disk, then renamed, so a reader never sees half an artifact."""
+    final = artifact_path(directory, namespace, step).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Keras insists on the .keras suffix, so the temporary name keeps it.
+    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
+    try:
+        try:
+            model.save(str(tmp))
+        except Exception as exc:
+            raise CheckpointError(f"could not save {namespace} step {step}: {exc}") from exc
+        digest = hashlib.sha256()
+        with tmp.open("rb") as f:
+            for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    manifest = CheckpointManifest(
+        namespace=namespace,
+        step=step,
+        uri=final.as_uri(),
+        format=FORMAT,
+        sha256=digest.hexdigest(),
+        size=size,
+        created_at=time.time(),
+        model_fingerprint=model_fingerprint(model),
+        producer=producer,
+    )
+    logger.info("saved %s step %d: %s (%d bytes)", namespace, step, final, size)
+    return manifest
+
+
+def resolve_uri(uri: str, root: Path | None = None) -> Path:
+    """The local path a manifest's URI names.
+
+    Accepted: ``file://`` URIs with an absolute path (host empty or ``localhost``), plain
+    absolute paths, and relative paths, which resolve against ``root`` and may not leave
+    it. Anything else raises ``ArtifactMissingError``.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ArtifactMissingError(
+                f"{uri}: file URIs must name a local absolute path (file:///...), "
+                f"not host {parsed.netloc!r}"
+            )
+        path = Path(unquote(parsed.path))
+        if not path.is_absolute():
+            raise ArtifactMissingError(f"{uri}: a file URI needs an absolute path")
+        return path
+    if parsed.scheme:
+        raise ArtifactMissingError(
+            f"{uri}: scheme {parsed.scheme!r} is not supported; makers read file:// URIs and paths"
+        )
+    path = Path(uri)
+    if path.is_absolute():
+        return path
+    if root is None:
+        raise ArtifactMissingError(f"{uri}: a relative path needs a checkpoint root")
+    base = Path(root).resolve()
+    resolved = (base / path).resolve()
+    if not resolved.is_relative_to(base):
+        raise ArtifactMissingError(f"{uri}: leaves the checkpoint root {base}")
+    return resolved
+
+
+def verify_artifact(manifest: CheckpointManifest, root: Path | None = None) -> Path:
+    """The artifact's path, once its size and sha256 match the manifest."""
+    path = resolve_uri(manifest.uri, root)
+    what = f"checkpoint {manifest.namespace} step {manifest.step}"
+    if not path.is_file():
+        raise ArtifactMissingError(f"{what}: {manifest.uri} does not exist")
+    try:
+        size = path.stat().st_size
+        if size != manifest.size:
+            raise ArtifactCorruptError(
+                f"{what}: {manifest.uri} is {size} bytes, the manifest says {manifest.size}"
+            )
+        actual = file_sha256(path)
+    except OSError as exc:
+        raise ArtifactMissingError(f"{what}: cannot read {manifest.uri}: {exc}") from exc
+    if actual != manifest.sha256:
+        raise ArtifactCorruptError(
+            f"{what}: {manifest.uri} has sha256 {actual}, the manifest says {manifest.sha256}"
+        )
+    return path
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A verified, loaded checkpoint ready for inference.
+
+    ``function`` is the traced ``tf.function`` (float32 ``(None, feature_dim)`` in,
+    ``(embeddings, probabilities)`` out); ``fingerprint`` is computed from the loaded
+    model's config (see ``model_fingerprint``).
+    """
+
+    manifest: CheckpointManifest
+    function: Any = field(repr=False)
+    feature_dim: int
+    embedding_dim: int
+    classes: int
+    fingerprint: str
+    model: Any = field(default=None, repr=False)
+
+    @property
+    def namespace(self) -> str:
+        return self.manifest.namespace
+
+    @property
+    def step(self) -> int:
+        return self.manifest.step
+
+    def infer(self, features: npt.ArrayLike) -> tuple[F32, F32]:
+        """Embeddings ``(n, e)`` and probabilities ``(n, classes)``, float32, for ``(n, d)``
+        features, run at most ``INFER_CHUNK`` rows per call; outputs are checked for shape,
+        NaN/Inf and for being probabilities (``BadModelOutputError``)."""
+        x = np.asarray(features)
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise InvalidInputError(
+                f"features: expected shape (n, {self.feature_dim}) for {self.namespace} "
+                f"step {self.step}, got {x.shape}"
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise InvalidInputError(f"features: expected numbers, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise InvalidInputError(f"features: NaN or Inf in row {int(np.argmax(bad))}")
+        n = x.shape[0]
+        embeddings = np.empty((n, self.embedding_dim), dtype=np.float32)
+        probabilities = np.empty((n, self.classes), dtype=np.float32)
+        for start in range(0, n, INFER_CHUNK):
+            stop = min(start + INFER_CHUNK, n)
+            emb, prob = self.function(x[start:stop])
+            emb, prob = np.asarray(emb.numpy()), np.asarray(prob.numpy())
+            for name, got, want in (
+                ("embedding", emb, (stop - start, self.embedding_dim)),
+                ("probabilities", prob, (stop - start, self.classes)),
+            ):
+                if got.shape != want:
+                    raise BadModelOutputError(
+                        f"{self.namespace} step {self.step}: {name} output has shape "
+                        f"{got.shape}, expected {want}"
+                    )
+            embeddings[start:stop] = emb
+            probabilities[start:stop] = prob
+        check_finite("embedding", embeddings)
+        check_finite("probabilities", probabilities)
+        _check_probabilities(probabilities, f"{self.namespace} step {self.step}")
+        return embeddings, probabilities
+
+
+def _check_probabilities(probs: F32, what: str) -> None:
+    if probs.size == 0:
+        return
+    tol = PROBABILITY_TOLERANCE
+    sums = probs.sum(axis=1, dtype=np.float64)
+    bad = (probs < -tol).any(axis=1) | (probs > 1 + tol).any(axis=1) | (np.abs(sums - 1) > tol)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadModelOutputError(
+            f"{what}: probabilities row {i} sums to {sums[i]:.4f} (min {probs[i].min():.4f}, "
+            f"max {probs[i].max():.4f}); the second output must be a softmax"
+        )
+
+
+def _static_dims(tensors: Any, what: str) -> list[int]:
+    dims = []
+    for i, tensor in enumerate(tensors):
+        shape = tuple(tensor.shape)
+        if len(shape) != 2 or shape[1] is None:
+            raise NotAModelError(
+                f"{what} {i} has shape {shape}; the convention needs rank 2 with a known width"
+            )
+        dims.append(int(shape[1]))
+    return dims
+
+
+def load_model(manifest: CheckpointManifest, root: Path | None = None) -> LoadedModel:
+    """Verify the artifact, load it as Keras (no trainer code, safe mode) and trace its
+    inference function; ``NotAModelError`` says why a file is not a usable model."""
+    what = f"checkpoint {manifest.namespace} step {manifest.step}"
+    if manifest.format != FORMAT:
+        raise NotAModelError(f"{what}: format {manifest.format!r}; makers load {FORMAT!r}")
+    path = verify_artifact(manifest, root)
+    started = time.perf_counter()
+    import keras
+    import tensorflow as tf
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise NotAModelError(f"{what}: {manifest.uri} does not load as Keras: {exc}") from exc
+    inputs, outputs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    if not isinstance(model, keras.Model) or inputs is None or outputs is None:
+        raise NotAModelError(
+            f"{what}: loaded a {type(model).__name__}, not a functional Keras model"
+        )
+    if len(inputs) != 1 or len(outputs) != 2:
+        raise NotAModelError(
+            f"{what}: the model has {len(inputs)} input(s) and {len(outputs)} output(s); "
+            "the convention is one input and two outputs (embedding, probabilities)"
+        )
+    (feature_dim,) = _static_dims(inputs, f"{what}: input")
+    embedding_dim, classes = _static_dims(outputs, f"{what}: output")
+
+    def call(x: Any) -> tuple[Any, Any]:
+        out = model(x, training=False)
+        return out[0], out[1]
+
+    # One trace serves every batch size: the batch dimension is None in the signature.
+    run = tf.function(
+        call,
+        input_signature=[tf.TensorSpec((None, feature_dim), tf.float32)],
+        reduce_retracing=True,
+    )
+
+    try:
+        run.get_concrete_function()
+    except Exception as exc:
+        raise NotAModelError(f"{what}: the model cannot run on features: {exc}") from exc
+    fingerprint = model_fingerprint(model)
+    if manifest.model_fingerprint and manifest.model_fingerprint != fingerprint:
+        logger.warning(
+            "%s: manifest fingerprint %s differs from the loaded model's %s",
+            what,
+            manifest.model_fingerprint,
+            fingerprint,
+        )
+    logger.info(
+        "loaded %s (%d -> %d, %d classes) in %.2fs",
+        what,
+        feature_dim,
+        embedding_dim,
+        classes,
+        time.perf_counter() - started,
+    )
+    return LoadedModel(manifest, run, feature_dim, embedding_dim, classes, fingerprint, model)
+
+
+class ModelCache:
+    """Loaded checkpoints by namespace: each ``(namespace, step, sha256)`` is loaded once,
+    the newest ``max_per_namespace`` steps are kept, and a failed load changes nothing (the
+    model already serving keeps serving). Thread-safe; loads of different checkpoints run
+    concurrently. ``loads`` counts successful loads."""
+
+    def __init__(self, max_per_namespace: int = 2, root: Path | None = None) -> None:
+        if isinstance(max_per_namespace, bool) or max_per_namespace < 1:
+            raise InvalidInputError(f"max_per_namespace: must be >= 1, got {max_per_namespace}")
+        self.max_per_namespace = max_per_namespace
+        self.root = root
+        self.loads = 0
+        self._lock = threading.Lock()
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._loading: dict[tuple[str, int, str], threading.Lock] = {}
+
+    def _cached(self, manifest: CheckpointManifest) -> LoadedModel | None:
+        model = self._models.get(manifest.namespace, {}).get(manifest.step)
+        if model is not None and model.manifest.sha256 == manifest.sha256:
+            return model
+        return None
+
+    def get(self, manifest: CheckpointManifest) -> LoadedModel:
+        """The loaded model of ``manifest``, loading it on first use.
+
+        A step older than every kept step is loaded and returned but not kept when the
+        namespace already holds ``max_per_namespace`` newer ones. A manifest that reuses a
+        step with another sha256 replaces that step's model."""
+        key = (manifest.namespace, manifest.step, manifest.sha256)
+        with self._lock:
+            cached = self._cached(manifest)
+            if cached is not None:
+                return cached
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                cached = self._cached(manifest)
+            if cached is not None:
+                return cached
+            try:
+                model = load_model(manifest, self.root)
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:
+                self._loading.pop(key, None)
+                self.loads += 1
+                steps = self._models.setdefault(manifest.namespace, {})
+                steps[manifest.step] = model
+                for old in sorted(steps)[: -self.max_per_namespace]:
+                    del steps[old]
+                    logger.info("evicted %s step %d", manifest.namespace, old)
+            return model
+
+    def latest(self, namespace: str) -> LoadedModel | None:
+        """The kept model with the newest step of ``namespace``, or None."""
+        with self._lock:
+            steps = self._models.get(namespace)
+            return steps[max(steps)] if steps else None
+
+    def steps(self, namespace: str) -> list[int]:
+        """The kept steps of ``namespace``, ascending."""
+        with self._lock:
+            return sorted(self._models.get(namespace, {}))

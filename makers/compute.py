@@ -1,0 +1,296 @@
+"""The makers' arithmetic: pure numpy functions from model outputs to knowledge.
+
+No I/O and no TensorFlow here: a maker runs the model (``makers.checkpoints``), hands the
+``(n, e)`` embeddings and ``(n, c)`` probabilities to these functions and writes the
+``KnowledgeBatch`` they build. Every function checks its shapes and raises
+``InvalidInputError`` (a ``ValueError``) for a caller's mistake, ``BadModelOutputError``
+for NaN/Inf in model outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bank.types import F32, NO_LABEL, KnowledgeBatch
+from makers.errors import BadModelOutputError, InvalidInputError
+
+I32 = npt.NDArray[np.int32]
+
+LOG_FLOOR = 1e-7
+"""``difficulty`` takes ``-log(max(p, LOG_FLOOR))``, so a zero probability costs about 16.1."""
+
+MAX_SCORE_ELEMENTS = 1 << 25
+"""``top_k_neighbours`` scores at most this many query x pool pairs at a time (128 MiB)."""
+
+METRICS = ("cosine", "dot")
+
+
+def check_finite(name: str, arr: npt.ArrayLike) -> None:
+    """Raise ``BadModelOutputError`` naming ``name`` and its first row holding NaN or Inf."""
+    values = np.asarray(arr)
+    if values.size == 0 or np.isfinite(values).all():
+        return
+    rows = values.reshape(values.shape[0], -1) if values.ndim else values.reshape(1, 1)
+    first = int(np.argmax(~np.isfinite(rows).all(axis=1)))
+    raise BadModelOutputError(f"{name}: NaN or Inf in row {first} of {rows.shape[0]}")
+
+
+def _matrix(name: str, arr: object, rows: int | None = None) -> F32:
+    values = np.asarray(arr)
+    if values.ndim != 2:
+        raise InvalidInputError(f"{name}: expected a 2-d array, got shape {values.shape}")
+    if rows is not None and values.shape[0] != rows:
+        raise InvalidInputError(f"{name}: expected {rows} rows, got {values.shape[0]}")
+    if not np.issubdtype(values.dtype, np.number):
+        raise InvalidInputError(f"{name}: expected numbers, got dtype {values.dtype}")
+    out = np.ascontiguousarray(values, dtype=np.float32)
+    check_finite(name, out)
+    return out
+
+
+def _probabilities(probs: object, rows: int | None = None) -> F32:
+    out = _matrix("probabilities", probs, rows)
+    if out.shape[1] < 1:
+        raise InvalidInputError("probabilities: need at least one class")
+    return out
+
+
+def _labels(labels: object, rows: int, classes: int) -> I32:
+    values = np.asarray(labels)
+    if values.shape != (rows,) or not (np.issubdtype(values.dtype, np.integer) or values.size == 0):
+        raise InvalidInputError(
+            f"labels: expected {rows} ints, got shape {values.shape} of {values.dtype}"
+        )
+    out = values.astype(np.int32)
+    bad = (out < NO_LABEL) | (out >= classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidInputError(
+            f"labels: row {i} holds {int(out[i])}; expected {NO_LABEL} (unlabeled) "
+            f"or a class in 0..{classes - 1}"
+        )
+    return out
+
+
+def pseudo_labels(probs: npt.ArrayLike) -> tuple[I32, F32, F32]:
+    """The argmax class (int32), its probability (the confidence, float32) and the
+    probabilities themselves as float32, for ``(n, c)`` class probabilities."""
+    p = _probabilities(probs)
+    classes = np.argmax(p, axis=1).astype(np.int32)
+    confidence = p[np.arange(p.shape[0]), classes].astype(np.float32)
+    return classes, confidence, p
+
+
+def difficulty(probs: npt.ArrayLike, labels: npt.ArrayLike) -> F32:
+    """How hard each example is for the model, float32 ``(n,)``; higher is harder.
+
+    * labeled rows (``labels[i] >= 0``): the cross-entropy loss
+      ``-log(max(p[label], 1e-7))``, in ``[0, ~16.1]``;
+    * unlabeled rows (``labels[i] == -1``): one minus the margin between the two most
+      probable classes, ``1 - (p_top1 - p_top2)``, in ``[0, 1]`` (with a single class,
+      ``p_top2`` is 0).
+
+    The two scales differ; a curriculum sampler should rank the two groups separately or
+    accept that confidently wrong labeled examples rank hardest.
+    """
+    p = _probabilities(probs)
+    n, c = p.shape
+    y = _labels(labels, n, c)
+    out = np.empty(n, dtype=np.float32)
+    labeled = y >= 0
+    if labeled.any():
+        picked = p[np.flatnonzero(labeled), y[labeled]]
+        out[labeled] = -np.log(np.maximum(picked, np.float32(LOG_FLOOR)))
+    if (~labeled).any():
+        rest = p[~labeled]
+        if c == 1:
+            top1, top2 = rest[:, 0], np.zeros(rest.shape[0], np.float32)
+        else:
+            part = np.partition(rest, c - 2, axis=1)
+            top1, top2 = part[:, c - 1], part[:, c - 2]
+        out[~labeled] = 1.0 - (top1 - top2)
+    return out
+
+
+def top_k_neighbours(
+    query_ids: Sequence[str],
+    query_vecs: npt.ArrayLike,
+    pool_ids: Sequence[str],
+    pool_vecs: npt.ArrayLike,
+    k: int,
+    metric: str = "cosine",
+) -> tuple[list[list[str]], F32]:
+    """Exact top-k neighbours of each query among the pool, by cosine or dot product.
+
+    A query is never its own neighbour (matched by id). Every row has the same width
+    ``k' = min(k, len(pool) - 1)`` when some query id is in the pool, else
+    ``min(k, len(pool))``. Neighbours come best first; equal scores go to the lower pool
+    index, so results are deterministic. Queries are scored a chunk at a time so memory
+    stays below ``MAX_SCORE_ELEMENTS`` scores whatever the pool size. Zero vectors score 0
+    under cosine.
+
+    Returns the neighbour ids per query and their scores, float32 ``(n, k')``.
+    """
+    if metric not in METRICS:
+        raise InvalidInputError(f"metric: {metric!r} is not one of {', '.join(METRICS)}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InvalidInputError(f"k: must be an int >= 1, got {k!r}")
+    q_ids, p_ids = list(query_ids), list(pool_ids)
+    q = _matrix("query_vecs", query_vecs, len(q_ids))
+    pool = _matrix("pool_vecs", pool_vecs, len(p_ids))
+    if q.shape[1] != pool.shape[1]:
+        raise InvalidInputError(
+            f"query_vecs have dimension {q.shape[1]}, pool_vecs {pool.shape[1]}"
+        )
+    position = {pid: j for j, pid in enumerate(p_ids)}
+    if len(position) != len(p_ids):
+        raise InvalidInputError("pool_ids: an id appears twice")
+    self_index = np.array([position.get(qid, -1) for qid in q_ids], dtype=np.int64)
+    width = min(int(k), len(p_ids) - (1 if (self_index >= 0).any() else 0))
+    n = len(q_ids)
+    scores_out = np.zeros((n, max(width, 0)), dtype=np.float32)
+    if width <= 0 or n == 0:
+        return [[] for _ in range(n)], scores_out
+    if metric == "cosine":
+        q, pool = _unit_rows(q), _unit_rows(pool)
+    pool_t = np.ascontiguousarray(pool.T)
+    chunk = max(1, min(1024, MAX_SCORE_ELEMENTS // len(p_ids)))
+    index_out = np.zeros((n, width), dtype=np.int64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = q[start:stop] @ pool_t
+        check_finite("neighbour scores (overflow)", scores)
+        idx, top = _top_k_rows(scores, self_index[start:stop], width)
+        index_out[start:stop], scores_out[start:stop] = idx, top
+    return [[p_ids[j] for j in row] for row in index_out.tolist()], scores_out
+
+
+def _unit_rows(x: F32) -> F32:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+def _top_k_rows(
+    scores: F32, self_index: npt.NDArray[np.int64], width: int
+) -> tuple[npt.NDArray[np.int64], F32]:
+    """Per row the ``width`` best columns (ties to the lower column), best first."""
+    rows = np.arange(scores.shape[0])
+    eligible = np.ones(scores.shape, dtype=bool)
+    has_self = self_index >= 0
+    eligible[rows[has_self], self_index[has_self]] = False
+    masked = np.where(eligible, scores, -np.inf)
+    # The width-th best score per row; everything above it is in, ties at it by column.
+    threshold = -np.partition(-masked, width - 1, axis=1)[:, width - 1 : width]
+    above = eligible & (masked > threshold)
+    at = eligible & (masked == threshold)
+    need = width - above.sum(axis=1, keepdims=True)
+    chosen = above | (at & (np.cumsum(at, axis=1) <= need))
+    columns = np.nonzero(chosen)[1].reshape(scores.shape[0], width)  # ascending per row
+    picked = np.take_along_axis(masked, columns, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    return (
+        np.take_along_axis(columns, order, axis=1),
+        np.take_along_axis(picked, order, axis=1).astype(np.float32),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Knowledge batches: one per kind, in the shapes ``bank.types`` documents.
+
+
+def _ids(ids: Sequence[str], rows: int, what: str) -> list[str]:
+    out = list(ids)
+    if len(out) != rows:
+        raise InvalidInputError(f"{what}: {len(out)} ids for {rows} rows")
+    return out
+
+
+def embedding_batch(ids: Sequence[str], embeddings: npt.ArrayLike) -> KnowledgeBatch:
+    """``embedding`` (or ``embedding/<modality>``): the ``(n, e)`` embeddings."""
+    values = _matrix("embeddings", embeddings)
+    return KnowledgeBatch(_ids(ids, values.shape[0], "embeddings"), values)
+
+
+def prediction_batch(ids: Sequence[str], probs: npt.ArrayLike) -> KnowledgeBatch:
+    """``prediction``: the ``(n, c)`` class probabilities."""
+    values = _probabilities(probs)
+    return KnowledgeBatch(_ids(ids, values.shape[0], "probabilities"), values)
+
+
+def pseudo_label_batch(ids: Sequence[str], probs: npt.ArrayLike) -> KnowledgeBatch:
+    """``pseudo_label``: probabilities plus the argmax ``classes`` and ``confidence``."""
+    classes, confidence, values = pseudo_labels(probs)
+    return KnowledgeBatch(
+        _ids(ids, values.shape[0], "probabilities"),
+        values,
+        classes=classes,
+        confidence=confidence,
+    )
+
+
+def difficulty_batch(
+    ids: Sequence[str], probs: npt.ArrayLike, labels: npt.ArrayLike
+) -> KnowledgeBatch:
+    """``difficulty``: one float per id, ``(n, 1)`` (see ``difficulty``)."""
+    values = difficulty(probs, labels).reshape(-1, 1)
+    return KnowledgeBatch(_ids(ids, values.shape[0], "probabilities"), values)
+
+
+def neighbours_batch(
+    ids: Sequence[str], neighbour_ids: list[list[str]], scores: npt.ArrayLike
+) -> KnowledgeBatch:
+    """``neighbours``: the ``(n, k')`` scores and ids from ``top_k_neighbours``."""
+    values = _matrix("neighbour scores", scores)
+    out_ids = _ids(ids, values.shape[0], "neighbour scores")
+    if len(neighbour_ids) != len(out_ids) or any(
+        len(row) != values.shape[1] for row in neighbour_ids
+    ):
+        raise InvalidInputError(f"neighbour_ids: expected {len(out_ids)} rows of {values.shape[1]}")
+    return KnowledgeBatch(out_ids, values, neighbour_ids=[list(row) for row in neighbour_ids])
+
+
+def knowledge_batch(
+    kind: str,
+    ids: Sequence[str],
+    embeddings: npt.ArrayLike,
+    probs: npt.ArrayLike,
+    labels: npt.ArrayLike | None = None,
+) -> KnowledgeBatch:
+    """The batch of one kind from one inference's outputs.
+
+    ``embedding``/``embedding/<modality>``, ``prediction``, ``pseudo_label`` and
+    ``difficulty`` (which needs ``labels``, ``-1`` = unlabeled). ``neighbours`` needs a
+    pool: use ``top_k_neighbours`` and ``neighbours_batch``.
+    """
+    if kind == "embedding" or kind.startswith("embedding/"):
+        return embedding_batch(ids, embeddings)
+    if kind == "prediction":
+        return prediction_batch(ids, probs)
+    if kind == "pseudo_label":
+        return pseudo_label_batch(ids, probs)
+    if kind == "difficulty":
+        if labels is None:
+            raise InvalidInputError("difficulty: needs labels (-1 where unlabeled)")
+        return difficulty_batch(ids, probs, labels)
+    if kind == "neighbours":
+        raise InvalidInputError(
+            "neighbours: needs a pool of embeddings; use top_k_neighbours and neighbours_batch"
+        )
+    raise InvalidInputError(f"kind: {kind!r} is not a kind makers compute from one inference")
+
+
+def knowledge_batches(
+    kinds: Sequence[str],
+    ids: Sequence[str],
+    embeddings: npt.ArrayLike,
+    probs: npt.ArrayLike,
+    labels: npt.ArrayLike | None = None,
+) -> dict[str, KnowledgeBatch]:
+    """``knowledge_batch`` for each of ``kinds``, keyed by kind."""
+    if isinstance(kinds, str):
+        raise InvalidInputError("kinds: expected a sequence of kinds, got one string")
+    return {kind: knowledge_batch(kind, ids, embeddings, probs, labels) for kind in kinds}
