@@ -36,19 +36,32 @@ def check_ports_free(host: str, ports: dict[str, int], env_hint: dict[str, str])
 
 def running_pid(server_dir: Path) -> int | None:
     """The pid of the server whose state lives in ``server_dir``, if it is alive."""
-    pid_file = server_dir / "server.pid"
     try:
-        pid = int(pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        pid = int((server_dir / "server.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    if str(server_dir.resolve()) not in cmdline:
+    cmdline = _cmdline(pid)
+    if cmdline is None or str(server_dir.resolve()) not in cmdline:
         return None
     with contextlib.suppress(OSError):
         status = Path(f"/proc/{pid}/status").read_text()
         if "\nState:\tZ" in status:
             return None
     return pid
+
+
+def _cmdline(pid: int, attempts: int = 25) -> str | None:
+    """``/proc/<pid>/cmdline``; it reads empty for a moment while a process execs or
+    exits, so an empty read is retried briefly before it counts as gone."""
+    for _ in range(attempts):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if raw:
+            return raw.decode(errors="replace")
+        time.sleep(0.02)
+    return None
 
 
 def start(cmd: list[str], server_dir: Path, log_file: Path) -> int:
