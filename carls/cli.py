@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -13,6 +14,9 @@ from carls.output import fail
 from carls.settings import Settings
 from infra import InfraError
 from schemas.errors import CarlsError
+
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise on a CLI.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _env_help() -> str:
@@ -85,13 +89,22 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 def _register() -> None:
-    from carls import cmd_bank, cmd_bench, cmd_demo, cmd_infra, cmd_publish, cmd_settings
+    from carls import (
+        cmd_bank,
+        cmd_bench,
+        cmd_demo,
+        cmd_infra,
+        cmd_publish,
+        cmd_settings,
+        cmd_worker,
+    )
 
     main.add_command(cmd_infra.infra)
     main.add_command(cmd_bank.bank)
     main.add_command(cmd_bench.bench)
     main.add_command(cmd_publish.checkpoint)
     main.add_command(cmd_publish.examples)
+    main.add_command(cmd_worker.worker)
     main.add_command(cmd_demo.demo)
     main.add_command(cmd_settings.settings)
 

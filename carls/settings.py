@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     partitions_jobs: int = 1
     partitions_checkpoints: int = 1
     partitions_examples: int = 4
+    partitions_demand: int = 2
     partitions_progress: int = 1
     partitions_deadletter: int = 1
 
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
             "jobs": self.partitions_jobs,
             "checkpoints": self.partitions_checkpoints,
             "examples": self.partitions_examples,
+            "demand": self.partitions_demand,
             "progress": self.partitions_progress,
             "deadletter": self.partitions_deadletter,
         }

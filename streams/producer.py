@@ -53,7 +53,10 @@ class Publisher:
         self.send(self.topics.checkpoints, m.namespace, m, wait)
 
     def examples(self, batch: ExampleBatch, wait: bool = False) -> None:
-        self.send(self.topics.examples, f"{batch.namespace}/{batch.campaign}", batch, wait)
+        """Demand batches go to the demand topic, refresh batches to the examples topic."""
+        topic = self.topics.demand if batch.priority == "demand" else self.topics.examples
+        key = f"{batch.namespace}/{batch.campaign}/{batch.ids[0]}"
+        self.send(topic, key, batch, wait)
 
     def job(self, job: TrainingJob, wait: bool = True) -> None:
         self.send(self.topics.jobs, job.job_id, job, wait)

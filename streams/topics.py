@@ -19,7 +19,7 @@ from streams.errors import TopicSetupError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("jobs", "checkpoints", "examples", "progress", "deadletter")
+ROLES = ("jobs", "checkpoints", "examples", "demand", "progress", "deadletter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class TopicSpec:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The names of the five carls topics under one prefix."""
+    """The names of the carls topics under one prefix."""
 
     prefix: str = "carls"
 
@@ -47,6 +47,11 @@ class Topics:
     @property
     def examples(self) -> str:
         return f"{self.prefix}.examples"
+
+    @property
+    def demand(self) -> str:
+        """Id batches trainers need soon: makers serve them ahead of ``examples``."""
+        return f"{self.prefix}.demand"
 
     @property
     def progress(self) -> str:

@@ -82,7 +82,14 @@ def test_bad_connection_options_name_the_field(kwargs: dict[str, object], field:
 
 def test_declared_topics_checkpoints_compacted_and_partition_counts_from_settings() -> None:
     specs = {s.name: s for s in topic_specs(Topics("x"), {"examples": 6}, replication=1)}
-    assert set(specs) == {"x.jobs", "x.checkpoints", "x.examples", "x.progress", "x.deadletter"}
+    assert set(specs) == {
+        "x.jobs",
+        "x.checkpoints",
+        "x.examples",
+        "x.demand",
+        "x.progress",
+        "x.deadletter",
+    }
     assert specs["x.checkpoints"].configs["cleanup.policy"] == "compact"
     assert specs["x.examples"].partitions == 6
     assert specs["x.jobs"].partitions == 1

@@ -1,0 +1,77 @@
+"""``carls worker``: a knowledge-maker worker (Faust)."""
+
+from __future__ import annotations
+
+import click
+
+from makers.pipeline import MAKERS
+
+
+@click.command()
+@click.option(
+    "--makers",
+    "makers",
+    default=",".join(MAKERS),
+    show_default=True,
+    help="Comma-separated kinds this worker makes.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Id-batch agents per topic in this process.",
+)
+@click.option(
+    "--app-id",
+    envvar="CARLS_WORKER_APP_ID",
+    show_envvar=True,
+    default=None,
+    help="Consumer group of the workers (default <topic prefix>-makers); "
+    "workers with the same id share the work.",
+)
+@click.option(
+    "--session-timeout",
+    type=click.FloatRange(3, 300),
+    default=10.0,
+    show_default=True,
+    help="Seconds before a dead worker's partitions move to the others.",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context, makers: str, concurrency: int, app_id: str | None, session_timeout: float
+) -> None:
+    """Run knowledge makers until stopped (Ctrl-C or SIGTERM).
+
+    Follows the checkpoints topic (every worker knows every namespace's newest manifest),
+    starts a refresh campaign for each new checkpoint, and turns id batches from the
+    demand and examples topics into knowledge in the bank. Start more workers with the
+    same --app-id to share partitions; kill one and the others take over its work.
+    """
+    from carls.cli import settings_of
+    from makers.worker import WorkerConfig, run_worker
+
+    chosen = tuple(m.strip() for m in makers.split(",") if m.strip())
+    unknown = sorted(set(chosen) - set(MAKERS))
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown makers {unknown}; choose from {', '.join(MAKERS)}", param_hint="--makers"
+        )
+    settings = settings_of(ctx)
+    cfg = WorkerConfig(
+        kafka=settings.kafka,
+        cassandra=settings.cassandra,
+        topics=settings.topics,
+        app_id=app_id or f"{settings.topic_prefix}-makers",
+        checkpoint_root=settings.checkpoint_dir,
+        makers=chosen,
+        concurrency=concurrency,
+        session_timeout_s=session_timeout,
+    )
+    click.echo(
+        f"carls worker {cfg.worker}: makers {', '.join(chosen)}; group {cfg.app_id}; "
+        f"kafka {','.join(settings.kafka.bootstrap_servers)}",
+        err=True,
+    )
+    level = ctx.find_root().params.get("log_level", "WARNING").lower()
+    run_worker(cfg, loglevel={"warning": "warn"}.get(level, level))

@@ -1,0 +1,299 @@
+"""The knowledge makers as a Faust app: thin agents around ``makers.pipeline.Maker``.
+
+Agents (one consumer group; Kafka shares partitions among the workers):
+
+* ``campaigns`` reads ``checkpoints``: on a manifest newer than any known for its
+  namespace it loads the model once (sha256 verified) and starts a **refresh campaign**:
+  the namespace's ids, bucket by bucket, published as id batches to ``examples``.
+* ``demand`` and ``refresh`` read ``demand`` and ``examples``: batches of id batches
+  (``take_events``), fetch, infer, write; demand goes first (refresh waits while demand
+  work is in hand). Offsets are committed only after the bank writes (at least once;
+  writes are idempotent and step-ordered, so a replay is harmless).
+
+Bad records are dead-lettered at one point, ``_dead_letter``: reason, source
+topic/partition/offset and the raw bytes. A backend that is away is retried with backoff
+and nothing is committed meanwhile. Progress goes to ``progress``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bank.cassandra import CassandraBank
+from bank.errors import NamespaceError
+from bank.protocol import KnowledgeBank
+from bank.session import CassandraConfig
+from makers.checkpoints import ModelCache
+from makers.errors import CheckpointError
+from makers.pipeline import MAKERS, Maker, Outcome
+from makers.view import ManifestView
+from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
+from schemas.errors import CarlsError
+from streams.app import make_app
+from streams.config import KafkaConnection
+from streams.deadletter import dead_letter
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    kafka: KafkaConnection
+    cassandra: CassandraConfig
+    topics: Topics
+    app_id: str = "carls-makers"
+    checkpoint_root: Path | None = None
+    makers: tuple[str, ...] = MAKERS
+    concurrency: int = 1
+    take_messages: int = 32
+    take_within_s: float = 0.1
+    campaign_batch_ids: int = 512
+    session_timeout_s: float = 10.0
+    max_backoff_s: float = 10.0
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+class Makers:
+    """The worker's state: bank, model cache, manifest view, and the Faust app."""
+
+    def __init__(self, cfg: WorkerConfig, bank: KnowledgeBank | None = None) -> None:
+        self.cfg = cfg
+        self.bank: KnowledgeBank = bank or CassandraBank(cfg.cassandra)
+        self.cache = ModelCache(max_per_namespace=2, root=cfg.checkpoint_root)
+        self.maker = Maker(self.bank, self.cache, cfg.makers, worker=f"carls-maker@{cfg.worker}")
+        self.view = ManifestView(cfg.kafka, cfg.topics.checkpoints)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 2, thread_name_prefix="maker")
+        self.campaigned: dict[str, int] = {}
+        self.failed_checkpoints: set[str] = set()
+        self.demand_in_hand = 0
+        self.demand_idle = asyncio.Event()
+        self.demand_idle.set()
+        self.app = self._build()
+
+    # ------------------------------------------------------------------------------------
+    def _build(self) -> Any:
+        cfg = self.cfg
+        app = make_app(
+            cfg.app_id,
+            cfg.kafka,
+            broker_session_timeout=cfg.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, cfg.session_timeout_s / 5),
+            broker_rebalance_timeout=cfg.session_timeout_s * 3,
+        )
+        raw = {"value_serializer": "raw", "key_serializer": "raw"}
+        self.t_checkpoints = app.topic(cfg.topics.checkpoints, **raw)
+        self.t_examples = app.topic(cfg.topics.examples, **raw)
+        self.t_demand = app.topic(cfg.topics.demand, **raw)
+        self.t_progress = app.topic(cfg.topics.progress, **raw)
+        self.t_deadletter = app.topic(cfg.topics.deadletter, **raw)
+
+        @app.agent(self.t_checkpoints, name="campaigns")
+        async def campaigns(stream: Any) -> None:
+            async for event in stream.events():
+                await self._on_manifest(event)
+
+        @app.agent(self.t_demand, name="demand", concurrency=cfg.concurrency)
+        async def demand(stream: Any) -> None:
+            async for events in stream.take_events(cfg.take_messages, cfg.take_within_s):
+                self.demand_in_hand += 1
+                self.demand_idle.clear()
+                try:
+                    await self._on_batches(events)
+                finally:
+                    self.demand_in_hand -= 1
+                    if not self.demand_in_hand:
+                        self.demand_idle.set()
+
+        @app.agent(self.t_examples, name="refresh", concurrency=cfg.concurrency)
+        async def refresh(stream: Any) -> None:
+            async for events in stream.take_events(cfg.take_messages, cfg.take_within_s):
+                await self.demand_idle.wait()  # demand work goes first
+                await self._on_batches(events)
+
+        @app.task
+        async def _start_view() -> None:
+            self.view.start()
+
+        return app
+
+    def close(self) -> None:
+        self.view.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.bank.close()
+
+    # ------------------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work in the pool; retriable failures back off and retry forever
+        (nothing is acknowledged meanwhile); anything else propagates."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                return await loop.run_in_executor(self.pool, fn, *args)
+            except CarlsError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("backend unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.max_backoff_s)
+
+    async def _dead_letter(self, event: Any, reason: str, error: BaseException | str) -> None:
+        msg = event.message
+        letter = dead_letter(
+            reason,
+            error,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            bytes(event.value or b""),
+            worker=self.cfg.worker,
+        )
+        await self.t_deadletter.send(key=msg.topic.encode(), value=encode(letter))
+
+    async def _progress(
+        self,
+        namespace: str,
+        kind: str,
+        step: int,
+        processed: int,
+        total: int | None,
+        campaign: str = "",
+    ) -> None:
+        event = ProgressEvent(
+            namespace=namespace,
+            kind=kind,
+            step=step,
+            processed=processed,
+            total=total,
+            worker=self.cfg.worker,
+            campaign=campaign,
+            at=time.time(),
+        )
+        await self.t_progress.send(key=namespace.encode(), value=encode(event))
+
+    # ------------------------------------------------------------------------------------
+    async def _on_manifest(self, event: Any) -> None:
+        try:
+            manifest = decode(bytes(event.value), CheckpointManifest)
+        except CarlsError as exc:
+            await self._dead_letter(event, f"undecodable checkpoint manifest: {exc}", exc)
+            return
+        ns = manifest.namespace
+        msg = event.message
+        # The view reads the same topic from the start: once it is past this record it
+        # knows whether a newer manifest of the namespace came first.
+        await self._run(self.view.wait_offset, msg.partition, msg.offset)
+        self.view.offer(manifest)
+        newest = self.view.latest(ns)
+        if newest is not None and newest.step > manifest.step:
+            log.info("ignoring %s step %d: step %d is newer", ns, manifest.step, newest.step)
+            return
+        if self.campaigned.get(ns, -1) >= manifest.step:
+            return
+        try:
+            spec = await self._run(self.bank.namespace, ns)
+            await self._run(self.cache.get, manifest)
+        except NamespaceError as exc:
+            await self._dead_letter(event, f"unknown namespace: {exc}", exc)
+            return
+        except CheckpointError as exc:
+            self.failed_checkpoints.add(manifest.sha256)
+            await self._dead_letter(
+                event, f"checkpoint not loadable, previous model keeps serving: {exc}", exc
+            )
+            return
+        campaign = f"{ns}@{manifest.step}-{uuid.uuid4().hex[:6]}"
+        total = 0
+        for bucket in range(spec.buckets):
+            ids = await self._run(self.bank.example_ids, ns, bucket)
+            for s in range(0, len(ids), self.cfg.campaign_batch_ids):
+                chunk = ids[s : s + self.cfg.campaign_batch_ids]
+                batch = ExampleBatch(
+                    namespace=ns,
+                    ids=chunk,
+                    priority="refresh",
+                    step=manifest.step,
+                    campaign=campaign,
+                )
+                await self.t_examples.send(key=f"{ns}/{bucket}/{s}".encode(), value=encode(batch))
+            total += len(ids)
+        self.campaigned[ns] = manifest.step
+        log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
+        await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
+
+    async def _model_manifest(self, ns: str, step: int) -> CheckpointManifest | None:
+        """The manifest to serve ``ns`` with: the newest known (waiting briefly for one at
+        least ``step``), or the last one that loaded if the newest is broken."""
+        manifest = await self._run(self.view.wait_for, ns, step, 30.0)
+        if manifest is not None and manifest.sha256 in self.failed_checkpoints:
+            loaded = self.cache.latest(ns)
+            return loaded.manifest if loaded is not None else None
+        return manifest
+
+    async def _on_batches(self, events: Sequence[Any]) -> None:
+        groups: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ExampleBatch]]] = defaultdict(
+            list
+        )
+        for event in events:
+            try:
+                batch = decode(bytes(event.value), ExampleBatch)
+            except CarlsError as exc:
+                await self._dead_letter(event, f"undecodable example batch: {exc}", exc)
+                continue
+            groups[(batch.namespace, tuple(batch.kinds))].append((event, batch))
+        for (ns, kinds), members in groups.items():
+            step = max(b.step or 0 for _, b in members)
+            manifest = await self._model_manifest(ns, step)
+            if manifest is None:
+                for event, _ in members:
+                    await self._dead_letter(
+                        event, f"no checkpoint published for namespace {ns}", "NoCheckpoint"
+                    )
+                continue
+            ids = [i for _, b in members for i in b.ids]
+            try:
+                outcome: Outcome = await self._run(self.maker.process, manifest, ids, kinds)
+            except CheckpointError as exc:
+                self.failed_checkpoints.add(manifest.sha256)
+                for event, _ in members:
+                    await self._dead_letter(event, f"checkpoint not loadable: {exc}", exc)
+                continue
+            except CarlsError as exc:  # bad namespace, dimension, NaN outputs ...
+                for event, _ in members:
+                    await self._dead_letter(event, str(exc), exc)
+                continue
+            campaign = members[0][1].campaign
+            for kind, n in outcome.written.items():
+                await self._progress(ns, kind, outcome.step, n, None, campaign)
+            if outcome.unregistered:
+                log.warning(
+                    "%s: %d ids are not registered examples (first: %s)",
+                    ns,
+                    len(outcome.unregistered),
+                    outcome.unregistered[0],
+                )
+
+
+def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
+    """Run a worker in the foreground until SIGINT/SIGTERM."""
+    import faust
+
+    makers = Makers(cfg)
+    worker = faust.Worker(makers.app, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        makers.close()
