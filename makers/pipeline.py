@@ -19,7 +19,7 @@ import numpy as np
 
 from bank.errors import DimensionError
 from bank.protocol import KnowledgeBank
-from bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec
+from bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec, check_batch
 from makers.checkpoints import LoadedModel, ModelCache
 from makers.compute import knowledge_batch, neighbours_batch, top_k_neighbours
 from schemas import CheckpointManifest
@@ -83,6 +83,34 @@ class Maker:
                 kinds.append(kind)
         return kinds
 
+    def probe(self, manifest: CheckpointManifest, sample: int = 32) -> None:
+        """Try a new checkpoint on a few registered examples without writing anything: a
+        model that cannot serve the namespace (wrong dimensions, NaN outputs) raises here,
+        once, instead of failing every batch of a campaign."""
+        spec = self.bank.namespace(manifest.namespace)
+        model = self.cache.get(manifest)
+        ids: list[str] = []
+        for bucket in range(spec.buckets):
+            ids += self.bank.example_ids(manifest.namespace, bucket)[:sample]
+            if len(ids) >= sample:
+                break
+        if not ids:
+            return
+        ex = self.bank.fetch_examples(manifest.namespace, ids[:sample])
+        self._check_features(manifest, model, ex.features.shape[1])
+        emb, probs = model.infer(ex.features)
+        for kind in self.kinds_for(spec, ()):
+            if kind != "neighbours":
+                check_batch(spec, kind, knowledge_batch(kind, ex.ids, emb, probs, ex.labels))
+
+    @staticmethod
+    def _check_features(manifest: CheckpointManifest, model: LoadedModel, dim: int) -> None:
+        if dim != model.feature_dim:
+            raise DimensionError(
+                f"{manifest.namespace}: examples have {dim} features, the step "
+                f"{manifest.step} model takes {model.feature_dim}"
+            )
+
     def process(
         self, manifest: CheckpointManifest, ids: Sequence[str], wanted: Sequence[str] = ()
     ) -> Outcome:
@@ -98,11 +126,7 @@ class Maker:
         if present.size == 0 or not kinds:
             return out
         pids = [ex.ids[i] for i in present]
-        if ex.features.shape[1] != model.feature_dim:
-            raise DimensionError(
-                f"{manifest.namespace}: examples have {ex.features.shape[1]} features, the "
-                f"step {manifest.step} model takes {model.feature_dim}"
-            )
+        self._check_features(manifest, model, ex.features.shape[1])
         emb, probs = model.infer(ex.features[present])
         t2 = time.perf_counter()
         lineage = Lineage(manifest.step, f"{self.worker}", model.fingerprint)

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bank.cassandra import CassandraBank
-from bank.errors import NamespaceError
+from bank.errors import DimensionError, NamespaceError
 from bank.protocol import KnowledgeBank
 from bank.session import CassandraConfig
 from makers.checkpoints import ModelCache
-from makers.errors import CheckpointError
+from makers.errors import BadModelOutputError, CheckpointError
 from makers.pipeline import MAKERS, Maker, Outcome
 from makers.view import ManifestView
 from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
@@ -78,6 +78,7 @@ class Makers:
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 2, thread_name_prefix="maker")
         self.campaigned: dict[str, int] = {}
         self.failed_checkpoints: set[str] = set()
+        self.serving: dict[str, CheckpointManifest] = {}
         self.demand_in_hand = 0
         self.demand_idle = asyncio.Event()
         self.demand_idle.set()
@@ -103,7 +104,11 @@ class Makers:
         @app.agent(self.t_checkpoints, name="campaigns")
         async def campaigns(stream: Any) -> None:
             async for event in stream.events():
-                await self._on_manifest(event)
+                try:
+                    await self._on_manifest(event)
+                except Exception as exc:  # never let one record stop the agent
+                    log.exception("unexpected failure on a checkpoint record")
+                    await self._dead_letter(event, f"internal error: {exc!r}", exc)
 
         @app.agent(self.t_demand, name="demand", concurrency=cfg.concurrency)
         async def demand(stream: Any) -> None:
@@ -205,16 +210,16 @@ class Makers:
             return
         try:
             spec = await self._run(self.bank.namespace, ns)
-            await self._run(self.cache.get, manifest)
+            await self._run(self.maker.probe, manifest)
         except NamespaceError as exc:
             await self._dead_letter(event, f"unknown namespace: {exc}", exc)
             return
-        except CheckpointError as exc:
+        except CarlsError as exc:  # not loadable, wrong dimensions, NaN outputs
             self.failed_checkpoints.add(manifest.sha256)
-            await self._dead_letter(
-                event, f"checkpoint not loadable, previous model keeps serving: {exc}", exc
-            )
+            reason = f"checkpoint {ns} step {manifest.step} cannot serve ({exc}); the "
+            await self._dead_letter(event, reason + "previous model keeps serving", exc)
             return
+        self.serving[ns] = manifest
         campaign = f"{ns}@{manifest.step}-{uuid.uuid4().hex[:6]}"
         total = 0
         for bucket in range(spec.buckets):
@@ -239,8 +244,7 @@ class Makers:
         least ``step``), or the last one that loaded if the newest is broken."""
         manifest = await self._run(self.view.wait_for, ns, step, 30.0)
         if manifest is not None and manifest.sha256 in self.failed_checkpoints:
-            loaded = self.cache.latest(ns)
-            return loaded.manifest if loaded is not None else None
+            return self.serving.get(ns)
         return manifest
 
     async def _on_batches(self, events: Sequence[Any]) -> None:
@@ -266,15 +270,24 @@ class Makers:
             ids = [i for _, b in members for i in b.ids]
             try:
                 outcome: Outcome = await self._run(self.maker.process, manifest, ids, kinds)
-            except CheckpointError as exc:
+            except (CheckpointError, BadModelOutputError, DimensionError) as exc:
+                # The model cannot serve: later batches fall back to the last good one.
                 self.failed_checkpoints.add(manifest.sha256)
                 for event, _ in members:
-                    await self._dead_letter(event, f"checkpoint not loadable: {exc}", exc)
+                    await self._dead_letter(event, f"step {manifest.step} model: {exc}", exc)
                 continue
-            except CarlsError as exc:  # bad namespace, dimension, NaN outputs ...
+            except CarlsError as exc:  # unknown namespace, invalid ids ...
                 for event, _ in members:
                     await self._dead_letter(event, str(exc), exc)
                 continue
+            except Exception as exc:  # a bug must not stop the partition: keep the record
+                log.exception("unexpected failure on an id batch of %s", ns)
+                for event, _ in members:
+                    await self._dead_letter(event, f"internal error: {exc!r}", exc)
+                continue
+            self.serving.setdefault(ns, manifest)
+            if self.serving[ns].step < manifest.step:
+                self.serving[ns] = manifest
             campaign = members[0][1].campaign
             for kind, n in outcome.written.items():
                 await self._progress(ns, kind, outcome.step, n, None, campaign)

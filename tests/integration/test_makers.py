@@ -1,0 +1,165 @@
+"""Knowledge makers on the real stack: campaigns, ordering, poison records, bad checkpoints,
+and a worker killed mid-campaign."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carls.settings import Settings
+from schemas import CheckpointManifest, ExampleBatch
+from tests.integration.makers_support import MakerEnv
+
+pytestmark = pytest.mark.integration
+KINDS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
+
+
+@pytest.fixture
+def env(stack: Settings, tmp_path: Path) -> Iterator[MakerEnv]:
+    e = MakerEnv(tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def test_campaigns_cover_every_id_at_the_new_step_and_a_late_older_manifest_changes_nothing(
+    env: MakerEnv,
+) -> None:
+    env.start_worker()
+    env.publisher.manifest(env.save(10))
+    covered = env.wait_coverage(10, KINDS)
+    assert all(c.older == 0 and c.none == 0 for c in covered.values())
+    env.publisher.manifest(env.save(20))
+    env.wait_coverage(20, KINDS)
+    first = env.bank.read(env.ns, "embedding", env.ids[:50], lineage=True)
+
+    late = env.save(15)
+    env.publisher.manifest(late)
+    tp = env.committed(env.settings.topics.checkpoints)
+    env.wait_committed(env.settings.topics.checkpoints, 0, max(tp.values()))  # processed
+    for kind in KINDS:
+        assert env.coverage(kind).steps == {20: len(env.ids)}
+    again = env.bank.read(env.ns, "embedding", env.ids[:50], lineage=True)
+    assert np.array_equal(again.values, first.values)
+    assert set(again.steps.tolist()) == {20}
+
+    # Neighbours are exact among the step's embeddings, and never the id itself.
+    got = env.bank.read(env.ns, "neighbours", env.ids[:3])
+    assert got.neighbour_ids is not None
+    for i, nids in zip(env.ids[:3], got.neighbour_ids, strict=True):
+        assert len(nids) == 5
+        assert i not in nids
+
+
+def test_poison_records_are_dead_lettered_and_never_block_their_partition(env: MakerEnv) -> None:
+    env.start_worker()
+    env.publisher.manifest(env.save(10))
+    env.wait_coverage(10)
+    demand = env.settings.topics.demand
+    bad_version = json.dumps({"schema": "carls.examples", "version": 99}).encode()
+    poison = [env.produce_raw(demand, b"\xff\x00 not json"), env.produce_raw(demand, bad_version)]
+    env.publisher.examples(
+        ExampleBatch(namespace="nosuchns", ids=["a", "b"], priority="demand"), wait=True
+    )
+    quarantined = env.bank.quarantine(env.ns, 10, 10, ["prediction"])
+    assert quarantined == len(env.ids)
+    env.publisher.manifest(env.save(11))  # a valid record after the poison ones
+    env.wait_coverage(11, ("prediction",))
+    letters = env.dead_letters(3)
+    by_offset = {(d.source_topic, d.source_partition, d.source_offset): d for d in letters}
+    for partition, offset in poison:
+        letter = by_offset[(demand, partition, offset)]
+        assert letter.reason
+    raws = {d.raw for d in letters}
+    assert b"\xff\x00 not json" in raws
+    assert bad_version in raws
+    assert any("nosuchns" in d.reason for d in letters)
+
+
+def test_bad_checkpoints_are_dead_lettered_and_the_previous_model_keeps_serving(
+    env: MakerEnv, tmp_path: Path
+) -> None:
+    env.start_worker()
+    env.publisher.manifest(env.save(10))
+    env.wait_coverage(10, KINDS)
+    before = env.bank.read(env.ns, "embedding", env.ids, lineage=True)
+
+    good = env.save(20)
+    wrong_sha = CheckpointManifest(**{**_fields(good), "sha256": "0" * 64})
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(os.urandom(4096))
+    from makers.checkpoints import file_sha256
+
+    not_a_model = CheckpointManifest(
+        **{
+            **_fields(good),
+            "step": 21,
+            "uri": garbage.as_uri(),
+            "sha256": file_sha256(garbage),
+            "size": 4096,
+        }
+    )
+    missing = CheckpointManifest(
+        **{**_fields(good), "step": 22, "uri": (tmp_path / "absent.keras").as_uri()}
+    )
+    wrong_dim = env.save(23, embed=4)
+    nan = env.save(24, nan=True)
+    for n, m in enumerate((wrong_sha, not_a_model, missing, wrong_dim, nan), start=1):
+        env.publisher.manifest(m)  # one at a time: a newer one would supersede it
+        assert len(env.dead_letters(n, timeout=60)) == n, env.worker_logs()
+    letters = env.dead_letters(5)
+    assert len(letters) == 5  # one letter per bad checkpoint, not one per batch
+    reasons = " | ".join(d.reason for d in letters)
+    assert "sha256" in reasons
+    assert "not a model" in reasons.lower() or "NotAModel" in " ".join(d.error for d in letters)
+    assert "absent.keras" in reasons
+    assert "dimension" in reasons.lower()
+    assert "nan" in reasons.lower()
+
+    # Demand is still served, by the last model that loaded; nothing in the bank regressed.
+    env.publisher.examples(
+        ExampleBatch(namespace=env.ns, ids=env.ids[:10], priority="demand"), wait=True
+    )
+    after = env.bank.read(env.ns, "embedding", env.ids, lineage=True)
+    assert set(after.steps.tolist()) == {10}
+    assert np.array_equal(after.values, before.values)
+
+
+def test_two_workers_share_a_campaign_and_one_killed_midway_leaves_nothing_behind(
+    stack: Settings, tmp_path: Path
+) -> None:
+    env = MakerEnv(tmp_path, examples=30_000, buckets=16)
+    try:
+        env.start_worker()
+        env.start_worker()
+        env.wait_members(2)
+        env.publisher.manifest(env.save(10))
+        env.wait_coverage(10, timeout=180)
+        victim = env.workers[0]
+        env.publisher.manifest(env.save(20))
+        deadline = time.monotonic() + 120
+        while env.coverage().steps.get(20, 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        done_at_kill = env.coverage().steps.get(20, 0)
+        assert 0 < done_at_kill < len(env.ids), "the campaign was not caught in the middle"
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+        covered = env.wait_coverage(20, KINDS, timeout=240)
+        for c in covered.values():
+            assert (c.at_newest, c.older, c.none) == (len(env.ids), 0, 0)
+    finally:
+        env.close()
+
+
+def _fields(m: CheckpointManifest) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
