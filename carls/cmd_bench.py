@@ -83,3 +83,71 @@ def bench_bank(
             ["target", "goal", "measured", ""],
         )
     )
+
+
+@bench.command("makers")
+@click.option(
+    "--examples",
+    type=click.IntRange(1000),
+    default=100_000,
+    show_default=True,
+    help="Ids in the refresh campaign.",
+)
+@click.option(
+    "--records",
+    type=click.IntRange(1000),
+    default=100_000,
+    show_default=True,
+    help="Records for the consumption comparison.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def bench_makers(ctx: click.Context, examples: int, records: int, as_json: bool) -> None:
+    """Faust vs aiokafka consumption; maker throughput vs raw inference and bank writes;
+    freshness of a refresh campaign vs its lower bound."""
+    from carls.cli import settings_of
+    from makers.bench import run
+
+    settings = settings_of(ctx)
+    r = run(settings.kafka, settings.cassandra, examples=examples, records=records, say=progress)
+    if as_json:
+        emit_json(r)
+        return
+    c, m, f, raw = r["consume"], r["maker"], r["freshness"], r["raw"]
+    st = m["stages_s"]
+    click.echo(
+        table(
+            [
+                (
+                    "consume (records/s)",
+                    f"{c['faust_per_s']:,.0f} Faust",
+                    f"{c['aiokafka_per_s']:,.0f} aiokafka",
+                    f"x{c['faust_vs_aiokafka']:.2f}",
+                ),
+                (
+                    "maker end to end (ids/s)",
+                    f"{m['examples_per_s']:,.0f}",
+                    f"inference {raw['inference_per_s']:,.0f}; bank writes "
+                    f"{raw['bank_write_ids_per_s']:,.0f}",
+                    f"x{m['vs_min_raw']:.2f} of the min",
+                ),
+                (
+                    "worker time split (s)",
+                    f"consume {st['consume_s'] or 0:.1f} fetch {st['fetch_s'] or 0:.1f} "
+                    f"infer {st['infer_s'] or 0:.1f} write {st['write_s'] or 0:.1f}",
+                    "",
+                    "",
+                ),
+                (
+                    "freshness 50/99/100% (s)",
+                    f"{f['p50_s']:.1f} / {f['p99_s']:.1f} / {f['p100_s']:.1f}",
+                    f"lower bound {f['lower_bound_s']:.1f}",
+                    f"x{f['p99_vs_lower_bound']:.2f} at 99%",
+                ),
+            ],
+            ["measure", "carls", "baseline", "ratio"],
+        )
+    )
+    click.echo(
+        table([(k, "met" if v else "NOT MET") for k, v in r["targets"].items()], ["target", ""])
+    )

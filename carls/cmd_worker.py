@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from makers.pipeline import MAKERS
@@ -37,9 +39,21 @@ from makers.pipeline import MAKERS
     show_default=True,
     help="Seconds before a dead worker's partitions move to the others.",
 )
+@click.option(
+    "--stats",
+    type=click.Path(dir_okay=False),
+    envvar="CARLS_WORKER_STATS",
+    show_envvar=True,
+    help="Write per-stage timings as JSON to this file each second.",
+)
 @click.pass_context
 def worker(
-    ctx: click.Context, makers: str, concurrency: int, app_id: str | None, session_timeout: float
+    ctx: click.Context,
+    makers: str,
+    concurrency: int,
+    app_id: str | None,
+    session_timeout: float,
+    stats: str | None,
 ) -> None:
     """Run knowledge makers until stopped (Ctrl-C or SIGTERM).
 
@@ -64,6 +78,7 @@ def worker(
         topics=settings.topics,
         app_id=app_id or f"{settings.topic_prefix}-makers",
         checkpoint_root=settings.checkpoint_dir,
+        stats_path=Path(stats) if stats else None,
         makers=chosen,
         concurrency=concurrency,
         session_timeout_s=session_timeout,

@@ -18,6 +18,7 @@ and nothing is committed meanwhile. Progress goes to ``progress``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -63,6 +64,7 @@ class WorkerConfig:
     campaign_batch_ids: int = 512
     session_timeout_s: float = 10.0
     max_backoff_s: float = 10.0
+    stats_path: Path | None = None
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -80,6 +82,9 @@ class Makers:
         self.failed_checkpoints: set[str] = set()
         self.serving: dict[str, CheckpointManifest] = {}
         self.demand_in_hand = 0
+        self.busy_s = 0.0
+        self.first_batch_at: float | None = None
+        self.last_batch_at: float | None = None
         self.demand_idle = asyncio.Event()
         self.demand_idle.set()
         self.app = self._build()
@@ -132,7 +137,39 @@ class Makers:
         async def _start_view() -> None:
             self.view.start()
 
+        if cfg.stats_path is not None:
+
+            @app.timer(1.0)
+            async def _write_stats() -> None:
+                self.write_stats()
+
         return app
+
+    def stats(self) -> dict[str, float | int | None]:
+        """Seconds spent per stage (``consume`` = waiting on Kafka and decoding)."""
+        t = self.maker.times
+        span = (
+            (self.last_batch_at or 0.0) - self.first_batch_at
+            if self.first_batch_at is not None
+            else 0.0
+        )
+        return {
+            "examples": t.examples,
+            "fetch_s": t.fetch_s,
+            "infer_s": t.infer_s,
+            "write_s": t.write_s,
+            "busy_s": self.busy_s,
+            "span_s": span,
+            "consume_s": max(0.0, span - t.fetch_s - t.infer_s - t.write_s),
+            "first_batch_at": self.first_batch_at,
+            "last_batch_at": self.last_batch_at,
+        }
+
+    def write_stats(self) -> None:
+        if self.cfg.stats_path is not None:
+            tmp = self.cfg.stats_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.stats()))
+            tmp.replace(self.cfg.stats_path)
 
     def close(self) -> None:
         self.view.stop()
@@ -248,6 +285,16 @@ class Makers:
         return manifest
 
     async def _on_batches(self, events: Sequence[Any]) -> None:
+        started = time.time()
+        if self.first_batch_at is None:
+            self.first_batch_at = started
+        try:
+            await self._process_events(events)
+        finally:
+            self.busy_s += time.time() - started
+            self.last_batch_at = time.time()
+
+    async def _process_events(self, events: Sequence[Any]) -> None:
         groups: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ExampleBatch]]] = defaultdict(
             list
         )
