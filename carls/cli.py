@@ -67,8 +67,11 @@ def main(ctx: click.Context, log_level: str) -> None:
         level=log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if log_level != "DEBUG":
-        for noisy in ("kafka", "cassandra", "aiokafka", "faust", "mode"):
+        for noisy in ("kafka", "aiokafka", "faust", "mode"):
             logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
+        # The driver logs every failed connection attempt with a traceback; carls reports
+        # the failure itself, once, as an error with a hint.
+        logging.getLogger("cassandra").setLevel(logging.ERROR)
     ctx.obj = _LazySettings()
 
 
@@ -96,6 +99,7 @@ def _register() -> None:
         cmd_infra,
         cmd_publish,
         cmd_settings,
+        cmd_submit,
         cmd_worker,
     )
 
@@ -104,6 +108,7 @@ def _register() -> None:
     main.add_command(cmd_bench.bench)
     main.add_command(cmd_publish.checkpoint)
     main.add_command(cmd_publish.examples)
+    main.add_command(cmd_submit.submit)
     main.add_command(cmd_worker.worker)
     main.add_command(cmd_demo.demo)
     main.add_command(cmd_settings.settings)

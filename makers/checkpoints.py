@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -49,17 +48,14 @@ from makers.errors import (
     InvalidInputError,
     NotAModelError,
 )
+from schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
 from schemas.errors import SchemaError
-from schemas.names import validate_name
 from schemas.records import CheckpointManifest
 
 # Before TensorFlow is first imported (lazily, below): keep its C++ INFO chatter quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "keras"
-"""The only ``CheckpointManifest.format`` makers load."""
 
 INFER_CHUNK = 1024
 """Rows per model call in ``LoadedModel.infer``."""
@@ -73,19 +69,14 @@ _HASH_CHUNK = 1 << 20
 def artifact_path(directory: Path, namespace: str, step: int) -> Path:
     """Where the artifact of ``namespace`` at ``step`` lives in a checkpoint store."""
     try:
-        validate_name(namespace, "namespace")
+        return Path(directory) / artifact_relpath(namespace, step)
     except SchemaError as exc:
         raise InvalidInputError(str(exc)) from exc
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise InvalidInputError(f"step: must be an int >= 0, got {step!r}")
-    return Path(directory) / namespace / f"step-{step:012d}.keras"
 
 
 def model_fingerprint(model: Any) -> str:
     """The first 16 hex digits of the sha256 of the model's JSON config (keys sorted)."""
-    config = json.loads(model.to_json())
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return fingerprint_of_config(model.to_json())
 
 
 def file_sha256(path: Path) -> str:

@@ -1,0 +1,92 @@
+"""``carls submit JOB``: validate a job spec and its dataset, then put it on the jobs topic."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from carls.output import emit_json, fail, progress
+
+if TYPE_CHECKING:
+    from bank.types import NamespaceSpec
+
+
+@click.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate the spec and its dataset only; touch neither Kafka nor Cassandra.",
+)
+@click.pass_context
+def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
+    """Submit the training job in JOB (a .yaml, .yml or .json job spec).
+
+    The spec and its dataset are checked first, and so is the namespace when it already
+    exists in the bank (its dimensions must match the job's). Prints the job id.
+    """
+    from bank.errors import BankUnavailableError, NamespaceError
+    from carls.cli import settings_of
+    from schemas import TrainingJob
+    from trainers.datasets import load_dataset, validate_against_namespace
+    from trainers.spec import load_spec
+
+    spec = load_spec(job)
+    data = load_dataset(spec.dataset, spec.train.seed)
+    progress(
+        f"dataset {data.name}: {len(data.ids_train):,} train ({int(data.labeled.sum()):,} "
+        f"labeled) + {len(data.ids_test):,} test examples, {data.feature_dim} features, "
+        f"{data.classes} classes"
+    )
+    settings = settings_of(ctx)
+    if not dry_run:
+        from bank.cassandra import CassandraBank
+
+        existing: NamespaceSpec | None = None
+        try:
+            with CassandraBank(settings.cassandra) as bank:
+                existing = bank.namespace(spec.namespace)
+        except NamespaceError:
+            pass  # a new namespace: the trainer creates it
+        except BankUnavailableError as exc:
+            fail(
+                f"cannot check namespace {spec.namespace} in the bank: {exc}",
+                hint="start the stack (`carls infra up`), or validate only with --dry-run",
+            )
+            return
+        validate_against_namespace(spec, data, existing)
+        progress(
+            f"namespace {spec.namespace}: "
+            f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"
+        )
+    record = TrainingJob(
+        job_id=f"{spec.namespace}-{uuid.uuid4().hex[:8]}",
+        namespace=spec.namespace,
+        spec=spec.to_dict(),
+        submitted_at=time.time(),
+    )
+    topic = settings.topics.jobs
+    if not dry_run:
+        from streams.producer import Publisher
+
+        with Publisher(settings.kafka, settings.topics) as pub:
+            pub.job(record)
+    if as_json:
+        emit_json(
+            {
+                "job_id": record.job_id,
+                "namespace": record.namespace,
+                "topic": topic,
+                "dry_run": dry_run,
+            }
+        )
+    elif dry_run:
+        progress(f"valid: {spec.paradigm.name} on {data.name}; nothing submitted (--dry-run)")
+    else:
+        progress(f"submitted {spec.paradigm.name} on {data.name} to {topic}")
+        click.echo(record.job_id)

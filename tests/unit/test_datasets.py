@@ -1,0 +1,218 @@
+"""Datasets: the split, scaling and labeling protocol, file formats, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from bank.types import NamespaceSpec, default_kinds
+from trainers.datasets import Dataset, load_dataset, validate_against_namespace
+from trainers.errors import DatasetError, SpecError
+from trainers.spec import DatasetSpec, load_spec
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset(DatasetSpec(name="digits", labeled=50), seed=0)
+
+
+def rows(ids: list[str]) -> np.ndarray:
+    return np.array([int(i.rsplit("-", 1)[1]) for i in ids])
+
+
+def dataset_error(spec: DatasetSpec, field: str, seed: int = 0) -> DatasetError:
+    with pytest.raises(DatasetError) as info:
+        load_dataset(spec, seed)
+    assert info.value.field == field, str(info.value)
+    return info.value
+
+
+# ---------------------------------------------------------------------------------------
+# The protocol
+
+
+def test_digits_split_is_stratified_70_30(digits: Dataset) -> None:
+    y_all = load_digits().target
+    n = len(y_all)
+    assert len(digits.ids_train) + len(digits.ids_test) == n
+    assert len(digits.ids_test) == pytest.approx(0.3 * n, abs=1)
+    assert set(digits.ids_train).isdisjoint(digits.ids_test)
+    overall = np.bincount(y_all) / n
+    assert np.abs(np.bincount(digits.y_train) / len(digits.y_train) - overall).max() < 0.01
+    assert np.abs(np.bincount(digits.y_test) / len(digits.y_test) - overall).max() < 0.01
+    assert digits.classes == 10 and digits.feature_dim == 64 and digits.name == "digits"
+    # the ids carry the source row: the label of an id is the label of that row
+    assert (digits.y_train == y_all[rows(digits.ids_train)]).all()
+    assert (digits.y_test == y_all[rows(digits.ids_test)]).all()
+
+
+def test_features_are_standardised_on_the_training_split(digits: Dataset) -> None:
+    assert digits.x_train.dtype == np.float32 and digits.x_test.dtype == np.float32
+    assert digits.y_train.dtype == np.int32
+    assert np.abs(digits.x_train.mean(axis=0)).max() < 1e-4
+    std = digits.x_train.std(axis=0)
+    varying = std > 0  # digits has pixels that are always 0
+    assert varying.sum() > 50
+    assert np.allclose(std[varying], 1.0, atol=1e-3)
+    assert abs(float(digits.x_test[:, varying].mean())) < 0.1
+
+
+def test_labeled_subset_has_the_count_and_is_balanced(digits: Dataset) -> None:
+    assert digits.labeled.dtype == np.bool_ and digits.labeled.sum() == 50
+    assert (np.bincount(digits.y_train[digits.labeled], minlength=10) == 5).all()
+    bank_labels = digits.labels_for_bank()
+    assert bank_labels.dtype == np.int32
+    assert (bank_labels[~digits.labeled] == -1).all()
+    assert (bank_labels[digits.labeled] == digits.y_train[digits.labeled]).all()
+
+
+def test_uneven_counts_spread_as_evenly_as_possible() -> None:
+    data = load_dataset(DatasetSpec(name="digits", labeled=23), seed=3)
+    counts = np.bincount(data.y_train[data.labeled], minlength=10)
+    assert counts.sum() == 23 and set(counts.tolist()) == {2, 3}
+
+
+def test_small_classes_give_their_share_to_the_others(tmp_path: Path) -> None:
+    y = np.array([0] * 6 + [1] * 40 + [2] * 40)  # class 0: 4 training examples
+    path = tmp_path / "skewed.npz"
+    np.savez(path, X=np.random.default_rng(0).normal(size=(len(y), 3)), y=y)
+    data = load_dataset(DatasetSpec(path=path, labeled=30, test_size=0.25), seed=0)
+    counts = np.bincount(data.y_train[data.labeled])
+    assert counts[0] == (data.y_train == 0).sum() == 4
+    assert counts.tolist() == [4, 13, 13]
+
+
+def test_ids_are_stable_across_seeds() -> None:
+    a = load_dataset(DatasetSpec(name="iris"), seed=0)
+    b = load_dataset(DatasetSpec(name="iris"), seed=1)
+    assert set(a.ids_train) != set(b.ids_train)
+    assert set(a.ids_train + a.ids_test) == set(b.ids_train + b.ids_test)
+    label_a = dict(zip(a.ids_train + a.ids_test, [*a.y_train, *a.y_test], strict=True))
+    label_b = dict(zip(b.ids_train + b.ids_test, [*b.y_train, *b.y_test], strict=True))
+    assert label_a == label_b
+    again = load_dataset(DatasetSpec(name="iris"), seed=0)
+    assert again.ids_train == a.ids_train and np.array_equal(again.x_train, a.x_train)
+
+
+def test_labeled_fewer_than_classes_is_an_error() -> None:
+    err = dataset_error(DatasetSpec(name="wine", labeled=2), "dataset.labeled")
+    assert "3 classes" in str(err)
+    dataset_error(DatasetSpec(name="iris", labeled=1000), "dataset.labeled")
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+
+def test_npz_mask_wins_over_the_count(tmp_path: Path) -> None:
+    n = 60
+    y = np.array(["b", "a", "c"] * (n // 3))
+    mask = np.arange(n) % 4 == 0
+    path = tmp_path / "masked.npz"
+    np.savez(path, X=np.arange(n * 2, dtype=np.float64).reshape(n, 2), y=y, labeled=mask)
+    data = load_dataset(DatasetSpec(path=path, labeled=3), seed=0)
+    assert data.name == "masked" and data.ids_train[0].startswith("masked-")
+    assert (data.labeled == mask[rows(data.ids_train)]).all()
+    assert data.class_names == ["a", "b", "c"]
+    assert (data.y_train == np.searchsorted(["a", "b", "c"], y[rows(data.ids_train)])).all()
+
+
+def test_npz_without_x_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, features=np.zeros((4, 2)), y=np.zeros(4))
+    err = dataset_error(DatasetSpec(path=path), "dataset.path")
+    assert "no array 'X'" in str(err) and "features" in str(err)
+
+
+def test_npz_nan_feature_is_named(tmp_path: Path) -> None:
+    x = np.zeros((20, 3))
+    x[7, 2] = np.inf
+    path = tmp_path / "inf.npz"
+    np.savez(path, X=x, y=np.arange(20) % 2)
+    err = dataset_error(DatasetSpec(path=path), "dataset.path")
+    assert "column 2" in str(err) and "row 7" in str(err)
+
+
+def write_csv(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "data.csv"
+    path.write_text(body)
+    return path
+
+
+def csv_body(n: int = 30, bad: tuple[int, str] | None = None) -> str:
+    lines = ["width,species,height"]
+    for i in range(n):
+        width = bad[1] if bad is not None and bad[0] == i else str(i * 0.5)
+        lines.append(f"{width},{['cat', 'dog', 'eel'][i % 3]},{i % 7}")
+    return "\n".join(lines) + "\n"
+
+
+def test_csv_with_string_labels(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, csv_body())
+    data = load_dataset(DatasetSpec(path=path, label_column="species", labeled=6), seed=0)
+    assert data.feature_dim == 2 and data.classes == 3
+    assert data.class_names == ["cat", "dog", "eel"]
+    assert (data.y_train == rows(data.ids_train) % 3).all()
+    assert np.bincount(data.y_train[data.labeled]).tolist() == [2, 2, 2]
+
+
+def test_csv_int_labels_sort_as_numbers(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "a,label\n" + "".join(f"{i},{[2, 10][i % 2]}\n" for i in range(20)))
+    data = load_dataset(DatasetSpec(path=path, label_column="label"), seed=0)
+    assert data.class_names == ["2", "10"]
+
+
+def test_csv_absent_label_column_lists_the_columns(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, csv_body())
+    err = dataset_error(DatasetSpec(path=path, label_column="target"), "dataset.label_column")
+    assert "width, species, height" in str(err)
+
+
+def test_csv_non_numeric_feature_names_column_and_row(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, csv_body(bad=(4, "wide")))
+    err = dataset_error(DatasetSpec(path=path, label_column="species"), "dataset.path")
+    assert "column 'width', row 4 (line 6)" in str(err) and "'wide'" in str(err)
+
+
+def test_csv_nan_feature_names_column_and_row(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, csv_body(bad=(9, "nan")))
+    err = dataset_error(DatasetSpec(path=path, label_column="species"), "dataset.path")
+    assert "'width', row 9" in str(err) and "finite" in str(err)
+
+
+def test_modalities_must_fit_the_features() -> None:
+    err = dataset_error(
+        DatasetSpec(name="iris", modalities={"a": (0, 2), "b": (2, 5)}), "dataset.modalities.b"
+    )
+    assert "4 feature columns" in str(err)
+
+
+# ---------------------------------------------------------------------------------------
+# Against an existing namespace
+
+
+def test_namespace_dimensions_must_match_the_job(digits: Dataset) -> None:
+    spec = load_spec(
+        {
+            "namespace": "digits_ssl",
+            "dataset": {"name": "digits"},
+            "paradigm": {"name": "pseudo_label"},
+            "model": {"embedding_dim": 64},
+        }
+    )
+    validate_against_namespace(spec, digits, None)
+    validate_against_namespace(spec, digits, NamespaceSpec("digits_ssl", spec.kinds(10)))
+    with pytest.raises(SpecError) as info:
+        validate_against_namespace(
+            spec, digits, NamespaceSpec("digits_ssl", default_kinds(32, 10, 8))
+        )
+    assert info.value.field == "model.embedding_dim"
+    assert "declares 32" in str(info.value) and "the job 64" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        validate_against_namespace(
+            spec, digits, NamespaceSpec("digits_ssl", default_kinds(64, 3, 8))
+        )
+    assert info.value.field == "dataset" and "3 classes" in str(info.value)

@@ -1,0 +1,97 @@
+"""The checkpoint publisher: save the model as the artifact makers load, announce it.
+
+Saves follow ``schemas.artifacts`` (a ``.keras`` file with ``embedding`` and
+``probabilities`` outputs, no trainer code needed to load it), written atomically, then a
+``CheckpointManifest`` goes to the compacted checkpoints topic keyed by namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from schemas import CheckpointManifest
+from schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
+from streams.producer import Publisher
+
+log = logging.getLogger(__name__)
+
+
+def save(model: Any, store: Path, namespace: str, step: int, producer: str) -> CheckpointManifest:
+    """Write ``model`` under ``store`` atomically; return its manifest (not yet published)."""
+    final = (store / artifact_relpath(namespace, step)).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
+    try:
+        model.save(str(tmp))
+        digest = hashlib.sha256()
+        with tmp.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return CheckpointManifest(
+        namespace=namespace,
+        step=step,
+        uri=final.as_uri(),
+        format=FORMAT,
+        sha256=digest.hexdigest(),
+        size=size,
+        created_at=time.time(),
+        model_fingerprint=fingerprint_of_config(model.to_json()),
+        producer=producer,
+    )
+
+
+class CheckpointPublisher:
+    """Saves and publishes a checkpoint every ``every_steps`` steps or ``every_s`` seconds,
+    whichever comes first; ``maybe(step)`` is cheap when it is not time yet."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        store: Path,
+        namespace: str,
+        producer: str,
+        every_steps: int,
+        every_s: float | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.store = store
+        self.namespace = namespace
+        self.producer = producer
+        self.every_steps = every_steps
+        self.every_s = every_s
+        self.last_step: int | None = None
+        self.last_at = time.monotonic()
+        self.published: list[CheckpointManifest] = []
+
+    def due(self, step: int) -> bool:
+        if self.last_step is None:
+            return True
+        if step - self.last_step >= self.every_steps:
+            return True
+        return self.every_s is not None and time.monotonic() - self.last_at >= self.every_s
+
+    def maybe(self, model: Any, step: int) -> CheckpointManifest | None:
+        if not self.due(step):
+            return None
+        return self.publish(model, step)
+
+    def publish(self, model: Any, step: int) -> CheckpointManifest:
+        manifest = save(model, self.store, self.namespace, step, self.producer)
+        self.publisher.manifest(manifest)
+        self.last_step, self.last_at = step, time.monotonic()
+        self.published.append(manifest)
+        log.info("published %s step %d (%d bytes)", self.namespace, step, manifest.size)
+        return manifest

@@ -1,0 +1,329 @@
+"""Datasets for trainers: scikit-learn's bundled sets, .npz and .csv files, split one way.
+
+The protocol, so every trainer of a job (and every peer with the same seed) sees the same
+data: a stratified train/test split with the seed; a ``StandardScaler`` fit on the training
+split and applied to both; a stratified labeled subset of the training split chosen with
+the seed (or the .npz file's own ``labeled`` mask). Example ids are ``<dataset>-<row>``
+with the row of the source, so an example keeps its id whatever the seed or trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bank.types import NO_LABEL, NamespaceSpec
+from trainers.errors import DatasetError, SpecError
+from trainers.spec import DatasetSpec, GraphParams, JobSpec, PseudoLabelGraphParams
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+
+_INT_LABEL = re.compile(r"[-+]?[0-9]+")
+
+
+@dataclass(eq=False, slots=True)
+class Dataset:
+    """A split, standardised dataset; ``y_*`` hold every true label, ``labeled`` says which
+    training labels the trainer may use (``labels_for_bank`` hides the others)."""
+
+    ids_train: list[str]
+    x_train: F32
+    y_train: I32
+    labeled: Bool
+    ids_test: list[str]
+    x_test: F32
+    y_test: I32
+    classes: int
+    feature_dim: int
+    name: str
+    modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    """The source's label of each class index (classes are the sorted distinct labels)."""
+
+    def labels_for_bank(self) -> I32:
+        """The training labels with ``NO_LABEL`` (-1) where the example is unlabeled."""
+        return np.where(self.labeled, self.y_train, NO_LABEL).astype(np.int32)
+
+
+@dataclass(slots=True)
+class _Raw:
+    x: F64
+    labels: npt.NDArray[Any]
+    mask: Bool | None
+    columns: list[str]
+    where: str
+    """The spec field that names the source (``dataset.name`` or ``dataset.path``)."""
+
+
+def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
+    """Load, check, split, standardise and label ``spec``'s data; ``DatasetError`` if bad."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    raw = _load_raw(spec)
+    _check_finite(raw)
+    values, inverse = np.unique(raw.labels, return_inverse=True)
+    y: I32 = inverse.astype(np.int32).reshape(-1)
+    classes = len(values)
+    if classes < 2:
+        raise DatasetError(raw.where, f"needs at least 2 classes, found {classes}")
+    n, dim = raw.x.shape
+    for modality, (start, stop) in spec.modalities.items():
+        if stop > dim:
+            raise DatasetError(
+                f"dataset.modalities.{modality}",
+                f"columns [{start}, {stop}) exceed the {dim} feature columns",
+            )
+    try:
+        rows_train, rows_test = train_test_split(
+            np.arange(n), test_size=spec.test_size, stratify=y, random_state=seed
+        )
+    except ValueError as exc:
+        raise DatasetError(
+            "dataset.test_size",
+            f"cannot split {n} examples of {classes} classes stratified: {exc}",
+        ) from exc
+    rows_train, rows_test = np.sort(rows_train), np.sort(rows_test)
+    scaler = StandardScaler().fit(raw.x[rows_train])
+    y_train = y[rows_train]
+    if raw.mask is not None:
+        labeled = raw.mask[rows_train].copy()
+        if not labeled.any():
+            raise DatasetError(raw.where, "its labeled mask marks no training example labeled")
+    elif spec.labeled is None:
+        labeled = np.ones(len(rows_train), dtype=bool)
+    else:
+        labeled = _choose_labeled(y_train, classes, spec.labeled, np.random.default_rng(seed))
+    name = spec.display_name
+    return Dataset(
+        ids_train=[f"{name}-{row:06d}" for row in rows_train],
+        x_train=scaler.transform(raw.x[rows_train]).astype(np.float32),
+        y_train=y_train,
+        labeled=labeled,
+        ids_test=[f"{name}-{row:06d}" for row in rows_test],
+        x_test=scaler.transform(raw.x[rows_test]).astype(np.float32),
+        y_test=y[rows_test],
+        classes=classes,
+        feature_dim=dim,
+        name=name,
+        modalities=dict(spec.modalities),
+        class_names=[str(v) for v in values],
+    )
+
+
+def _choose_labeled(y: I32, classes: int, count: int, rng: np.random.Generator) -> Bool:
+    """``count`` examples, as evenly spread over the classes as their sizes allow."""
+    if count < classes:
+        raise DatasetError(
+            "dataset.labeled",
+            f"{count} labeled examples for {classes} classes; at least one per class is needed",
+        )
+    if count > len(y):
+        raise DatasetError(
+            "dataset.labeled",
+            f"{count} labeled examples asked for, the training split has {len(y)}",
+        )
+    members = [rng.permutation(np.flatnonzero(y == c)) for c in range(classes)]
+    available = np.array([len(m) for m in members])
+    if available.min() < 1:
+        raise DatasetError("dataset.labeled", "a class has no example in the training split")
+    quota = np.zeros(classes, dtype=np.int64)
+    remaining = count
+    while remaining > 0:
+        open_ = np.flatnonzero(quota < available)
+        share = remaining // len(open_)
+        if share == 0:  # fewer left than classes: one more for randomly chosen classes
+            quota[rng.choice(open_, size=remaining, replace=False)] += 1
+            break
+        added = np.minimum(share, available[open_] - quota[open_])
+        quota[open_] += added
+        remaining -= int(added.sum())
+    labeled = np.zeros(len(y), dtype=bool)
+    for m, q in zip(members, quota, strict=True):
+        labeled[m[:q]] = True
+    return labeled
+
+
+# ---------------------------------------------------------------------------------------
+# Sources
+
+
+def _load_raw(spec: DatasetSpec) -> _Raw:
+    if spec.name is not None:
+        from sklearn import datasets
+
+        x, y = getattr(datasets, f"load_{spec.name}")(return_X_y=True)
+        x = np.asarray(x, dtype=np.float64)
+        return _Raw(x, np.asarray(y), None, _numbered(x.shape[1]), "dataset.name")
+    if spec.path is None:
+        raise SpecError("dataset", "give exactly one of name or path")
+    if not spec.path.is_file():
+        raise DatasetError("dataset.path", f"no such file: {spec.path}")
+    if spec.path.suffix.lower() == ".npz":
+        return _load_npz(spec.path)
+    if spec.label_column is None:
+        raise DatasetError("dataset.label_column", "required for a .csv dataset")
+    return _load_csv(spec.path, spec.label_column)
+
+
+def _numbered(d: int) -> list[str]:
+    return [f"column {j}" for j in range(d)]
+
+
+def _load_npz(path: Path) -> _Raw:
+    where = "dataset.path"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(where, f"{path}: not a readable .npz file ({exc})") from exc
+    for key in ("X", "y"):
+        if key not in arrays:
+            raise DatasetError(
+                where, f"{path.name} has no array {key!r}; it holds {', '.join(arrays) or 'none'}"
+            )
+    x, y, mask = arrays["X"], arrays["y"], arrays.get("labeled")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype.kind not in "iuf":
+        raise DatasetError(
+            where, f"{path.name}: X must be a non-empty 2-D numeric array, got {x.dtype} {x.shape}"
+        )
+    if y.shape != (x.shape[0],):
+        raise DatasetError(
+            where, f"{path.name}: y must be 1-D with {x.shape[0]} labels, got {y.shape}"
+        )
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise DatasetError(where, f"{path.name}: y holds non-integer numbers")
+    if y.dtype.kind not in "iubfUS":
+        raise DatasetError(where, f"{path.name}: y must hold ints or strings, got {y.dtype}")
+    if mask is not None and (mask.dtype != np.bool_ or mask.shape != (x.shape[0],)):
+        raise DatasetError(
+            where,
+            f"{path.name}: labeled must be a boolean mask of {x.shape[0]} rows, "
+            f"got {mask.dtype} {mask.shape}",
+        )
+    labels = y.astype(np.int64) if y.dtype.kind in "bf" else y
+    return _Raw(x.astype(np.float64), labels, mask, _numbered(x.shape[1]), where)
+
+
+def _load_csv(path: Path, label_column: str) -> _Raw:
+    where = "dataset.path"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(where, f"{path}: cannot read the CSV file ({exc})") from exc
+    if not lines:
+        raise DatasetError(where, f"{path.name} is empty; expected a header row")
+    header = [h.strip() for h in lines[0]]
+    if header.count(label_column) != 1:
+        problem = "is named twice" if label_column in header else "is not a column"
+        raise DatasetError(
+            "dataset.label_column",
+            f"{label_column!r} {problem} of {path.name}; its columns are {', '.join(header)}",
+        )
+    li = header.index(label_column)
+    columns = header[:li] + header[li + 1 :]
+    if not columns:
+        raise DatasetError(where, f"{path.name} has no feature column besides {label_column!r}")
+    cells: list[list[str]] = []
+    labels: list[str] = []
+    linenos: list[int] = []
+    for lineno, fields_ in enumerate(lines[1:], start=2):
+        if not fields_:
+            continue
+        if len(fields_) != len(header):
+            raise DatasetError(
+                where,
+                f"{path.name} line {lineno}: {len(fields_)} fields, the header has {len(header)}",
+            )
+        label = fields_[li].strip()
+        if not label:
+            raise DatasetError(where, f"{path.name} line {lineno}: empty {label_column!r}")
+        labels.append(label)
+        cells.append(fields_[:li] + fields_[li + 1 :])
+        linenos.append(lineno)
+    if not cells:
+        raise DatasetError(where, f"{path.name} has a header but no rows")
+    try:
+        x = np.array(cells, dtype=np.float64)
+    except ValueError:
+        for row, values in enumerate(cells):
+            for column, cell in zip(columns, values, strict=True):
+                try:
+                    float(cell)
+                except ValueError:
+                    raise DatasetError(
+                        where,
+                        f"{path.name}: column {column!r}, row {row} (line {linenos[row]}): "
+                        f"{cell!r} is not a number; every column but {label_column!r} must be",
+                    ) from None
+        raise  # pragma: no cover - numpy and float() disagree
+    label_array: npt.NDArray[Any] = (
+        np.array([int(v) for v in labels], dtype=np.int64)
+        if all(_INT_LABEL.fullmatch(v) for v in labels)
+        else np.array(labels)
+    )
+    return _Raw(x, label_array, None, columns, where)
+
+
+def _check_finite(raw: _Raw) -> None:
+    bad = ~np.isfinite(raw.x)
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(
+            raw.where,
+            f"{raw.x[row, column]} in feature {raw.columns[column]!r}, row {row}; "
+            "features must be finite",
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The job against an existing namespace
+
+
+def validate_against_namespace(
+    spec: JobSpec, dataset: Dataset, existing: NamespaceSpec | None
+) -> None:
+    """Raise ``SpecError`` if ``existing`` (the namespace in the bank, if any) declares
+    dimensions that disagree with what the job will write and read."""
+    if existing is None:
+        return
+    needed = spec.kinds(dataset.classes)
+    name = existing.name
+    for kind, dim in needed.items():
+        have = existing.kinds.get(kind)
+        if have is None:
+            raise SpecError(
+                "namespace",
+                f"the namespace {name} exists without kind {kind!r} that this job needs; "
+                f"it declares {', '.join(sorted(existing.kinds))}",
+            )
+        if have == dim:
+            continue
+        if kind == "embedding" or kind.startswith("embedding/"):
+            raise SpecError(
+                "model.embedding_dim",
+                f"the namespace {name} declares {have} for {kind}, the job {dim}",
+            )
+        if kind in ("pseudo_label", "prediction"):
+            raise SpecError(
+                "dataset",
+                f"the namespace {name} declares {have} classes for {kind}, the dataset has {dim}",
+            )
+        graph = isinstance(spec.paradigm.params, GraphParams | PseudoLabelGraphParams)
+        if kind == "neighbours" and graph and have < dim:
+            raise SpecError(
+                "paradigm.params.k",
+                f"the namespace {name} keeps {have} neighbours per example, the job needs {dim}",
+            )

@@ -1,0 +1,36 @@
+"""Errors of the trainers.
+
+    CarlsError (schemas.errors)
+    └── TrainerError
+        ├── SpecError           a job spec is not valid; ``field`` names the culprit
+        │   └── DatasetError    the spec reads, but its dataset does not load or fit it
+        └── JobFailedError      a training job stopped before it finished
+
+``field`` is a dotted path into the job spec (``paradigm.params.threshold``), or the spec
+file's path when the file itself cannot be read; the message is ``"<field>: <problem>"``.
+"""
+
+from __future__ import annotations
+
+from schemas.errors import CarlsError
+
+
+class TrainerError(CarlsError):
+    """Something went wrong in a trainer."""
+
+
+class SpecError(TrainerError):
+    """A job spec is not valid: ``field`` says where, ``problem`` says what."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class DatasetError(SpecError):
+    """The job's dataset is missing, malformed, or does not fit the spec."""
+
+
+class JobFailedError(TrainerError):
+    """A training job stopped before it finished."""

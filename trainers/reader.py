@@ -1,0 +1,276 @@
+"""The knowledge reader: the bank's knowledge for a trainer's examples, without waiting.
+
+A background thread keeps a dense local copy (one row per training example) of the kinds a
+paradigm needs, refreshing the rows of upcoming batches first and sweeping the rest; the
+training step reads that copy with a numpy gather and never touches the network. Rows that
+are missing, or older than ``max_staleness`` steps relative to the trainer's step, are
+masked out; every read records the staleness it saw (a histogram).
+
+A bank that is away is retried with backoff: training goes on with the cached knowledge
+and reports growing staleness.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from bank.protocol import KnowledgeBank
+from schemas.errors import CarlsError
+
+log = logging.getLogger(__name__)
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class Slice:
+    """Knowledge of one kind for a batch: values, steps, and the mask a loss applies."""
+
+    values: npt.NDArray[np.float32]
+    steps: I64
+    usable: npt.NDArray[np.bool_]
+    classes: npt.NDArray[np.int32] | None = None
+    confidence: npt.NDArray[np.float32] | None = None
+    neighbours: I64 | None = None  # indices into the reader's ids, -1 = none
+
+
+@dataclass(slots=True)
+class _Table:
+    values: npt.NDArray[np.float32]
+    steps: I64
+    classes: npt.NDArray[np.int32] | None = None
+    confidence: npt.NDArray[np.float32] | None = None
+    neighbours: I64 | None = None
+
+
+@dataclass(slots=True)
+class Staleness:
+    """Staleness (trainer step - knowledge step) seen by reads, as a histogram."""
+
+    edges: tuple[int, ...] = (0, 50, 100, 200, 500, 1000, 2000, 5000)
+    counts: list[int] = field(default_factory=lambda: [0] * 9)
+    missing: int = 0
+    too_stale: int = 0
+    total: int = 0
+    sum: float = 0.0
+
+    def record(
+        self, staleness: I64, missing: npt.NDArray[np.bool_], too_stale: npt.NDArray[np.bool_]
+    ) -> None:
+        present = staleness[~missing]
+        idx = np.searchsorted(self.edges, present, side="right")
+        for i, c in zip(*np.unique(idx, return_counts=True), strict=True):
+            self.counts[int(i)] += int(c)
+        self.missing += int(missing.sum())
+        self.too_stale += int(too_stale.sum())
+        self.total += int(staleness.size)
+        self.sum += float(present.sum())
+
+    @property
+    def mean(self) -> float | None:
+        seen = self.total - self.missing
+        return self.sum / seen if seen else None
+
+    def as_dict(self) -> dict[str, object]:
+        labels = (
+            [f"<{self.edges[0]}"]
+            + [f"{a}-{b}" for a, b in zip(self.edges, self.edges[1:], strict=False)]
+            + [f">={self.edges[-1]}"]
+        )
+        return {
+            "histogram": dict(zip(labels, self.counts, strict=True)),
+            "mean": self.mean,
+            "missing": self.missing,
+            "too_stale": self.too_stale,
+            "reads": self.total,
+        }
+
+
+class KnowledgeReader:
+    """Prefetches ``(namespace, kind)`` knowledge for ``ids`` into local arrays.
+
+    ``source`` lists what to follow: ``[(namespace, kind, dim), ...]`` (another trainer's
+    namespace for codistillation or multimodal alignment). ``hint(indices)`` names the rows
+    of upcoming batches: they are read first, and ``demand`` (if given) is called with those
+    ids that have no knowledge yet, so makers can make them ahead of refresh work.
+    """
+
+    def __init__(
+        self,
+        bank: KnowledgeBank,
+        ids: Sequence[str],
+        source: Sequence[tuple[str, str, int]],
+        *,
+        chunk: int = 1024,
+        sweep_pause_s: float = 0.05,
+        demand: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.bank = bank
+        self.ids = list(ids)
+        self.index = {i: n for n, i in enumerate(self.ids)}
+        self.source = list(source)
+        self.chunk = chunk
+        self.sweep_pause_s = sweep_pause_s
+        self.demand = demand
+        n = len(self.ids)
+        self._tables = {
+            (ns, kind): _Table(
+                np.zeros((n, dim), np.float32),
+                np.full(n, -1, np.int64),
+                np.full(n, -1, np.int32) if kind == "pseudo_label" else None,
+                np.zeros(n, np.float32) if kind == "pseudo_label" else None,
+                np.full((n, dim), -1, np.int64) if kind == "neighbours" else None,
+            )
+            for ns, kind, dim in self.source
+        }
+        self._lock = threading.Lock()
+        self._hints: deque[np.ndarray] = deque(maxlen=64)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="knowledge-reader", daemon=True)
+        self.staleness = Staleness()
+        self.reads_from_bank = 0
+        self.errors = 0
+        self.sweeps = 0
+
+    # Lifecycle ---------------------------------------------------------------------------
+    def start(self) -> KnowledgeReader:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> KnowledgeReader:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # The training step's side ------------------------------------------------------------
+    def hint(self, indices: npt.ArrayLike) -> None:
+        """Rows the next batches will need: refreshed first."""
+        self._hints.append(np.asarray(indices, np.int64))
+
+    def get(
+        self,
+        namespace: str,
+        kind: str,
+        indices: npt.ArrayLike,
+        current_step: int,
+        max_staleness: int | None,
+    ) -> Slice:
+        """The cached knowledge for ``indices`` (a gather; never waits on the bank)."""
+        idx = np.asarray(indices, np.int64)
+        t = self._tables[(namespace, kind)]
+        with self._lock:
+            values, steps = t.values[idx], t.steps[idx]
+            classes = t.classes[idx] if t.classes is not None else None
+            conf = t.confidence[idx] if t.confidence is not None else None
+            nbrs = t.neighbours[idx] if t.neighbours is not None else None
+        missing = steps < 0
+        stale_by = current_step - steps
+        too_stale = (
+            ~missing & (stale_by > max_staleness)
+            if max_staleness is not None
+            else np.zeros_like(missing)
+        )
+        self.staleness.record(stale_by, missing, too_stale)
+        return Slice(values, steps, ~missing & ~too_stale, classes, conf, nbrs)
+
+    def table_steps(self, namespace: str, kind: str) -> I64:
+        with self._lock:
+            return self._tables[(namespace, kind)].steps.copy()
+
+    def values(self, namespace: str, kind: str) -> npt.NDArray[np.float32]:
+        """The whole cached table of a kind (for neighbour embeddings)."""
+        with self._lock:
+            return self._tables[(namespace, kind)].values
+
+    def coverage(self) -> dict[str, float]:
+        with self._lock:
+            return {
+                f"{ns}/{kind}": float((t.steps >= 0).mean()) if len(t.steps) else 0.0
+                for (ns, kind), t in self._tables.items()
+            }
+
+    # The background side -----------------------------------------------------------------
+    def refresh(self, indices: npt.ArrayLike) -> None:
+        """Read ``indices`` of every followed kind from the bank into the cache (blocking)."""
+        idx = np.unique(np.asarray(indices, np.int64))
+        for s in range(0, idx.size, self.chunk):
+            part = idx[s : s + self.chunk]
+            ids = [self.ids[i] for i in part]
+            for (ns, kind), t in self._tables.items():
+                got = self.bank.read(ns, kind, ids)
+                self.reads_from_bank += 1
+                have = ~got.missing
+                rows = part[have]
+                nbr_idx = None
+                if t.neighbours is not None and got.neighbour_ids is not None:
+                    width = t.neighbours.shape[1]
+                    nbr_idx = np.full((len(ids), width), -1, np.int64)
+                    for r, nids in enumerate(got.neighbour_ids):
+                        mapped = [self.index.get(x, -1) for x in nids[:width]]
+                        nbr_idx[r, : len(mapped)] = mapped
+                with self._lock:
+                    # Never let an older read overwrite newer cached knowledge.
+                    newer = got.steps[have] >= t.steps[rows]
+                    rows_new = rows[newer]
+                    sel = np.flatnonzero(have)[newer]
+                    t.values[rows_new] = got.values[sel]
+                    t.steps[rows_new] = got.steps[sel]
+                    if t.classes is not None and got.classes is not None:
+                        t.classes[rows_new] = got.classes[sel]
+                    if t.confidence is not None and got.confidence is not None:
+                        t.confidence[rows_new] = got.confidence[sel]
+                    if t.neighbours is not None and nbr_idx is not None:
+                        t.neighbours[rows_new] = nbr_idx[sel]
+
+    def _run(self) -> None:
+        order = np.arange(len(self.ids))
+        cursor, delay = 0, 0.2
+        while not self._stop.is_set():
+            try:
+                while self._hints:
+                    wanted = self._hints.popleft()
+                    self.refresh(wanted)
+                    self._ask_for_missing(wanted)
+                if len(order):
+                    self.refresh(order[cursor : cursor + self.chunk])
+                    cursor += self.chunk
+                    if cursor >= len(order):
+                        cursor = 0
+                        self.sweeps += 1
+                delay = 0.2
+                self._stop.wait(self.sweep_pause_s)
+            except CarlsError as exc:  # bank away: keep the cache, retry with backoff
+                self.errors += 1
+                log.warning("knowledge reader: %s; retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _ask_for_missing(self, indices: np.ndarray) -> None:
+        if self.demand is None or not self._tables:
+            return
+        first = next(iter(self._tables.values()))
+        with self._lock:
+            missing = indices[first.steps[indices] < 0]
+        if missing.size:
+            self.demand([self.ids[i] for i in np.unique(missing)])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, pause_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(pause_s)
+    return predicate()
