@@ -2,9 +2,11 @@
 
 The protocol, so every trainer of a job (and every peer with the same seed) sees the same
 data: a stratified train/test split with the seed; a ``StandardScaler`` fit on the training
-split and applied to both; a stratified labeled subset of the training split chosen with
-the seed (or the .npz file's own ``labeled`` mask). Example ids are ``<dataset>-<row>``
-with the row of the source, so an example keeps its id whatever the seed or trainer.
+split and applied to both, values clipped to +-``CLIP`` (a pixel that is almost constant
+in training would otherwise become a huge outlier); a stratified labeled subset of the
+training split chosen with the seed (or the .npz file's own ``labeled`` mask). Example ids
+are ``<dataset>-<row>`` with the row of the source, so an example keeps its id whatever the
+seed or trainer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
+CLIP = 5.0
 
 _INT_LABEL = re.compile(r"[-+]?[0-9]+")
 
@@ -49,6 +52,17 @@ class Dataset:
     name: str
     modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    x_train_raw: npt.NDArray[np.float64] | None = None
+    """Training features before standardization (for augmentations in input space)."""
+    mean: npt.NDArray[np.float64] | None = None
+    scale: npt.NDArray[np.float64] | None = None
+
+    def standardize(self, raw: npt.ArrayLike) -> F32:
+        """Raw features -> the model's input space (standardized, clipped to +-CLIP)."""
+        assert self.mean is not None and self.scale is not None
+        z = (np.asarray(raw, np.float64) - self.mean) / self.scale
+        return np.clip(z, -CLIP, CLIP).astype(np.float32)
+
     """The source's label of each class index (classes are the sorted distinct labels)."""
 
     def labels_for_bank(self) -> I32:
@@ -106,19 +120,23 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
     else:
         labeled = _choose_labeled(y_train, classes, spec.labeled, np.random.default_rng(seed))
     name = spec.display_name
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     return Dataset(
         ids_train=[f"{name}-{row:06d}" for row in rows_train],
-        x_train=scaler.transform(raw.x[rows_train]).astype(np.float32),
+        x_train=np.clip(scaler.transform(raw.x[rows_train]), -CLIP, CLIP).astype(np.float32),
         y_train=y_train,
         labeled=labeled,
         ids_test=[f"{name}-{row:06d}" for row in rows_test],
-        x_test=scaler.transform(raw.x[rows_test]).astype(np.float32),
+        x_test=np.clip(scaler.transform(raw.x[rows_test]), -CLIP, CLIP).astype(np.float32),
         y_test=y[rows_test],
         classes=classes,
         feature_dim=dim,
         name=name,
         modalities=dict(spec.modalities),
         class_names=[str(v) for v in values],
+        x_train_raw=raw.x[rows_train].astype(np.float64),
+        mean=scaler.mean_.astype(np.float64),
+        scale=scale.astype(np.float64),
     )
 
 

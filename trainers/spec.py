@@ -103,6 +103,10 @@ class PseudoLabelParams:
 class GraphParams:
     weight: float = 0.5
     k: int = DEFAULT_K
+    temperature: float = 0.1
+    """Neighbour weights are softmax(score / temperature) over an example's neighbours."""
+    bootstrap: bool = True
+    """Until the makers' neighbours arrive, use a kNN graph of the input features."""
     graph: Path | None = None
     """A user-given graph (.npz with ``ids`` and ``neighbours``, or JSON {id: [ids]})."""
     target: Literal["embedding", "probabilities"] = "embedding"
@@ -115,6 +119,8 @@ class PseudoLabelGraphParams:
     class_balance: bool = True
     graph_weight: float = 0.5
     k: int = DEFAULT_K
+    temperature: float = 0.1
+    bootstrap: bool = True
     graph: Path | None = None
     target: Literal["embedding", "probabilities"] = "embedding"
 
@@ -172,6 +178,15 @@ class TrainSpec:
     eval_every: int = 100
     max_staleness: int = 1000
     seed: int = 0
+    warmup_steps: int = 0
+    """Supervised steps on the labeled examples before the first checkpoint."""
+    labeled_batch_size: int = 64
+    augment: Literal["none", "shift", "affine"] = "none"
+    """Input-space augmentation for square images: 1-pixel shifts, or random affine views."""
+    augment_views: int = 16
+    ema: float = 0.0
+    """Evaluate an exponential moving average of the weights with this decay (0: off)."""
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +401,12 @@ def _parse_train(s: _Section) -> TrainSpec:
         eval_every=s.int_("eval_every", 100, ge=1),
         max_staleness=s.int_("max_staleness", 1000, ge=0),
         seed=s.int_("seed", 0, ge=0, le=2**32 - 1),
+        warmup_steps=s.int_("warmup_steps", 0, ge=0),
+        labeled_batch_size=s.int_("labeled_batch_size", 64, ge=1),
+        augment=cast(Any, s.choice("augment", ("none", "shift", "affine"), "none")),
+        augment_views=s.int_("augment_views", 16, ge=2, le=256),
+        ema=s.float_("ema", 0.0, ge=0.0, lt=1.0),
+        weight_decay=s.float_("weight_decay", 0.0, ge=0.0),
     )
 
 
@@ -405,10 +426,12 @@ def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Pat
             class_balance=p.bool_("class_balance", True),
         )
     elif name == "graph":
-        p.check_keys(("weight", "k", "graph", "target"))
+        p.check_keys([f.name for f in fields(GraphParams)])
         params = GraphParams(
             weight=p.float_("weight", 0.5, ge=0.0),
             k=p.int_("k", DEFAULT_K, ge=1, le=1024),
+            temperature=p.float_("temperature", 0.1, gt=0.0),
+            bootstrap=p.bool_("bootstrap", True),
             graph=_graph_file(p, "graph", base),
             target=cast(Any, p.choice("target", GRAPH_TARGETS, "embedding")),
         )
@@ -420,6 +443,8 @@ def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Pat
             class_balance=p.bool_("class_balance", True),
             graph_weight=p.float_("graph_weight", 0.5, ge=0.0),
             k=p.int_("k", DEFAULT_K, ge=1, le=1024),
+            temperature=p.float_("temperature", 0.1, gt=0.0),
+            bootstrap=p.bool_("bootstrap", True),
             graph=_graph_file(p, "graph", base),
             target=cast(Any, p.choice("target", GRAPH_TARGETS, "embedding")),
         )
