@@ -97,6 +97,7 @@ def _register() -> None:
         cmd_bench,
         cmd_demo,
         cmd_infra,
+        cmd_jobs,
         cmd_publish,
         cmd_settings,
         cmd_submit,
@@ -110,6 +111,8 @@ def _register() -> None:
     main.add_command(cmd_publish.examples)
     main.add_command(cmd_submit.submit)
     main.add_command(cmd_worker.worker)
+    main.add_command(cmd_jobs.trainer)
+    main.add_command(cmd_jobs.job)
     main.add_command(cmd_demo.demo)
     main.add_command(cmd_settings.settings)
 

@@ -72,8 +72,24 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
     )
     topic = settings.topics.jobs
     if not dry_run:
+        from bank.jobs import CassandraJobStore
         from streams.producer import Publisher
 
+        store = CassandraJobStore(settings.cassandra)
+        try:  # queued before it is on the topic, so a fast trainer never goes back in time
+            store.put(
+                record.job_id,
+                {
+                    "job_id": record.job_id,
+                    "namespace": record.namespace,
+                    "paradigm": spec.paradigm.name,
+                    "state": "queued",
+                    "history": [],
+                    "submitted_at": record.submitted_at,
+                },
+            )
+        finally:
+            store.close()
         with Publisher(settings.kafka, settings.topics) as pub:
             pub.job(record)
     if as_json:

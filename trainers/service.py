@@ -1,0 +1,104 @@
+"""``carls trainer``: consume jobs from the jobs topic and run them one after another.
+
+A job's offset is committed after it finished (succeeded or failed), so a trainer that
+dies mid-job hands the job to the next trainer in the group. A job that fails is marked
+failed with its reason and the trainer goes on to the next one; a record that is not a
+job is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from bank.jobs import JobStore
+from bank.protocol import KnowledgeBank
+from schemas import TrainingJob, decode
+from schemas.errors import CarlsError
+from streams.config import KafkaConnection
+from streams.deadletter import dead_letter
+from streams.producer import Publisher
+from streams.topics import Topics
+from trainers.runner import Context, JobRun
+from trainers.spec import load_spec
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    conn: KafkaConnection,
+    topics: Topics,
+    bank: KnowledgeBank,
+    jobs: JobStore,
+    store: Path,
+    group: str,
+    say: Callable[[str], None] = lambda _: None,
+    once: bool = False,
+    idle_timeout_s: float = 5.0,
+) -> int:
+    """Run jobs until stopped (or, with ``once``, until the topic is drained); return how
+    many ran."""
+    consumer = KafkaConsumer(
+        topics.jobs,
+        **conn.kafka_python(),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+        max_poll_interval_ms=3_600_000,
+    )
+    publisher = Publisher(conn, topics)
+    ran = 0
+    producer = f"carls-trainer@{socket.gethostname()}"
+    try:
+        idle = 0.0
+        while True:
+            polled = consumer.poll(timeout_ms=1000)
+            if not polled:
+                idle += 1.0
+                if once and idle >= idle_timeout_s:
+                    return ran
+                continue
+            idle = 0.0
+            for records in polled.values():
+                for rec in records:
+                    ran += _run_one(rec, bank, jobs, publisher, store, producer, say)
+                    consumer.commit()
+    finally:
+        consumer.close()
+        publisher.close()
+
+
+def _run_one(
+    rec: Any,
+    bank: KnowledgeBank,
+    jobs: JobStore,
+    publisher: Publisher,
+    store: Path,
+    producer: str,
+    say: Callable[[str], None],
+) -> int:
+    raw = rec.value
+    try:
+        job = decode(raw, TrainingJob)
+        spec = load_spec(job.spec)
+    except CarlsError as exc:
+        publisher.dead_letter(
+            dead_letter(
+                f"not a runnable job: {exc}", exc, rec.topic, rec.partition, rec.offset, raw
+            )
+        )
+        return 0
+    say(f"running job {job.job_id} ({spec.paradigm.name} on {spec.namespace})")
+    ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs, producer=producer)
+    try:
+        state = JobRun(job.job_id, spec, ctx, say=say).run()
+        say(f"job {job.job_id} succeeded: test accuracy {state['test_accuracy']:.4f}")
+    except Exception as exc:  # marked failed by JobRun; the trainer goes on
+        say(f"job {job.job_id} failed: {type(exc).__name__}: {exc}")
+    return 1
