@@ -86,12 +86,7 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
             job_ids.append(job_id)
             ours.append(state["test_accuracy"])
             stale.append((state.get("staleness") or {}).get("mean"))
-            cov.append(
-                {
-                    k: dataclasses.asdict(coverage(bank, ns_carls, k))
-                    for k in ("pseudo_label", "neighbours")
-                }
-            )
+            cov.append(_settled_coverage(bank, ns_carls, spec.train.steps))
             say(f"seed {seed}: baseline {base[-1]:.4f}, carls {ours[-1]:.4f}")
         result |= {
             "baseline": _summary(base),
@@ -110,6 +105,19 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
         bank.close()
     result["wall_s"] = round(time.monotonic() - t0, 1)
     return result
+
+
+def _settled_coverage(
+    bank: CassandraBank, ns: str, final_step: int, timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """Coverage once the makers have caught up with the final checkpoint (or at timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = {k: coverage(bank, ns, k) for k in ("pseudo_label", "neighbours")}
+        done = all(c.newest_step == final_step and c.at_newest == c.total for c in got.values())
+        if done or time.monotonic() > deadline:
+            return {k: dataclasses.asdict(c) for k, c in got.items()}
+        time.sleep(0.5)
 
 
 def _start_worker(settings: Settings, say: Say) -> subprocess.Popen[bytes]:
