@@ -212,15 +212,15 @@ class KnowledgeBatcher:
             ok = pl.usable & (pl.confidence >= t.pseudo.threshold) & ~self.labeled[idx]
             out["pl_class"] = np.where(ok, pl.classes, 0).astype(np.int32)
             out["pl_w"] = (ok * self.class_weights[np.maximum(pl.classes, 0)]).astype(np.float32)
-            self._note("pseudo_usable", float(pl.usable.mean()))
-            self._note("pseudo_used", float(ok.mean()))
+            self.note("pseudo_usable", float(pl.usable.mean()))
+            self.note("pseudo_used", float(ok.mean()))
         if t.graph is not None:
             out.update(self._graph(idx, step))
         if t.codistill is not None:
             peer = self.reader.get(t.codistill.peer, "prediction", idx, step, ms)
             out["peer_p"] = peer.values
             out["peer_w"] = peer.usable.astype(np.float32)
-            self._note("peer_usable", float(peer.usable.mean()))
+            self.note("peer_usable", float(peer.usable.mean()))
         if t.multimodal is not None:
             embs, masks = [], []
             for o, peer_ns in t.peers.items():
@@ -229,7 +229,7 @@ class KnowledgeBatcher:
                 masks.append(got.usable)
             out["other_e"] = np.stack(embs, 1)
             out["other_w"] = np.stack(masks, 1).astype(np.float32)
-            self._note("other_usable", float(np.mean(masks)))
+            self.note("other_usable", float(np.mean(masks)))
         return out
 
     def _graph(self, idx: I64, step: int) -> dict[str, Any]:
@@ -267,13 +267,13 @@ class KnowledgeBatcher:
         total = w.sum(1, keepdims=True)
         w = np.divide(w, total, out=np.zeros_like(w), where=total > 0).astype(np.float32)
         row = (total[:, 0] > 0).astype(np.float32)
-        self._note("graph_usable", float(row.mean()))
+        self.note("graph_usable", float(row.mean()))
         if g.target == "probabilities":
             q = np.einsum("bk,bkc->bc", w, probs).astype(np.float32)
             return {"g_q": q, "g_w": row}
         return {"g_emb": vecs.astype(np.float32), "g_nw": w}
 
-    def _note(self, key: str, value: float) -> None:
+    def note(self, key: str, value: float) -> None:
         old = self.stats.get(key)
         self.stats[key] = value if old is None else 0.9 * old + 0.1 * value
 

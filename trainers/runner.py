@@ -239,6 +239,7 @@ class JobRun:
                     spec.namespace, "difficulty", np.arange(len(y)), step, tr.max_staleness
                 )
                 frac = pacing(terms.curriculum, step / tr.steps)
+                batcher.note("difficulty_usable", float(diff.usable[labeled].mean()))
                 pool = curriculum_pool(diff.values, diff.usable, labeled, frac)
                 lab_idx = rng.choice(pool, min(lab_bs, len(pool)), replace=len(pool) < lab_bs)
             else:
