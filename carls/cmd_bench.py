@@ -151,3 +151,48 @@ def bench_makers(ctx: click.Context, examples: int, records: int, as_json: bool)
     click.echo(
         table([(k, "met" if v else "NOT MET") for k, v in r["targets"].items()], ["target", ""])
     )
+
+
+@bench.command("trainer")
+@click.option("--steps", type=click.IntRange(20), default=300, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def bench_trainer(ctx: click.Context, steps: int, as_json: bool) -> None:
+    """Training step time: knowledge reader vs in-memory arrays vs synchronous bank reads."""
+    from bank.cassandra import CassandraBank
+    from carls.cli import settings_of
+    from trainers.bench import run
+
+    bank = CassandraBank(settings_of(ctx).cassandra)
+    try:
+        r = run(bank, steps=steps, say=progress)
+    finally:
+        bank.close()
+    if as_json:
+        emit_json(r)
+        return
+    m = r["median_step_ms"]
+    click.echo(
+        table(
+            [
+                ("in-memory arrays", m["memory"], r["p90_step_ms"]["memory"], 1.0),
+                (
+                    "knowledge reader",
+                    m["reader"],
+                    r["p90_step_ms"]["reader"],
+                    r["reader_vs_memory"],
+                ),
+                (
+                    "synchronous bank reads",
+                    m["sync"],
+                    r["p90_step_ms"]["sync"],
+                    r["sync_vs_memory"],
+                ),
+            ],
+            ["knowledge from", "median step ms", "p90 step ms", "x in-memory"],
+        )
+    )
+    click.echo(
+        f"target reader <= 1.1x in-memory: "
+        f"{'met' if r['target_reader_vs_memory_le_1.1'] else 'NOT MET'}"
+    )

@@ -109,7 +109,7 @@ class KnowledgeReader:
         source: Sequence[tuple[str, str, int]],
         *,
         chunk: int = 1024,
-        sweep_pause_s: float = 0.05,
+        sweep_pause_s: float = 0.25,
         demand: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.bank = bank

@@ -1,0 +1,150 @@
+"""``carls bench trainer``: the cost of reading knowledge in a training step.
+
+One compiled pseudo-label + graph step on digits-sized data, timed three ways in one run,
+over the same knowledge: (1) from the knowledge reader while its background refresh runs,
+(2) from the same knowledge held in in-memory arrays (the floor), (3) read synchronously
+from the bank inside every step (what the reader exists to avoid).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bank.protocol import KnowledgeBank
+from bank.types import KnowledgeBatch, Lineage, NamespaceSpec, default_kinds
+from trainers.paradigms import KnowledgeBatcher, loss_terms, terms_of
+from trainers.reader import KnowledgeReader
+from trainers.spec import load_spec
+
+Say = Callable[[str], None]
+N, D, C, K, E = 1257, 64, 10, 10, 128
+
+
+class _SyncReader(KnowledgeReader):
+    """Reads the batch's knowledge from the bank inside ``get`` (no cache, no thread)."""
+
+    def get(
+        self, namespace: str, kind: str, indices: Any, current_step: int, max_staleness: int | None
+    ) -> Any:
+        self.refresh(np.asarray(indices))
+        return super().get(namespace, kind, indices, current_step, max_staleness)
+
+    def values(self, namespace: str, kind: str) -> Any:
+        return super().values(namespace, kind)
+
+
+def run(
+    bank: KnowledgeBank, *, steps: int = 300, batch: int = 256, say: Say = lambda _: None
+) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    from trainers.model import build
+
+    ns = f"bench_trainer_{uuid.uuid4().hex[:8]}"
+    spec = load_spec(
+        {
+            "namespace": ns,
+            "dataset": {"name": "digits"},
+            "model": {"hidden": [256], "embedding_dim": E, "dropout": 0.2},
+            "paradigm": {
+                "name": "pseudo_label_graph",
+                "params": {"k": K, "target": "probabilities", "threshold": 0.5, "bootstrap": False},
+            },
+            "train": {"steps": steps, "batch_size": batch},
+        }
+    )
+    rng = np.random.default_rng(0)
+    ids = [f"b{i:05d}" for i in range(N)]
+    x = rng.standard_normal((N, D)).astype(np.float32)
+    y = rng.integers(0, C, N).astype(np.int32)
+    labeled = np.zeros(N, bool)
+    labeled[:50] = True
+    bank.create_namespace(NamespaceSpec(ns, default_kinds(E, C, K)))
+    try:
+        say("writing the knowledge the three readers share")
+        bank.register_examples(ns, ids, x, y.tolist())
+        probs = rng.dirichlet(np.ones(C) * 0.3, N).astype(np.float32)
+        bank.write(
+            ns,
+            "pseudo_label",
+            KnowledgeBatch(ids, probs, probs.argmax(1).astype(np.int32), probs.max(1)),
+            Lineage(1, "bench"),
+        )
+        nbrs = [[ids[j] for j in rng.choice(N, K, replace=False)] for _ in range(N)]
+        bank.write(
+            ns,
+            "neighbours",
+            KnowledgeBatch(ids, rng.random((N, K)).astype(np.float32), neighbour_ids=nbrs),
+            Lineage(1, "bench"),
+        )
+        terms = terms_of(spec)
+        src = [(ns, "pseudo_label", C), (ns, "neighbours", K)]
+        model, _ = build(D, C, spec.model)
+        opt = keras.optimizers.Adam(1e-3)
+        x_t = tf.constant(x)
+
+        @tf.function(reduce_retracing=True)
+        def step_fn(lab_idx: Any, lab_y: Any, data: dict[str, Any]) -> Any:
+            with tf.GradientTape() as tape:
+                _, lg = model(tf.gather(x_t, lab_idx), training=True)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(lab_y, lg))
+                emb_u, lg_u = model(tf.gather(x_t, data["u_idx"]), training=True)
+                loss += tf.add_n(list(loss_terms(tf, data, emb_u, lg_u, terms).values()))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        def timed(reader: KnowledgeReader) -> list[float]:
+            batcher = KnowledgeBatcher(spec, terms, reader, y, labeled, C, None)
+            lab = np.flatnonzero(labeled)
+            out = []
+            for s in range(steps + 20):
+                u = rng.choice(N, batch, replace=False)
+                t = time.perf_counter()
+                data = batcher.knowledge(u, 1)
+                data["u_idx"] = u.astype(np.int32)
+                step_fn(
+                    tf.constant(lab.astype(np.int32)),
+                    tf.constant(y[lab]),
+                    {k: tf.constant(v) for k, v in data.items()},
+                )
+                if s >= 20:
+                    out.append((time.perf_counter() - t) * 1000)
+            return out
+
+        say("in-memory arrays")
+        memory = KnowledgeReader(bank, ids, src)
+        memory.refresh(np.arange(N))
+        t_mem = timed(memory)
+        say("knowledge reader (background refresh running)")
+        with KnowledgeReader(bank, ids, src) as live:
+            live.refresh(np.arange(N))
+            t_reader = timed(live)
+            refreshed = live.reads_from_bank
+        say("synchronous bank reads in every step")
+        t_sync = timed(_SyncReader(bank, ids, src))
+    finally:
+        bank.drop_namespace(ns)
+    med = {
+        k: float(np.median(v))
+        for k, v in (("memory", t_mem), ("reader", t_reader), ("sync", t_sync))
+    }
+    return {
+        "steps": steps,
+        "batch": batch,
+        "median_step_ms": med,
+        "p90_step_ms": {
+            k: float(np.percentile(v, 90))
+            for k, v in (("memory", t_mem), ("reader", t_reader), ("sync", t_sync))
+        },
+        "reader_vs_memory": med["reader"] / med["memory"],
+        "sync_vs_memory": med["sync"] / med["memory"],
+        "reader_bank_reads_during_run": refreshed,
+        "target_reader_vs_memory_le_1.1": med["reader"] / med["memory"] <= 1.1,
+    }
