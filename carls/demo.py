@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -31,6 +34,7 @@ from trainers.spec import JobSpec, load_spec
 
 Say = Callable[[str], None]
 SEEDS = (0, 1, 2)
+DEMO_NAMESPACE = re.compile(r"demo_(base|carls)_s[0-9]+(_[0-9a-f]{6})?")
 REFERENCES = {
     "supervised MLP, 50 labels": 0.81,
     "LabelSpreading (kNN)": 0.884,
@@ -69,11 +73,18 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
     result: dict[str, Any] = {"seeds": list(seeds), "stack_ready_s": round(stack_s, 1)}
     try:
         base, ours, cov, stale, job_ids = [], [], [], [], []
-        for seed in seeds:
-            ns_base, ns_carls = f"demo_base_s{seed}", f"demo_carls_s{seed}"
-            for ns in (ns_base, ns_carls):
+        # Fresh namespaces every run: the makers follow the newest checkpoint of each
+        # namespace name, so a reused name would be served by the previous run's final
+        # model (its step is ahead of every checkpoint of the new run). Earlier runs'
+        # namespaces and checkpoints are dropped; this run's stay for `carls bank`.
+        for old in bank.namespaces():
+            if DEMO_NAMESPACE.fullmatch(old.name):
                 with contextlib.suppress(NamespaceError):
-                    bank.drop_namespace(ns)
+                    bank.drop_namespace(old.name)
+                shutil.rmtree(settings.checkpoint_dir / old.name, ignore_errors=True)
+        run_id = uuid.uuid4().hex[:6]
+        for seed in seeds:
+            ns_base, ns_carls = f"demo_base_s{seed}_{run_id}", f"demo_carls_s{seed}_{run_id}"
             say(f"seed {seed}: supervised-only baseline (50 labels)")
             spec = example_spec("digits_supervised", ns_base, seed)
             ctx = Context(bank=bank, publisher=None, store=settings.checkpoint_dir, jobs=jobs)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +72,7 @@ class Maker:
         self.times = StageTimes()
         self._pools: dict[tuple[str, int, str], tuple[list[str], F32]] = {}
         self._pool_lock = threading.Lock()
+        self._writers = ThreadPoolExecutor(max_workers=len(MAKERS), thread_name_prefix="write")
 
     def kinds_for(self, spec: NamespaceSpec, wanted: Sequence[str]) -> list[str]:
         """The kinds this worker makes for ``spec``: declared by it, asked for (all when
@@ -132,18 +134,26 @@ class Maker:
         lineage = Lineage(manifest.step, f"{self.worker}", model.fingerprint)
         labels = ex.labels[present]
         modalities = [(ex.modalities or [""] * len(ex.ids))[i] for i in present]
+        batches: dict[str, KnowledgeBatch] = {}
         for kind in kinds:
             if kind.startswith("embedding/"):
                 sel = [j for j, m in enumerate(modalities) if m == kind.split("/", 1)[1]]
                 if sel:
-                    batch = knowledge_batch(kind, [pids[j] for j in sel], emb[sel], probs[sel])
-                    out.written[kind] = self.bank.write(manifest.namespace, kind, batch, lineage)
-                continue
-            if kind == "neighbours":
-                batch = self._neighbours(spec, model, pids, emb)
+                    batches[kind] = knowledge_batch(
+                        kind, [pids[j] for j in sel], emb[sel], probs[sel]
+                    )
+            elif kind == "neighbours":
+                batches[kind] = self._neighbours(spec, model, pids, emb)
             else:
-                batch = knowledge_batch(kind, pids, emb, probs, labels)
-            out.written[kind] = self.bank.write(manifest.namespace, kind, batch, lineage)
+                batches[kind] = knowledge_batch(kind, pids, emb, probs, labels)
+        # Kinds are written concurrently: one kind's rows are bound while another's are
+        # in flight to Cassandra.
+        futures = {
+            kind: self._writers.submit(self.bank.write, manifest.namespace, kind, batch, lineage)
+            for kind, batch in batches.items()
+        }
+        for kind, future in futures.items():
+            out.written[kind] = future.result()
         t3 = time.perf_counter()
         out.processed = len(pids)
         self.times.add(StageTimes(t1 - t0, t2 - t1, t3 - t2, len(pids)))

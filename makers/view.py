@@ -69,6 +69,16 @@ class ManifestView:
                 self._cond.wait(timeout=min(0.5, left))
             return True
 
+    def forget_before(self, namespace: str, created_at: float) -> bool:
+        """Forget the known manifest if it predates ``created_at`` (the namespace was dropped
+        and created again since: its old checkpoints must not outrank the new ones)."""
+        with self._cond:
+            known = self._latest.get(namespace)
+            if known is not None and known.created_at < created_at:
+                del self._latest[namespace]
+                return True
+            return False
+
     def offer(self, manifest: CheckpointManifest) -> bool:
         """Take a manifest if it is newer than the known one; return whether it was."""
         with self._cond:

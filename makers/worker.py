@@ -78,7 +78,7 @@ class Makers:
         self.maker = Maker(self.bank, self.cache, cfg.makers, worker=f"carls-maker@{cfg.worker}")
         self.view = ManifestView(cfg.kafka, cfg.topics.checkpoints)
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 2, thread_name_prefix="maker")
-        self.campaigned: dict[str, int] = {}
+        self.campaigned: dict[str, tuple[float, int]] = {}
         self.failed_checkpoints: set[str] = set()
         self.serving: dict[str, CheckpointManifest] = {}
         self.demand_in_hand = 0
@@ -238,19 +238,30 @@ class Makers:
         # The view reads the same topic from the start: once it is past this record it
         # knows whether a newer manifest of the namespace came first.
         await self._run(self.view.wait_offset, msg.partition, msg.offset)
+        try:
+            spec = await self._run(self.bank.namespace, ns)
+        except NamespaceError as exc:
+            await self._dead_letter(event, f"unknown namespace: {exc}", exc)
+            return
+        if manifest.created_at < spec.created_at:
+            log.info(
+                "ignoring %s step %d: made before the namespace was created again",
+                ns,
+                manifest.step,
+            )
+            return
+        self.view.forget_before(ns, spec.created_at)
         self.view.offer(manifest)
         newest = self.view.latest(ns)
         if newest is not None and newest.step > manifest.step:
             log.info("ignoring %s step %d: step %d is newer", ns, manifest.step, newest.step)
             return
-        if self.campaigned.get(ns, -1) >= manifest.step:
+        generation = (spec.created_at, manifest.step)
+        done = self.campaigned.get(ns)
+        if done is not None and done[0] == spec.created_at and done[1] >= manifest.step:
             return
         try:
-            spec = await self._run(self.bank.namespace, ns)
             await self._run(self.maker.probe, manifest)
-        except NamespaceError as exc:
-            await self._dead_letter(event, f"unknown namespace: {exc}", exc)
-            return
         except CarlsError as exc:  # not loadable, wrong dimensions, NaN outputs
             self.failed_checkpoints.add(manifest.sha256)
             reason = f"checkpoint {ns} step {manifest.step} cannot serve ({exc}); the "
@@ -272,16 +283,22 @@ class Makers:
                 )
                 await self.t_examples.send(key=f"{ns}/{bucket}/{s}".encode(), value=encode(batch))
             total += len(ids)
-        self.campaigned[ns] = manifest.step
+        self.campaigned[ns] = generation
         log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
         await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
 
     async def _model_manifest(self, ns: str, step: int) -> CheckpointManifest | None:
         """The manifest to serve ``ns`` with: the newest known (waiting briefly for one at
         least ``step``), or the last one that loaded if the newest is broken."""
+        spec = await self._run(self.bank.namespace, ns)
+        self.view.forget_before(ns, spec.created_at)
         manifest = await self._run(self.view.wait_for, ns, step, 30.0)
+        if manifest is not None and manifest.created_at < spec.created_at:
+            return None
         if manifest is not None and manifest.sha256 in self.failed_checkpoints:
-            return self.serving.get(ns)
+            manifest = self.serving.get(ns)
+            if manifest is not None and manifest.created_at < spec.created_at:
+                return None
         return manifest
 
     async def _on_batches(self, events: Sequence[Any]) -> None:
@@ -307,7 +324,12 @@ class Makers:
             groups[(batch.namespace, tuple(batch.kinds))].append((event, batch))
         for (ns, kinds), members in groups.items():
             step = max(b.step or 0 for _, b in members)
-            manifest = await self._model_manifest(ns, step)
+            try:
+                manifest = await self._model_manifest(ns, step)
+            except NamespaceError as exc:
+                for event, _ in members:
+                    await self._dead_letter(event, f"unknown namespace: {exc}", exc)
+                continue
             if manifest is None:
                 for event, _ in members:
                     await self._dead_letter(

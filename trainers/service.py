@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,6 @@ def _run_one(
     raw = rec.value
     try:
         job = decode(raw, TrainingJob)
-        spec = load_spec(job.spec)
     except CarlsError as exc:
         publisher.dead_letter(
             dead_letter(
@@ -94,6 +94,15 @@ def _run_one(
             )
         )
         return 0
+    try:  # checked at submit time; its files may have gone since: the job fails
+        spec = load_spec(job.spec)
+    except CarlsError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        state = jobs.get(job.job_id) or {"job_id": job.job_id, "namespace": job.namespace}
+        state.update(state="failed", reason=reason, finished_at=time.time())
+        jobs.put(job.job_id, state)
+        say(f"job {job.job_id} failed: {reason}")
+        return 1
     say(f"running job {job.job_id} ({spec.paradigm.name} on {spec.namespace})")
     ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs, producer=producer)
     try:
