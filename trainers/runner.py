@@ -191,6 +191,27 @@ class JobRun:
             else None
         )
 
+        cut = tr.cutout if raw is not None else 0
+        side = augment.image_side(x_train.shape[1]) if cut else 0
+        blank = tf.constant(
+            ds.standardize(np.zeros((1, x_train.shape[1])))[0]
+            if cut
+            else np.zeros(x_train.shape[1], np.float32)
+        )
+
+        def cutout(x: Any) -> Any:
+            """Blank a random ``cut`` x ``cut`` square of each image (unlabeled views)."""
+            if not cut:
+                return x
+            b = tf.shape(x)[0]
+            grid = tf.range(side)[None, :]
+            y0 = tf.random.uniform([b, 1], 0, side - cut + 1, dtype=tf.int32)
+            x0 = tf.random.uniform([b, 1], 0, side - cut + 1, dtype=tf.int32)
+            in_y = (grid >= y0) & (grid < y0 + cut)
+            in_x = (grid >= x0) & (grid < x0 + cut)
+            mask = tf.reshape(in_y[:, :, None] & in_x[:, None, :], (b, side * side))
+            return tf.where(mask, blank[None, :], x)
+
         def pick(idx: Any) -> Any:
             v = tf.random.uniform(tf.shape(idx), 0, n_views, dtype=tf.int32)
             return tf.gather_nd(v_all, tf.stack([idx, v], 1))
@@ -209,7 +230,7 @@ class JobRun:
                 )
                 parts = {"supervised": sup}
                 if "u_idx" in batch:
-                    emb_u, logits_u = model(pick(batch["u_idx"]), training=True)
+                    emb_u, logits_u = model(cutout(pick(batch["u_idx"])), training=True)
                     parts.update(loss_terms(tf, batch, emb_u, logits_u, terms))
                 loss = tf.add_n(list(parts.values()))
             grads = tape.gradient(loss, model.trainable_variables)

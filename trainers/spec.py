@@ -184,6 +184,8 @@ class TrainSpec:
     augment: Literal["none", "shift", "affine"] = "none"
     """Input-space augmentation for square images: 1-pixel shifts, or random affine views."""
     augment_views: int = 16
+    cutout: int = 0
+    """Blank a random square of this side in each unlabeled example (square images; 0: off)."""
     ema: float = 0.0
     """Evaluate an exponential moving average of the weights with this decay (0: off)."""
     weight_decay: float = 0.0
@@ -405,6 +407,7 @@ def _parse_train(s: _Section) -> TrainSpec:
         labeled_batch_size=s.int_("labeled_batch_size", 64, ge=1),
         augment=cast(Any, s.choice("augment", ("none", "shift", "affine"), "none")),
         augment_views=s.int_("augment_views", 16, ge=2, le=256),
+        cutout=s.int_("cutout", 0, ge=0, le=64),
         ema=s.float_("ema", 0.0, ge=0.0, lt=1.0),
         weight_decay=s.float_("weight_decay", 0.0, ge=0.0),
     )
