@@ -17,7 +17,7 @@ def demo(ctx: click.Context, as_json: bool) -> None:
     supervised-only baseline and a carls job that learns from pseudo labels and neighbours
     the makers compute from its checkpoints, read from the bank while it trains. Prints
     test accuracy (mean and std over the seeds), the bank's coverage and the staleness of
-    the knowledge the trainer used. About five minutes on two cores.
+    the knowledge the trainer used. About two minutes on two cores once the stack is up.
     """
     from carls.cli import settings_of
     from carls.demo import run
