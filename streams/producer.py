@@ -27,6 +27,7 @@ class Publisher:
 
     def __init__(self, conn: KafkaConnection, topics: Topics, **overrides: Any) -> None:
         self.topics = topics
+        self.conn = conn
         opts: dict[str, Any] = {"linger_ms": 5, "acks": "all", **conn.kafka_python(), **overrides}
         try:
             self._producer = KafkaProducer(**opts)

@@ -20,6 +20,7 @@ from bank.jobs import JobStore
 from bank.protocol import KnowledgeBank
 from bank.types import NamespaceSpec
 from schemas import ExampleBatch
+from streams.manifests import latest_manifest
 from streams.producer import Publisher
 from trainers import augment
 from trainers.checkpoints import CheckpointPublisher
@@ -248,6 +249,7 @@ class JobRun:
             m = ema if ema is not None else model
             return float((np.argmax(predict(m).numpy(), 1) == ds.y_test).mean())
 
+        base = self._step_base()
         y = ds.y_train.astype(np.int32)
         rng = np.random.default_rng(tr.seed)
         lab_bs = min(tr.labeled_batch_size, len(labeled))
@@ -255,9 +257,10 @@ class JobRun:
         staleness_before = 0.0, 0
         t0 = time.monotonic()
         for step in range(1, tr.steps + 1):
+            gstep = base + step  # the namespace's step: checkpoints and staleness use it
             if terms.curriculum is not None and reader is not None:
                 diff = reader.get(
-                    spec.namespace, "difficulty", np.arange(len(y)), step, tr.max_staleness
+                    spec.namespace, "difficulty", np.arange(len(y)), gstep, tr.max_staleness
                 )
                 frac = pacing(terms.curriculum, step / tr.steps)
                 batcher.note("difficulty_usable", float(diff.usable[labeled].mean()))
@@ -269,7 +272,9 @@ class JobRun:
             warm = step <= tr.warmup_steps
             if terms.uses_unlabeled and not warm:
                 u_idx = rng.choice(pool_u, min(tr.batch_size, len(pool_u)), replace=False)
-                batch = batcher.knowledge(u_idx, step)
+                batch = batcher.knowledge(u_idx, gstep)
+                if "peer_w" in batch:  # burn-in: distillation ramps up over half the run
+                    batch["peer_w"] = batch["peer_w"] * min(1.0, 2.0 * step / tr.steps)
                 batch["u_idx"] = u_idx.astype(np.int32)
                 if reader is not None and step % 10 == 0:
                     reader.hint(rng.choice(pool_u, min(4 * tr.batch_size, len(pool_u))))
@@ -280,19 +285,19 @@ class JobRun:
             )
             for k, v in parts.items():
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
-            if ckpt is not None and step >= tr.warmup_steps and ckpt.due(step):
-                ckpt.publish(artifact, step)
+            if ckpt is not None and step >= tr.warmup_steps and ckpt.due(gstep):
+                ckpt.publish(artifact, gstep)
                 if reader is not None:
-                    batcher.refresh_class_weights(step)
+                    batcher.refresh_class_weights(gstep)
             if step % 50 == 0 and reader is not None:
-                batcher.refresh_class_weights(step)
+                batcher.refresh_class_weights(gstep)
             if step % tr.eval_every == 0 or step == tr.steps:
                 staleness_before = self._record(
                     step, accuracy(), reader, batcher, term_sums, staleness_before, t0
                 )
                 term_sums = {}
-        if ckpt is not None:
-            ckpt.publish(artifact, tr.steps) if ckpt.last_step != tr.steps else None
+        if ckpt is not None and ckpt.last_step != base + tr.steps:
+            ckpt.publish(artifact, base + tr.steps)
         if reader is not None:
             reader.stop()
         self.save_state(
@@ -340,6 +345,24 @@ class JobRun:
             + (f", knowledge staleness {mean:.0f} steps" if mean is not None else "")
         )
         return now
+
+    def _step_base(self) -> int:
+        """Steps are monotonic inside a namespace: a job on a namespace that already has
+        checkpoints (an earlier job, a resumed run) numbers its own after the newest, so
+        the makers never rank its checkpoints below the old ones."""
+        pub = self.ctx.publisher
+        if pub is None:
+            return 0
+        created = self.ctx.bank.namespace(self.spec.namespace).created_at
+        prev = latest_manifest(pub.conn, pub.topics.checkpoints, self.spec.namespace, created)
+        base = prev.step if prev is not None else 0
+        if base:
+            self.say(
+                f"{self.job_id}: namespace {self.spec.namespace} has checkpoints up to "
+                f"step {base}; this job's steps follow on"
+            )
+        self.save_state(step_base=base)
+        return base
 
     def _bootstrap(self, terms: Terms, x: np.ndarray, ds: Dataset) -> Any:
         g = terms.graph

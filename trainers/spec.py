@@ -138,7 +138,7 @@ class CurriculumParams:
 class CodistillationParams:
     peer: str
     """The peer trainer's namespace, whose predictions this trainer distils."""
-    weight: float = 1.0
+    weight: float = 0.5
     temperature: float = 1.0
 
 
@@ -467,7 +467,7 @@ def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Pat
             )
         params = CodistillationParams(
             peer=peer,
-            weight=p.float_("weight", 1.0, ge=0.0),
+            weight=p.float_("weight", 0.5, ge=0.0),
             temperature=p.float_("temperature", 1.0, gt=0.0),
         )
     else:
