@@ -79,6 +79,7 @@ def worker(
         app_id=app_id or f"{settings.topic_prefix}-makers",
         checkpoint_root=settings.checkpoint_dir,
         stats_path=Path(stats) if stats else None,
+        data_dir=settings.state_dir.resolve() / "faust",
         makers=chosen,
         concurrency=concurrency,
         session_timeout_s=session_timeout,

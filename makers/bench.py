@@ -89,6 +89,7 @@ def _consume_faust(conn: KafkaConnection, topic: str, count: int, tmp: Path) -> 
         "BENCH_COUNT": str(count),
         "BENCH_OUT": str(out),
         "BENCH_APP": f"bench-{uuid.uuid4().hex[:8]}",
+        "BENCH_DATADIR": str(tmp / "faust"),
     }
     log = (tmp / "faust.log").open("wb")
     proc = subprocess.Popen(

@@ -19,7 +19,7 @@ from streams.app import make_app
 from streams.config import KafkaConnection
 
 conn = KafkaConnection(bootstrap_servers=tuple(os.environ["BENCH_BOOTSTRAP"].split(",")))
-app = make_app(os.environ["BENCH_APP"], conn)
+app = make_app(os.environ["BENCH_APP"], conn, datadir=os.environ.get("BENCH_DATADIR", "."))
 topic = app.topic(os.environ["BENCH_TOPIC"], value_serializer="raw", key_serializer="raw")
 want = int(os.environ["BENCH_COUNT"])
 state: dict[str, Any] = {"seen": 0, "first": None}

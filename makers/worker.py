@@ -65,6 +65,8 @@ class WorkerConfig:
     session_timeout_s: float = 10.0
     max_backoff_s: float = 10.0
     stats_path: Path | None = None
+    data_dir: Path | None = None
+    """Where Faust keeps its local files (default: ``<app_id>-data`` in the working dir)."""
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -98,6 +100,7 @@ class Makers:
             broker_session_timeout=cfg.session_timeout_s,
             broker_heartbeat_interval=max(1.0, cfg.session_timeout_s / 5),
             broker_rebalance_timeout=cfg.session_timeout_s * 3,
+            **({"datadir": str(cfg.data_dir)} if cfg.data_dir is not None else {}),
         )
         raw = {"value_serializer": "raw", "key_serializer": "raw"}
         self.t_checkpoints = app.topic(cfg.topics.checkpoints, **raw)
