@@ -376,6 +376,8 @@ def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
     import faust
 
+    if cfg.data_dir is not None:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     makers = Makers(cfg)
     worker = faust.Worker(makers.app, loglevel=loglevel, quiet=True)
     try:
