@@ -22,15 +22,16 @@ from makers.pipeline import MAKERS
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="Id-batch agents per topic in this process.",
+    help="Fetches of id batches processed at once in this process.",
 )
 @click.option(
     "--app-id",
     envvar="CARLS_WORKER_APP_ID",
     show_envvar=True,
     default=None,
-    help="Consumer group of the workers (default <topic prefix>-makers); "
-    "workers with the same id share the work.",
+    help="Faust app id of the workers (default <topic prefix>-makers): checkpoints are "
+    "read in this consumer group, id batches in <app id>-ids; workers with the same id "
+    "share the work.",
 )
 @click.option(
     "--session-timeout",
@@ -85,7 +86,8 @@ def worker(
         session_timeout_s=session_timeout,
     )
     click.echo(
-        f"carls worker {cfg.worker}: makers {', '.join(chosen)}; group {cfg.app_id}; "
+        f"carls worker {cfg.worker}: makers {', '.join(chosen)}; "
+        f"groups {cfg.app_id} (checkpoints), {cfg.app_id}-ids (id batches); "
         f"kafka {','.join(settings.kafka.bootstrap_servers)}",
         err=True,
     )

@@ -13,7 +13,6 @@ quadratic in its size and is reported on its own elsewhere; the other four kinds
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -33,13 +32,15 @@ from bank.session import CassandraConfig
 from bank.types import Lineage, NamespaceSpec, default_kinds
 from makers.checkpoints import INFER_CHUNK, load_model, save_artifact
 from makers.compute import knowledge_batch
-from schemas import ProgressEvent, decode
+from schemas import ExampleBatch, ProgressEvent, decode, encode
 from streams.config import KafkaConnection
+from streams.groups import wait_stable
 from streams.producer import Publisher
 from streams.topics import Topics, TopicSpec, ensure_topics, topic_specs
 
 Say = Callable[[str], None]
 MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction")
+ROUNDS = 3
 FEATURES, HIDDEN, EMBED, CLASSES = 64, 256, 64, 10
 
 
@@ -55,43 +56,36 @@ def _model(seed: int = 0) -> Any:
 
 
 def _consume_raw(conn: KafkaConnection, topic: str, count: int, partitions: int) -> float:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def run() -> float:
-        consumer = AIOKafkaConsumer(
-            **conn.aiokafka(), enable_auto_commit=False, max_poll_records=1000
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            seen, first = 0, None
-            while seen < count:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
-                for records in batch.values():
-                    if first is None:
-                        first = time.perf_counter()
-                    seen += len(records)
-            return time.perf_counter() - (first or time.perf_counter())
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
+    """Records/s of a bare aiokafka consumer (``makers.bench_raw``, its own process)."""
+    args = [",".join(conn.bootstrap_servers), topic, str(count), str(partitions)]
+    done = subprocess.run(
+        [sys.executable, "-m", "makers.bench_raw", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError("the aiokafka bench consumer failed:\n" + done.stderr[-3000:])
+    return float(done.stdout.strip().splitlines()[-1])
 
 
-def _consume_faust(conn: KafkaConnection, topic: str, count: int, tmp: Path) -> float:
-    out = tmp / "faust.json"
+def _consume_faust(
+    conn: KafkaConnection, topic: str, count: int, tmp: Path, mode: str = "batches"
+) -> float:
+    out = tmp / f"faust-{mode}.json"
+    out.unlink(missing_ok=True)  # a report from an earlier round must not count
     env = {
+        "BENCH_MODE": mode,
         **os.environ,
         "BENCH_BOOTSTRAP": ",".join(conn.bootstrap_servers),
         "BENCH_TOPIC": topic,
         "BENCH_COUNT": str(count),
         "BENCH_OUT": str(out),
         "BENCH_APP": f"bench-{uuid.uuid4().hex[:8]}",
-        "BENCH_DATADIR": str(tmp / "faust"),
+        "BENCH_DATADIR": str(tmp / f"faust-{mode}"),
     }
-    log = (tmp / "faust.log").open("wb")
+    log = (tmp / f"faust-{mode}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "makers.bench_faust", "worker", "-l", "warn", "--without-web"],
         env=env,
@@ -103,10 +97,11 @@ def _consume_faust(conn: KafkaConnection, topic: str, count: int, tmp: Path) -> 
         while not out.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    "the Faust bench worker failed:\n" + (tmp / "faust.log").read_text()[-3000:]
+                    "the Faust bench worker failed:\n"
+                    + (tmp / f"faust-{mode}.log").read_text()[-3000:]
                 )
             time.sleep(0.2)
-        return float(json.loads(out.read_text())["seconds"])
+        return float(json.loads(out.read_text())["per_s"])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -155,23 +150,60 @@ def run(
     topics = Topics(prefix)
     ensure_topics(
         conn,
-        [*topic_specs(topics, {"examples": 4, "demand": 2}), TopicSpec(f"{prefix}.consume", 4)],
+        [
+            *topic_specs(topics, {"examples": 4, "demand": 2}),
+            TopicSpec(f"{prefix}.consume", 4),
+            TopicSpec(f"{prefix}.consume-ids", 4),
+        ],
     )
     result: dict[str, Any] = {"examples": examples, "records": records, "makers": list(MAKERS)}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         # (a) consumption ------------------------------------------------------------------
-        say(f"producing {records:,} records")
-        with Publisher(conn, topics, linger_ms=20, batch_size=256 * 1024) as pub:
-            payload = b"x" * 100
-            for i in range(records):
-                pub._producer.send(f"{prefix}.consume", key=str(i).encode(), value=payload)
+        say(f"producing {records:,} records of 100 B and {records // 2:,} id batches")
+        id_batch = encode(
+            ExampleBatch(
+                namespace=prefix,
+                ids=[f"e{i:07d}" for i in range(512)],
+                priority="refresh",
+                step=1,
+                campaign=f"{prefix}@1-abcdef",
+            )
+        )
+        small, large = f"{prefix}.consume", f"{prefix}.consume-ids"
+        with Publisher(conn, topics, linger_ms=20, batch_size=1024 * 1024) as pub:
+            for topic, payload, n in (
+                (small, b"x" * 100, records),
+                (large, id_batch, records // 2),
+            ):
+                for i in range(n):
+                    pub._producer.send(topic, key=str(i).encode(), value=payload)
             pub.flush(120)
-        say("consuming with raw aiokafka, then with Faust")
-        raw_s = _consume_raw(conn, f"{prefix}.consume", records, 4)
-        faust_s = _consume_faust(conn, f"{prefix}.consume", records, tmp)
-        result["consume"] = {"aiokafka_per_s": records / raw_s, "faust_per_s": records / faust_s}
-        result["consume"]["faust_vs_aiokafka"] = raw_s / faust_s
+        consume: dict[str, Any] = {}
+        for label, topic, payload, n in (
+            ("small_records", small, b"x" * 100, records),
+            ("id_batches", large, id_batch, records // 2),
+        ):
+            say(f"consuming {label}: raw aiokafka and the worker's Faust path, {ROUNDS} rounds")
+            raw, faust = [], []
+            for _ in range(ROUNDS):  # interleaved, so drift hits both alike
+                raw.append(_consume_raw(conn, topic, n, 4))
+                faust.append(_consume_faust(conn, topic, n, tmp))
+            consume[label] = {
+                "records": n,
+                "record_bytes": len(payload),
+                "aiokafka_per_s": max(raw),
+                "faust_per_s": max(faust),
+                "faust_vs_aiokafka": max(faust) / max(raw),
+                "rounds": {"aiokafka_per_s": raw, "faust_per_s": faust},
+            }
+        say("consuming small_records with Faust's per-record streams (take_events)")
+        events = _consume_faust(conn, small, records, tmp, mode="events")
+        consume["small_records"]["faust_streams_per_s"] = events
+        consume["small_records"]["faust_streams_vs_aiokafka"] = (
+            events / consume["small_records"]["aiokafka_per_s"]
+        )
+        result["consume"] = consume
 
         # (b) baselines --------------------------------------------------------------------
         bank = CassandraBank(cassandra)
@@ -284,7 +316,9 @@ def run(
             bank.drop_namespace(ns)
             bank.close()
     result["targets"] = {
-        "faust_vs_aiokafka >= 0.8": result["consume"]["faust_vs_aiokafka"] >= 0.8,
+        "faust_vs_aiokafka >= 0.8": all(
+            c["faust_vs_aiokafka"] >= 0.8 for c in result["consume"].values()
+        ),
         "maker_vs_min_raw >= 0.3": result["maker"]["vs_min_raw"] >= 0.3,
         "p99_freshness <= 2x lower bound": result["freshness"]["p99_vs_lower_bound"] <= 2.0,
     }
@@ -294,18 +328,8 @@ def run(
 def _wait_group(
     conn: KafkaConnection, group: str, proc: subprocess.Popen[bytes], tmp: Path
 ) -> None:
-    from kafka import KafkaAdminClient
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError("worker died:\n" + (tmp / "worker.log").read_text()[-3000:])
 
-    admin = KafkaAdminClient(**conn.kafka_python())
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("worker died:\n" + (tmp / "worker.log").read_text()[-3000:])
-            g = admin.describe_groups([group]).get(group, {})
-            if g.get("members") and g.get("group_state") == "Stable":
-                return
-            time.sleep(0.5)
-    finally:
-        admin.close()
-    raise RuntimeError("the worker did not join its group in 120 s")
+    wait_stable(conn, {group: 1, f"{group}-ids": 1}, timeout=120, check=alive)

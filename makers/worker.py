@@ -1,14 +1,16 @@
 """The knowledge makers as a Faust app: thin agents around ``makers.pipeline.Maker``.
 
-Agents (one consumer group; Kafka shares partitions among the workers):
+Two consumers, each a consumer group in which Kafka shares partitions among the workers:
 
-* ``campaigns`` reads ``checkpoints``: on a manifest newer than any known for its
-  namespace it loads the model once (sha256 verified) and starts a **refresh campaign**:
-  the namespace's ids, bucket by bucket, published as id batches to ``examples``.
-* ``demand`` and ``refresh`` read ``demand`` and ``examples``: batches of id batches
-  (``take_events``), fetch, infer, write; demand goes first (refresh waits while demand
-  work is in hand). Offsets are committed only after the bank writes (at least once;
-  writes are idempotent and step-ordered, so a replay is harmless).
+* the ``campaigns`` agent (group ``<app id>``) reads ``checkpoints``: on a manifest newer
+  than any known for its namespace it loads the model once (sha256 verified) and starts a
+  **refresh campaign**: the namespace's ids, bucket by bucket, published as id batches to
+  ``examples``.
+* the id-batch consumer (group ``<app id>-ids``, a ``streams.batches.BatchConsumer``
+  service of the same Faust app) reads ``demand`` and ``examples`` a whole fetch at a time
+  (Faust's per-record streams cost ~75 us a record; see that module): fetch, infer,
+  write. Demand partitions are drained first. Offsets are committed only after the bank
+  writes (at least once; writes are idempotent and step-ordered, so a replay is harmless).
 
 Bad records are dead-lettered at one point, ``_dead_letter``: reason, source
 topic/partition/offset and the raw bytes. A backend that is away is retried with backoff
@@ -18,6 +20,7 @@ and nothing is committed meanwhile. Progress goes to ``progress``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -42,6 +45,7 @@ from makers.view import ManifestView
 from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
 from schemas.errors import CarlsError
 from streams.app import make_app
+from streams.batches import BatchConsumer, add_to_app
 from streams.config import KafkaConnection
 from streams.deadletter import dead_letter
 from streams.topics import Topics
@@ -59,8 +63,8 @@ class WorkerConfig:
     checkpoint_root: Path | None = None
     makers: tuple[str, ...] = MAKERS
     concurrency: int = 1
-    take_messages: int = 32
-    take_within_s: float = 0.1
+    fetch_messages: int = 32
+    """Id-batch messages per fetch (each holds up to ``campaign_batch_ids`` ids)."""
     campaign_batch_ids: int = 512
     session_timeout_s: float = 10.0
     max_backoff_s: float = 10.0
@@ -83,13 +87,15 @@ class Makers:
         self.campaigned: dict[str, tuple[float, int]] = {}
         self.failed_checkpoints: set[str] = set()
         self.serving: dict[str, CheckpointManifest] = {}
-        self.demand_in_hand = 0
         self.busy_s = 0.0
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
-        self.demand_idle = asyncio.Event()
-        self.demand_idle.set()
         self.app = self._build()
+
+    @property
+    def ids_group(self) -> str:
+        """The consumer group of the id-batch topics (``demand`` and ``examples``)."""
+        return f"{self.cfg.app_id}-ids"
 
     # ------------------------------------------------------------------------------------
     def _build(self) -> Any:
@@ -118,23 +124,19 @@ class Makers:
                     log.exception("unexpected failure on a checkpoint record")
                     await self._dead_letter(event, f"internal error: {exc!r}", exc)
 
-        @app.agent(self.t_demand, name="demand", concurrency=cfg.concurrency)
-        async def demand(stream: Any) -> None:
-            async for events in stream.take_events(cfg.take_messages, cfg.take_within_s):
-                self.demand_in_hand += 1
-                self.demand_idle.clear()
-                try:
-                    await self._on_batches(events)
-                finally:
-                    self.demand_in_hand -= 1
-                    if not self.demand_in_hand:
-                        self.demand_idle.set()
-
-        @app.agent(self.t_examples, name="refresh", concurrency=cfg.concurrency)
-        async def refresh(stream: Any) -> None:
-            async for events in stream.take_events(cfg.take_messages, cfg.take_within_s):
-                await self.demand_idle.wait()  # demand work goes first
-                await self._on_batches(events)
+        self.ids = add_to_app(
+            app,
+            BatchConsumer(
+                cfg.kafka,
+                [cfg.topics.demand, cfg.topics.examples],
+                self.ids_group,
+                self._on_batches,
+                priority=[cfg.topics.demand],
+                max_records=cfg.fetch_messages,
+                concurrency=cfg.concurrency,
+                session_timeout_s=cfg.session_timeout_s,
+            ),
+        )
 
         @app.task
         async def _start_view() -> None:
@@ -195,15 +197,17 @@ class Makers:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.cfg.max_backoff_s)
 
-    async def _dead_letter(self, event: Any, reason: str, error: BaseException | str) -> None:
-        msg = event.message
+    async def _dead_letter(self, record: Any, reason: str, error: BaseException | str) -> None:
+        """Dead-letter ``record`` (a Kafka record or a Faust event: topic, partition,
+        offset and the raw value)."""
+        msg = getattr(record, "message", record)
         letter = dead_letter(
             reason,
             error,
             msg.topic,
             msg.partition,
             msg.offset,
-            bytes(event.value or b""),
+            bytes(msg.value or b""),
             worker=self.cfg.worker,
         )
         await self.t_deadletter.send(key=msg.topic.encode(), value=encode(letter))
@@ -304,39 +308,40 @@ class Makers:
                 return None
         return manifest
 
-    async def _on_batches(self, events: Sequence[Any]) -> None:
+    async def _on_batches(self, records: Sequence[Any]) -> None:
+        """One fetch of id-batch records (from ``demand`` and/or ``examples``)."""
         started = time.time()
         if self.first_batch_at is None:
             self.first_batch_at = started
         try:
-            await self._process_events(events)
+            await self._process_records(records)
         finally:
             self.busy_s += time.time() - started
             self.last_batch_at = time.time()
 
-    async def _process_events(self, events: Sequence[Any]) -> None:
+    async def _process_records(self, records: Sequence[Any]) -> None:
         groups: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ExampleBatch]]] = defaultdict(
             list
         )
-        for event in events:
+        for record in records:
             try:
-                batch = decode(bytes(event.value), ExampleBatch)
+                batch = decode(bytes(record.value or b""), ExampleBatch)
             except CarlsError as exc:
-                await self._dead_letter(event, f"undecodable example batch: {exc}", exc)
+                await self._dead_letter(record, f"undecodable example batch: {exc}", exc)
                 continue
-            groups[(batch.namespace, tuple(batch.kinds))].append((event, batch))
+            groups[(batch.namespace, tuple(batch.kinds))].append((record, batch))
         for (ns, kinds), members in groups.items():
             step = max(b.step or 0 for _, b in members)
             try:
                 manifest = await self._model_manifest(ns, step)
             except NamespaceError as exc:
-                for event, _ in members:
-                    await self._dead_letter(event, f"unknown namespace: {exc}", exc)
+                for record, _ in members:
+                    await self._dead_letter(record, f"unknown namespace: {exc}", exc)
                 continue
             if manifest is None:
-                for event, _ in members:
+                for record, _ in members:
                     await self._dead_letter(
-                        event, f"no checkpoint published for namespace {ns}", "NoCheckpoint"
+                        record, f"no checkpoint published for namespace {ns}", "NoCheckpoint"
                     )
                 continue
             ids = [i for _, b in members for i in b.ids]
@@ -345,17 +350,17 @@ class Makers:
             except (CheckpointError, BadModelOutputError, DimensionError) as exc:
                 # The model cannot serve: later batches fall back to the last good one.
                 self.failed_checkpoints.add(manifest.sha256)
-                for event, _ in members:
-                    await self._dead_letter(event, f"step {manifest.step} model: {exc}", exc)
+                for record, _ in members:
+                    await self._dead_letter(record, f"step {manifest.step} model: {exc}", exc)
                 continue
             except CarlsError as exc:  # unknown namespace, invalid ids ...
-                for event, _ in members:
-                    await self._dead_letter(event, str(exc), exc)
+                for record, _ in members:
+                    await self._dead_letter(record, str(exc), exc)
                 continue
             except Exception as exc:  # a bug must not stop the partition: keep the record
                 log.exception("unexpected failure on an id batch of %s", ns)
-                for event, _ in members:
-                    await self._dead_letter(event, f"internal error: {exc!r}", exc)
+                for record, _ in members:
+                    await self._dead_letter(record, f"internal error: {exc!r}", exc)
                 continue
             self.serving.setdefault(ns, manifest)
             if self.serving[ns].step < manifest.step:
@@ -379,6 +384,9 @@ def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     makers = Makers(cfg)
+    # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
+    # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
+    gc.freeze()
     worker = faust.Worker(makers.app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

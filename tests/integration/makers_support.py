@@ -20,6 +20,7 @@ from bank.types import Coverage, NamespaceSpec, default_kinds
 from carls.settings import Settings
 from makers.checkpoints import save_artifact
 from schemas import CheckpointManifest, DeadLetter, decode
+from streams.groups import wait_stable
 from streams.producer import Publisher
 from streams.topics import ensure_topics, topic_specs
 
@@ -101,19 +102,16 @@ class MakerEnv:
         )
 
     def wait_members(self, n: int, timeout: float = 90.0) -> None:
-        """Wait until ``n`` workers have joined the group (their agents are consuming)."""
-        admin = KafkaAdminClient(**self.settings.kafka.kafka_python())
+        """Wait until ``n`` workers share the id batches (and the checkpoints are read)."""
         try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                self.assert_workers_alive()
-                group = admin.describe_groups([self.group]).get(self.group, {})
-                if len(group.get("members", [])) >= n and group.get("group_state") == "Stable":
-                    return
-                time.sleep(0.5)
-        finally:
-            admin.close()
-        raise AssertionError(f"{n} workers did not join in {timeout} s\n{self.worker_logs()}")
+            wait_stable(
+                self.settings.kafka,
+                {self.group: 1, f"{self.group}-ids": n},
+                timeout=timeout,
+                check=self.assert_workers_alive,
+            )
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.worker_logs()}") from exc
 
     def assert_workers_alive(self) -> None:
         for proc in self.workers:
@@ -136,9 +134,12 @@ class MakerEnv:
         raise AssertionError(f"coverage at step {step} incomplete: {got}\n{self.worker_logs()}")
 
     def committed(self, topic: str) -> dict[int, int]:
+        """The workers' committed offsets on ``topic`` (checkpoints are read in the app's
+        group, id batches in ``<group>-ids``)."""
+        group = self.group if topic == self.settings.topics.checkpoints else f"{self.group}-ids"
         admin = KafkaAdminClient(**self.settings.kafka.kafka_python())
         try:
-            offsets = admin.list_group_offsets(self.group).get(self.group, {})
+            offsets = admin.list_group_offsets(group).get(group, {})
         finally:
             admin.close()
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}

@@ -30,6 +30,7 @@ from bank.protocol import coverage
 from bank.types import Coverage
 from carls.settings import Settings
 from schemas import DeadLetter, TrainingJob, decode
+from streams.groups import wait_stable
 from streams.producer import Publisher
 from streams.topics import ensure_topics, topic_specs
 from trainers.runner import Context, JobRun, new_job_id
@@ -91,18 +92,15 @@ class Env:
         self._wait_joined()
 
     def _wait_joined(self, timeout: float = 120.0) -> None:
-        admin = KafkaAdminClient(**self.settings.kafka.kafka_python())
         try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                self.assert_worker_alive()
-                group = admin.describe_groups([self.group]).get(self.group, {})
-                if group.get("members") and group.get("group_state") == "Stable":
-                    return
-                time.sleep(0.5)
-        finally:
-            admin.close()
-        raise AssertionError(f"the worker did not join {self.group} in {timeout} s\n{self.logs()}")
+            wait_stable(
+                self.settings.kafka,
+                {self.group: 1, f"{self.group}-ids": 1},
+                timeout=timeout,
+                check=self.assert_worker_alive,
+            )
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from exc
 
     def assert_worker_alive(self) -> None:
         if self.worker is not None and self.worker.poll() is not None:

@@ -1,0 +1,53 @@
+"""Consumer-group checks: when have workers joined and been given their partitions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from kafka import KafkaAdminClient
+
+from streams.config import KafkaConnection
+
+# kafka-python cannot parse the member metadata of Faust's own assignor and warns with the
+# raw bytes on every describe; the state and member count, all that is read here, are fine.
+logging.getLogger("kafka.admin._groups").addFilter(
+    lambda record: "member_metadata" not in record.getMessage()
+)
+
+
+def group_members(admin: KafkaAdminClient, group: str) -> tuple[str, int]:
+    """The group's state (``Stable``, ``PreparingRebalance``, ``Dead`` ...) and members."""
+    described = admin.describe_groups([group]).get(group, {})
+    return str(described.get("group_state", "Dead")), len(described.get("members", []))
+
+
+def wait_stable(
+    conn: KafkaConnection,
+    groups: Mapping[str, int],
+    *,
+    timeout: float = 120.0,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Wait until every group in ``groups`` is ``Stable`` with at least its number of
+    members. ``check`` runs on each poll (to fail fast when a worker died); raises
+    ``TimeoutError`` naming the groups that are not there yet."""
+    admin = KafkaAdminClient(**conn.kafka_python())
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            check()
+            seen = {g: group_members(admin, g) for g in groups}
+            missing = {g: s for g, s in seen.items() if s[0] != "Stable" or s[1] < groups[g]}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                detail = ", ".join(
+                    f"{g} ({state}, {n} of {groups[g]} members)"
+                    for g, (state, n) in missing.items()
+                )
+                raise TimeoutError(f"consumer groups not ready in {timeout:.0f} s: {detail}")
+            time.sleep(0.5)
+    finally:
+        admin.close()
