@@ -38,7 +38,7 @@ from bank.cassandra import CassandraBank
 from bank.errors import DimensionError, NamespaceError
 from bank.protocol import KnowledgeBank
 from bank.session import CassandraConfig
-from makers.checkpoints import ModelCache
+from makers.checkpoints import ModelCache, warm_up
 from makers.errors import BadModelOutputError, CheckpointError
 from makers.pipeline import MAKERS, Maker, Outcome
 from makers.view import ManifestView
@@ -383,7 +383,8 @@ def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
 
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    makers = Makers(cfg)
+    log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
+    makers = Makers(cfg)  # checkpoint then costs a load, not the libraries' start-up
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()
