@@ -113,9 +113,17 @@ def bench_makers(ctx: click.Context, examples: int, records: int, as_json: bool)
     """
     from carls.cli import settings_of
     from makers.bench import run
+    from trainers.checkpoints import save_artifact
 
     settings = settings_of(ctx)
-    r = run(settings.kafka, settings.cassandra, examples=examples, records=records, say=progress)
+    r = run(
+        settings.kafka,
+        settings.cassandra,
+        save_artifact,
+        examples=examples,
+        records=records,
+        say=progress,
+    )
     if as_json:
         emit_json(r)
         return

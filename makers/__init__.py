@@ -1,6 +1,6 @@
 """Knowledge makers: load trainers' checkpoints and turn model outputs into knowledge.
 
-* ``makers.checkpoints``: the artifact convention, ``save_artifact``, ``load_model``
+* ``makers.checkpoints``: the artifact convention, ``load_model``
   (sha256-verified) and ``ModelCache``; imports TensorFlow lazily.
 * ``makers.compute``: pure numpy functions from embeddings and probabilities to the
   knowledge kinds (pseudo-labels, difficulty, neighbours) and their ``KnowledgeBatch``.

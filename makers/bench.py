@@ -30,15 +30,17 @@ import numpy as np
 from bank.cassandra import CassandraBank
 from bank.session import CassandraConfig
 from bank.types import Lineage, NamespaceSpec, default_kinds
-from makers.checkpoints import INFER_CHUNK, load_model, save_artifact
+from makers.checkpoints import INFER_CHUNK, load_model
 from makers.compute import knowledge_batch
-from schemas import ExampleBatch, ProgressEvent, decode, encode
+from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
 from streams.config import KafkaConnection
 from streams.groups import wait_stable
 from streams.producer import Publisher
 from streams.topics import Topics, TopicSpec, ensure_topics, topic_specs
 
 Say = Callable[[str], None]
+SaveArtifact = Callable[[Any, Path, str, int], CheckpointManifest]
+"""Writes a model as a checkpoint artifact (the trainers' writer, passed in by ``carls``)."""
 MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction")
 ROUNDS = 3
 FEATURES, HIDDEN, EMBED, CLASSES = 64, 256, 64, 10
@@ -141,6 +143,7 @@ class _Progress(threading.Thread):
 def run(
     conn: KafkaConnection,
     cassandra: CassandraConfig,
+    save_artifact: SaveArtifact,
     *,
     examples: int = 100_000,
     records: int = 100_000,

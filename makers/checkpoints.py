@@ -1,4 +1,4 @@
-"""Checkpoint artifacts: save, verify, load and cache the models makers run.
+"""Checkpoint artifacts: verify, load and cache the models makers run.
 
 The artifact convention (what a trainer saves and a maker loads, with no trainer code):
 
@@ -11,9 +11,9 @@ The artifact convention (what a trainer saves and a maker loads, with no trainer
   size, and ``model_fingerprint``: the first 16 hex digits of the sha256 of the model's
   JSON config, so knowledge can name the architecture that made it).
 
-``save_artifact`` writes that (atomically) and returns the manifest; ``load_model``
-verifies size and sha256, loads the file and wraps the model in a traced ``tf.function``
-(one trace for any batch size; ``model.predict`` costs tens of milliseconds per call);
+Trainers write it (``trainers.checkpoints.save_artifact``). Here ``load_model`` verifies
+size and sha256, loads the file and wraps the model in a traced ``tf.function`` (one trace
+for any batch size; ``model.predict`` costs tens of milliseconds per call);
 ``ModelCache`` loads each checkpoint once and keeps the newest few per namespace, and a
 checkpoint that fails to load never displaces the model already serving.
 
@@ -23,13 +23,11 @@ stays light.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,6 @@ from makers.errors import (
     ArtifactCorruptError,
     ArtifactMissingError,
     BadModelOutputError,
-    CheckpointError,
     InvalidInputError,
     NotAModelError,
 )
@@ -86,46 +83,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def save_artifact(
-    model: Any, directory: Path, namespace: str, step: int, *, producer: str = "carls"
-) -> CheckpointManifest:
-    """Save ``model`` as ``<directory>/<namespace>/step-<step:012d>.keras`` and return its
-    manifest. The file appears atomically: it is written under a temporary name in the same
-    folder, flushed to disk, then renamed, so a reader never sees half an artifact."""
-    final = artifact_path(directory, namespace, step).resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Keras insists on the .keras suffix, so the temporary name keeps it.
-    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
-    try:
-        try:
-            model.save(str(tmp))
-        except Exception as exc:
-            raise CheckpointError(f"could not save {namespace} step {step}: {exc}") from exc
-        digest = hashlib.sha256()
-        with tmp.open("rb") as f:
-            for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-                digest.update(chunk)
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    manifest = CheckpointManifest(
-        namespace=namespace,
-        step=step,
-        uri=final.as_uri(),
-        format=FORMAT,
-        sha256=digest.hexdigest(),
-        size=size,
-        created_at=time.time(),
-        model_fingerprint=model_fingerprint(model),
-        producer=producer,
-    )
-    logger.info("saved %s step %d: %s (%d bytes)", namespace, step, final, size)
-    return manifest
 
 
 def resolve_uri(uri: str, root: Path | None = None) -> Path:

@@ -23,10 +23,16 @@ from streams.producer import Publisher
 log = logging.getLogger(__name__)
 
 
-def save(model: Any, store: Path, namespace: str, step: int, producer: str) -> CheckpointManifest:
-    """Write ``model`` under ``store`` atomically; return its manifest (not yet published)."""
+def save_artifact(
+    model: Any, store: Path, namespace: str, step: int, *, producer: str = "carls"
+) -> CheckpointManifest:
+    """Save ``model`` as ``<store>/<namespace>/step-<step:012d>.keras`` and return its
+    manifest (not yet published). The file appears atomically: it is written under a
+    temporary name in the same folder, flushed to disk, then renamed, so a maker never
+    sees half an artifact."""
     final = (store / artifact_relpath(namespace, step)).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Keras insists on the .keras suffix, so the temporary name keeps it.
     tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
     try:
         model.save(str(tmp))
@@ -40,6 +46,7 @@ def save(model: Any, store: Path, namespace: str, step: int, producer: str) -> C
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    log.info("saved %s step %d: %s (%d bytes)", namespace, step, final, size)
     return CheckpointManifest(
         namespace=namespace,
         step=step,
@@ -89,7 +96,7 @@ class CheckpointPublisher:
         return self.publish(model, step)
 
     def publish(self, model: Any, step: int) -> CheckpointManifest:
-        manifest = save(model, self.store, self.namespace, step, self.producer)
+        manifest = save_artifact(model, self.store, self.namespace, step, producer=self.producer)
         self.publisher.manifest(manifest)
         self.last_step, self.last_at = step, time.monotonic()
         self.published.append(manifest)

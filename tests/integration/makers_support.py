@@ -18,11 +18,11 @@ from bank.cassandra import CassandraBank
 from bank.protocol import coverage
 from bank.types import Coverage, NamespaceSpec, default_kinds
 from carls.settings import Settings
-from makers.checkpoints import save_artifact
 from schemas import CheckpointManifest, DeadLetter, decode
 from streams.groups import wait_stable
 from streams.producer import Publisher
 from streams.topics import ensure_topics, topic_specs
+from trainers.checkpoints import save_artifact
 
 FEATURES, EMBED, CLASSES, K = 16, 8, 3, 5
 

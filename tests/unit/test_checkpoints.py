@@ -19,7 +19,6 @@ from makers.checkpoints import (
     artifact_path,
     load_model,
     resolve_uri,
-    save_artifact,
     verify_artifact,
 )
 from makers.errors import (
@@ -30,6 +29,7 @@ from makers.errors import (
     NotAModelError,
 )
 from schemas.records import CheckpointManifest
+from trainers.checkpoints import save_artifact
 
 keras = pytest.importorskip("keras")
 
