@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 
@@ -30,8 +31,6 @@ from makers.errors import (
 )
 from schemas.records import CheckpointManifest
 from trainers.checkpoints import save_artifact
-
-keras = pytest.importorskip("keras")
 
 
 def tiny_model(seed: int = 0, features: int = 8) -> Any:
