@@ -42,6 +42,25 @@ def tiny_model(seed: int, embed: int = EMBED, nan: bool = False) -> Any:
     return model
 
 
+def read_dead_letters(settings: Settings, count: int, timeout: float) -> list[DeadLetter]:
+    """The dead letters under ``settings``' prefix, from the start, until ``count`` arrived
+    or ``timeout`` passed."""
+    topic = settings.topics.deadletter
+    consumer = KafkaConsumer(**settings.kafka.kafka_python(), enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        letters: list[DeadLetter] = []
+        deadline = time.monotonic() + timeout
+        while len(letters) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                letters += [decode(r.value, DeadLetter) for r in records]
+        return letters
+    finally:
+        consumer.close()
+
+
 class MakerEnv:
     """Unique topics, group and namespace; workers as subprocesses; cleaned up by close()."""
 
@@ -166,20 +185,7 @@ class MakerEnv:
         return meta.partition, meta.offset
 
     def dead_letters(self, count: int, timeout: float = 60.0) -> list[DeadLetter]:
-        topic = self.settings.topics.deadletter
-        consumer = KafkaConsumer(**self.settings.kafka.kafka_python(), enable_auto_commit=False)
-        try:
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            letters: list[DeadLetter] = []
-            deadline = time.monotonic() + timeout
-            while len(letters) < count and time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=500).values():
-                    letters += [decode(r.value, DeadLetter) for r in records]
-            return letters
-        finally:
-            consumer.close()
+        return read_dead_letters(self.settings, count, timeout)
 
     def close(self) -> None:
         for proc in self.workers:

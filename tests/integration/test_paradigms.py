@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 
 from bank.cassandra import CassandraBank
 from bank.errors import NamespaceError
@@ -29,10 +29,11 @@ from bank.jobs import MemoryJobStore
 from bank.protocol import coverage
 from bank.types import Coverage
 from carls.settings import Settings
-from schemas import DeadLetter, TrainingJob, decode
+from schemas import TrainingJob
 from streams.groups import wait_stable
 from streams.producer import Publisher
 from streams.topics import ensure_topics, topic_specs
+from tests.integration.makers_support import read_dead_letters
 from trainers.runner import Context, JobRun, new_job_id
 from trainers.service import serve
 from trainers.spec import JobSpec, load_spec
@@ -334,23 +335,6 @@ def test_multimodal_trainers_align_with_each_others_embeddings(env: Env) -> None
         assert any(h["loss"].get("align", 0.0) > 0 for h in history[seen + 1 :]), why
 
 
-def _dead_letters(settings: Settings, count: int, timeout: float = 30.0) -> list[DeadLetter]:
-    topic = settings.topics.deadletter
-    consumer = KafkaConsumer(**settings.kafka.kafka_python(), enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        letters: list[DeadLetter] = []
-        deadline = time.monotonic() + timeout
-        while len(letters) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                letters += [decode(r.value, DeadLetter) for r in records]
-        return letters
-    finally:
-        consumer.close()
-
-
 def test_service_marks_a_job_failing_at_run_time_failed_and_runs_the_next(
     env: Env, tmp_path: Path
 ) -> None:
@@ -414,7 +398,7 @@ def test_service_marks_a_job_failing_at_run_time_failed_and_runs_the_next(
     assert "vanishing.csv" in failed["reason"], failed
     assert succeeded is not None and succeeded["state"] == "succeeded", (succeeded, said)
     assert succeeded["test_accuracy"] > 0.5
-    letters = _dead_letters(settings, 1)
+    letters = read_dead_letters(settings, 1, timeout=30.0)
     assert [(d.source_topic, d.source_offset) for d in letters] == [
         (settings.topics.jobs, garbage.offset)
     ]
