@@ -20,7 +20,7 @@ from typing import Any
 
 from makers.rate import SteadyRate
 from streams.app import make_app
-from streams.batches import BatchConsumer, add_to_app
+from streams.batches import BatchConsumer
 from streams.config import KafkaConnection
 
 conn = KafkaConnection(bootstrap_servers=tuple(os.environ["BENCH_BOOTSTRAP"].split(",")))
@@ -44,8 +44,7 @@ if os.environ.get("BENCH_MODE", "batches") == "batches":
     async def _on_fetch(records: list[Any]) -> None:
         await _count([r.value for r in records])
 
-    add_to_app(
-        app,
+    app.service(
         BatchConsumer(conn, [os.environ["BENCH_TOPIC"]], f"{app_id}-batches", _on_fetch),
     )
 else:

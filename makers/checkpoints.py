@@ -238,7 +238,6 @@ def warm_up() -> float:
     Returns the seconds it took."""
     started = time.perf_counter()
     import keras
-    import numpy as np
     import tensorflow as tf
 
     inp = keras.Input((4,))

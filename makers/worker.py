@@ -45,7 +45,7 @@ from makers.view import ManifestView
 from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
 from schemas.errors import CarlsError
 from streams.app import make_app
-from streams.batches import BatchConsumer, add_to_app
+from streams.batches import BatchConsumer
 from streams.config import KafkaConnection
 from streams.deadletter import dead_letter
 from streams.topics import Topics
@@ -124,8 +124,7 @@ class Makers:
                     log.exception("unexpected failure on a checkpoint record")
                     await self._dead_letter(event, f"internal error: {exc!r}", exc)
 
-        self.ids = add_to_app(
-            app,
+        app.service(  # started, supervised and stopped with the app
             BatchConsumer(
                 cfg.kafka,
                 [cfg.topics.demand, cfg.topics.examples],
@@ -135,7 +134,7 @@ class Makers:
                 max_records=cfg.fetch_messages,
                 concurrency=cfg.concurrency,
                 session_timeout_s=cfg.session_timeout_s,
-            ),
+            )
         )
 
         @app.task

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -52,11 +52,6 @@ class _Fetch:
 class BatchStats:
     fetches: int = 0
     records: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    first_record_at: float | None = None
-    last_record_at: float | None = None
-    per_topic: dict[str, int] = field(default_factory=dict)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -182,17 +177,11 @@ class BatchConsumer(Service):
     def _dispatch(self, got: dict[TopicPartition, list[Any]]) -> None:
         records: list[Any] = []
         nxt: dict[TopicPartition, int] = {}
-        per_topic = self.stats.per_topic
         for tp, batch in got.items():
             records.extend(batch)
             nxt[tp] = batch[-1].offset + 1  # a partition's records come in offset order
-            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + len(batch)
-        now = time.time()
-        st = self.stats
-        st.fetches += 1
-        st.records += len(records)
-        st.first_record_at = st.first_record_at or now
-        st.last_record_at = now
+        self.stats.fetches += 1
+        self.stats.records += len(records)
         task = asyncio.create_task(self.handle(records), name=f"{self.group}-fetch")
         self._inflight.append(_Fetch(task, nxt))
 
@@ -227,13 +216,5 @@ class BatchConsumer(Service):
             return
         try:
             await consumer.commit(offsets)
-            self.stats.commits += 1
         except KafkaError as exc:  # rebalanced meanwhile: the new owner replays them
-            self.stats.commit_failures += 1
             log.warning("%s: commit of %d partitions failed (%s)", self.group, len(offsets), exc)
-
-
-def add_to_app(app: Any, service: BatchConsumer) -> BatchConsumer:
-    """Start ``service`` with ``app`` (and stop it with the app)."""
-    app.service(service)
-    return service
