@@ -62,7 +62,12 @@ def save_artifact(
 
 class CheckpointPublisher:
     """Saves and publishes a checkpoint every ``every_steps`` steps or ``every_s`` seconds,
-    whichever comes first; ``maybe(step)`` is cheap when it is not time yet."""
+    whichever comes first, counted from ``start_step`` (the step the job starts from).
+
+    The model at ``start_step`` is never published: an untrained model's predictions are
+    noise, and a peer distilling them, or a trainer taking them as pseudo labels, learns
+    that noise. The first checkpoint comes ``every_steps`` steps (or ``every_s`` seconds)
+    into the job."""
 
     def __init__(
         self,
@@ -72,6 +77,7 @@ class CheckpointPublisher:
         producer: str,
         every_steps: int,
         every_s: float | None = None,
+        start_step: int = 0,
     ) -> None:
         self.publisher = publisher
         self.store = store
@@ -79,21 +85,18 @@ class CheckpointPublisher:
         self.producer = producer
         self.every_steps = every_steps
         self.every_s = every_s
+        self.start_step = start_step
         self.last_step: int | None = None
         self.last_at = time.monotonic()
         self.published: list[CheckpointManifest] = []
 
     def due(self, step: int) -> bool:
-        if self.last_step is None:
-            return True
-        if step - self.last_step >= self.every_steps:
+        if step <= self.start_step:
+            return False
+        last = self.start_step if self.last_step is None else self.last_step
+        if step - last >= self.every_steps:
             return True
         return self.every_s is not None and time.monotonic() - self.last_at >= self.every_s
-
-    def maybe(self, model: Any, step: int) -> CheckpointManifest | None:
-        if not self.due(step):
-            return None
-        return self.publish(model, step)
 
     def publish(self, model: Any, step: int) -> CheckpointManifest:
         manifest = save_artifact(model, self.store, self.namespace, step, producer=self.producer)

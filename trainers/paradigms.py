@@ -19,8 +19,7 @@ masked where knowledge is missing or older than ``max_staleness``.
   maker's difficulty, the fraction growing with a pacing schedule.
 * **codistillation** — KL divergence to a peer trainer's stale predictions (its namespace's
   ``prediction`` kind), on examples of both; the term ramps up linearly over the first half
-  of training (burn-in), because peers distilling each other's first, poor checkpoints at
-  full weight were seen to agree their way into a shared wrong answer.
+  of training (burn-in), while the peer's predictions are still poor.
 * **multimodal** — cosine alignment of this modality's embedding with the other modalities'
   stale embeddings (``embedding/<modality>`` in their namespaces).
 """

@@ -179,18 +179,6 @@ class JobRun:
         batcher = KnowledgeBatcher(
             spec, terms, reader, ds.y_train.astype(np.int32), ds.labeled, ds.classes, bootstrap
         )
-        ckpt = (
-            CheckpointPublisher(
-                ctx.publisher,
-                ctx.store,
-                spec.namespace,
-                ctx.producer,
-                tr.checkpoint_every,
-                tr.checkpoint_every_s,
-            )
-            if ctx.publisher is not None
-            else None
-        )
 
         cut = tr.cutout if raw is not None else 0
         side = augment.image_side(x_train.shape[1]) if cut else 0
@@ -250,6 +238,19 @@ class JobRun:
             return float((np.argmax(predict(m).numpy(), 1) == ds.y_test).mean())
 
         base = self._step_base()
+        ckpt = (
+            CheckpointPublisher(
+                ctx.publisher,
+                ctx.store,
+                spec.namespace,
+                ctx.producer,
+                tr.checkpoint_every,
+                tr.checkpoint_every_s,
+                start_step=base,
+            )
+            if ctx.publisher is not None
+            else None
+        )
         y = ds.y_train.astype(np.int32)
         rng = np.random.default_rng(tr.seed)
         lab_bs = min(tr.labeled_batch_size, len(labeled))

@@ -179,7 +179,9 @@ class TrainSpec:
     max_staleness: int = 1000
     seed: int = 0
     warmup_steps: int = 0
-    """Supervised steps on the labeled examples before the first checkpoint."""
+    """Supervised steps on the labeled examples before the first checkpoint (which comes
+    after ``max(warmup_steps, checkpoint_every)`` steps: an untrained model is never
+    published)."""
     labeled_batch_size: int = 64
     augment: Literal["none", "shift", "affine"] = "none"
     """Input-space augmentation for square images: 1-pixel shifts, or random affine views."""

@@ -117,8 +117,8 @@ class Env:
         """Run ``specs`` concurrently, each in its own thread (so each reads the others'
         knowledge while it trains); return their final states in order.
 
-        A tiny job is over in seconds, less than the worker's first campaign takes (it
-        imports TensorFlow when the first checkpoint arrives). So that the jobs meet the
+        A tiny job is over in seconds, about as long as the worker's first campaign
+        takes. So that the jobs meet the
         makers as long ones do, each job is held once, at its first eval, until every
         ``(namespace, kind)`` of ``gate`` has knowledge in the bank; training never waits
         on the bank otherwise."""
@@ -268,7 +268,10 @@ def test_codistillation_peers_read_each_others_stale_predictions(env: Env) -> No
     for spec, state in zip(specs, states, strict=True):
         why = describe(state) + "\n" + env.logs()
         assert state["state"] == "succeeded", why
-        assert state["test_accuracy"] > 0.5, why
+        # Distilling a peer costs no accuracy: the same model trained on the 100 labels
+        # alone reaches about 0.9 here; peers distilling an untrained checkpoint's
+        # predictions ended between 0.40 and 0.80.
+        assert state["test_accuracy"] > 0.85, why
         peer = spec.paradigm.params.peer  # type: ignore[union-attr]
         cov = env.settled(peer, "prediction", spec.train.steps)
         assert cov.newest_step == spec.train.steps and cov.at_newest > 0, f"{cov}\n{why}"

@@ -30,7 +30,7 @@ from makers.errors import (
     NotAModelError,
 )
 from schemas.records import CheckpointManifest
-from trainers.checkpoints import save_artifact
+from trainers.checkpoints import CheckpointPublisher, save_artifact
 
 
 def tiny_model(seed: int = 0, features: int = 8) -> Any:
@@ -241,3 +241,33 @@ def test_importing_makers_does_not_import_tensorflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+class _Manifests:
+    """Stands in for the Kafka publisher: keeps the manifests it is given."""
+
+    def __init__(self) -> None:
+        self.sent: list[CheckpointManifest] = []
+
+    def manifest(self, m: CheckpointManifest) -> None:
+        self.sent.append(m)
+
+
+@pytest.mark.parametrize("start", [0, 800])
+def test_a_job_never_publishes_its_untrained_model(model: Any, tmp_path: Path, start: int) -> None:
+    """A peer distilling an untrained model's predictions, or a trainer taking them as
+    pseudo labels, learns noise: the first checkpoint comes ``every_steps`` into the job,
+    then one every ``every_steps``."""
+    sent = _Manifests()
+    ckpt = CheckpointPublisher(
+        sent,  # type: ignore[arg-type]
+        tmp_path,
+        "ns",
+        "test",
+        every_steps=100,
+        start_step=start,
+    )
+    for step in range(start + 1, start + 301):
+        if ckpt.due(step):
+            ckpt.publish(model, step)
+    assert [m.step for m in sent.sent] == [start + 100, start + 200, start + 300]
