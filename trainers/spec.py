@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -339,7 +339,7 @@ def _parse(data: Mapping[str, Any], base: Path) -> JobSpec:
 
 
 def _parse_dataset(s: _Section, base: Path) -> DatasetSpec:
-    s.check_keys(("name", "path", "label_column", "labeled", "test_size", "modalities"))
+    s.declared_by(DatasetSpec)
     name = s.opt_str("name")
     raw_path = s.opt_str("path")
     if (name is None) == (raw_path is None):
@@ -360,7 +360,7 @@ def _parse_dataset(s: _Section, base: Path) -> DatasetSpec:
     if label_column is not None and (path is None or path.suffix.lower() != ".csv"):
         raise SpecError(s.field("label_column"), "only a .csv dataset has a label column")
     labeled = s.opt_int("labeled", ge=1)
-    test_size = s.float_("test_size", 0.3, gt=0.0, lt=1.0)
+    test_size = s.float_("test_size", gt=0.0, lt=1.0)
     modalities: dict[str, tuple[int, int]] = {}
     mods = s.section("modalities")
     for key, value in mods.data.items():
@@ -382,36 +382,36 @@ def _parse_dataset(s: _Section, base: Path) -> DatasetSpec:
 
 
 def _parse_model(s: _Section) -> ModelSpec:
-    s.check_keys(("hidden", "embedding_dim", "dropout"))
-    hidden = s.get("hidden", [256])
-    if not isinstance(hidden, list) or not all(_is_int(h) and h >= 1 for h in hidden):
+    s.declared_by(ModelSpec)
+    hidden = s.get("hidden")
+    if not isinstance(hidden, list | tuple) or not all(_is_int(h) and h >= 1 for h in hidden):
         raise SpecError(s.field("hidden"), f"expected a list of positive ints, got {hidden!r}")
     return ModelSpec(
         hidden=tuple(hidden),
-        embedding_dim=s.int_("embedding_dim", 64, ge=1, le=65536),
-        dropout=s.float_("dropout", 0.1, ge=0.0, lt=1.0),
+        embedding_dim=s.int_("embedding_dim", ge=1, le=65536),
+        dropout=s.float_("dropout", ge=0.0, lt=1.0),
     )
 
 
 def _parse_train(s: _Section) -> TrainSpec:
-    s.check_keys([f.name for f in fields(TrainSpec)])
+    s.declared_by(TrainSpec)
     every_s = s.opt_float("checkpoint_every_s", gt=0.0)
     return TrainSpec(
-        steps=s.int_("steps", 2000, ge=1),
-        batch_size=s.int_("batch_size", 128, ge=1),
-        learning_rate=s.float_("learning_rate", 0.003, gt=0.0),
-        checkpoint_every=s.int_("checkpoint_every", 200, ge=1),
+        steps=s.int_("steps", ge=1),
+        batch_size=s.int_("batch_size", ge=1),
+        learning_rate=s.float_("learning_rate", gt=0.0),
+        checkpoint_every=s.int_("checkpoint_every", ge=1),
         checkpoint_every_s=every_s,
-        eval_every=s.int_("eval_every", 100, ge=1),
-        max_staleness=s.int_("max_staleness", 1000, ge=0),
-        seed=s.int_("seed", 0, ge=0, le=2**32 - 1),
-        warmup_steps=s.int_("warmup_steps", 0, ge=0),
-        labeled_batch_size=s.int_("labeled_batch_size", 64, ge=1),
-        augment=cast(Any, s.choice("augment", ("none", "shift", "affine"), "none")),
-        augment_views=s.int_("augment_views", 16, ge=2, le=256),
-        cutout=s.int_("cutout", 0, ge=0, le=64),
-        ema=s.float_("ema", 0.0, ge=0.0, lt=1.0),
-        weight_decay=s.float_("weight_decay", 0.0, ge=0.0),
+        eval_every=s.int_("eval_every", ge=1),
+        max_staleness=s.int_("max_staleness", ge=0),
+        seed=s.int_("seed", ge=0, le=2**32 - 1),
+        warmup_steps=s.int_("warmup_steps", ge=0),
+        labeled_batch_size=s.int_("labeled_batch_size", ge=1),
+        augment=cast(Any, s.choice("augment", ("none", "shift", "affine"))),
+        augment_views=s.int_("augment_views", ge=2, le=256),
+        cutout=s.int_("cutout", ge=0, le=64),
+        ema=s.float_("ema", ge=0.0, lt=1.0),
+        weight_decay=s.float_("weight_decay", ge=0.0),
     )
 
 
@@ -421,47 +421,47 @@ def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Pat
     p = s.section("params")
     params: ParadigmParams
     if name == "supervised":
-        p.check_keys(())
+        p.declared_by(SupervisedParams)
         params = SupervisedParams()
     elif name == "pseudo_label":
-        p.check_keys(("threshold", "weight", "class_balance"))
+        p.declared_by(PseudoLabelParams)
         params = PseudoLabelParams(
-            threshold=p.float_("threshold", 0.9, ge=0.0, le=1.0),
-            weight=p.float_("weight", 1.0, ge=0.0),
-            class_balance=p.bool_("class_balance", True),
+            threshold=p.float_("threshold", ge=0.0, le=1.0),
+            weight=p.float_("weight", ge=0.0),
+            class_balance=p.bool_("class_balance"),
         )
     elif name == "graph":
-        p.check_keys([f.name for f in fields(GraphParams)])
+        p.declared_by(GraphParams)
         params = GraphParams(
-            weight=p.float_("weight", 0.5, ge=0.0),
-            k=p.int_("k", DEFAULT_K, ge=1, le=1024),
-            temperature=p.float_("temperature", 0.1, gt=0.0),
-            bootstrap=p.bool_("bootstrap", True),
+            weight=p.float_("weight", ge=0.0),
+            k=p.int_("k", ge=1, le=1024),
+            temperature=p.float_("temperature", gt=0.0),
+            bootstrap=p.bool_("bootstrap"),
             graph=_graph_file(p, "graph", base),
-            target=cast(Any, p.choice("target", GRAPH_TARGETS, "embedding")),
+            target=cast(Any, p.choice("target", GRAPH_TARGETS)),
         )
     elif name == "pseudo_label_graph":
-        p.check_keys([f.name for f in fields(PseudoLabelGraphParams)])
+        p.declared_by(PseudoLabelGraphParams)
         params = PseudoLabelGraphParams(
-            pseudo_weight=p.float_("pseudo_weight", 1.0, ge=0.0),
-            threshold=p.float_("threshold", 0.9, ge=0.0, le=1.0),
-            class_balance=p.bool_("class_balance", True),
-            graph_weight=p.float_("graph_weight", 0.5, ge=0.0),
-            k=p.int_("k", DEFAULT_K, ge=1, le=1024),
-            temperature=p.float_("temperature", 0.1, gt=0.0),
-            bootstrap=p.bool_("bootstrap", True),
+            pseudo_weight=p.float_("pseudo_weight", ge=0.0),
+            threshold=p.float_("threshold", ge=0.0, le=1.0),
+            class_balance=p.bool_("class_balance"),
+            graph_weight=p.float_("graph_weight", ge=0.0),
+            k=p.int_("k", ge=1, le=1024),
+            temperature=p.float_("temperature", gt=0.0),
+            bootstrap=p.bool_("bootstrap"),
             graph=_graph_file(p, "graph", base),
-            target=cast(Any, p.choice("target", GRAPH_TARGETS, "embedding")),
+            target=cast(Any, p.choice("target", GRAPH_TARGETS)),
         )
     elif name == "curriculum":
-        p.check_keys(("pacing", "start_fraction", "full_at"))
+        p.declared_by(CurriculumParams)
         params = CurriculumParams(
-            pacing=cast(Any, p.choice("pacing", PACINGS, "linear")),
-            start_fraction=p.float_("start_fraction", 0.3, gt=0.0, le=1.0),
-            full_at=p.float_("full_at", 0.7, gt=0.0, le=1.0),
+            pacing=cast(Any, p.choice("pacing", PACINGS)),
+            start_fraction=p.float_("start_fraction", gt=0.0, le=1.0),
+            full_at=p.float_("full_at", gt=0.0, le=1.0),
         )
     elif name == "codistillation":
-        p.check_keys(("peer", "weight", "temperature"))
+        p.declared_by(CodistillationParams)
         peer = p.name("peer")
         if peer == namespace:
             raise SpecError(
@@ -469,8 +469,8 @@ def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Pat
             )
         params = CodistillationParams(
             peer=peer,
-            weight=p.float_("weight", 0.5, ge=0.0),
-            temperature=p.float_("temperature", 1.0, gt=0.0),
+            weight=p.float_("weight", ge=0.0),
+            temperature=p.float_("temperature", gt=0.0),
         )
     else:
         params = _parse_multimodal(p, dataset)
@@ -478,7 +478,7 @@ def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Pat
 
 
 def _parse_multimodal(p: _Section, dataset: DatasetSpec) -> MultimodalParams:
-    p.check_keys(("modality", "others", "weight"))
+    p.declared_by(MultimodalParams)
     known = sorted(dataset.modalities)
     declared = (
         f"dataset.modalities declares {', '.join(known)}"
@@ -504,7 +504,7 @@ def _parse_multimodal(p: _Section, dataset: DatasetSpec) -> MultimodalParams:
         if other in others[:i]:
             raise SpecError(where, f"{other!r} is listed twice")
     return MultimodalParams(
-        modality=modality, others=tuple(others), weight=p.float_("weight", 1.0, ge=0.0)
+        modality=modality, others=tuple(others), weight=p.float_("weight", ge=0.0)
     )
 
 
@@ -555,8 +555,16 @@ class _Section:
             raise SpecError(path or "spec", f"expected a mapping, got {_kind_of(data)}")
         self.data: Mapping[Any, Any] = data
         self.path = path
+        self.defaults: dict[str, Any] = {}
         if known is not None:
             self.check_keys(known)
+
+    def declared_by(self, cls: type) -> _Section:
+        """This mapping's keys are the fields of the dataclass ``cls``; an absent key takes
+        the field's default, so each default is written once, where the field is declared."""
+        self.check_keys([f.name for f in fields(cls)])
+        self.defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return self
 
     def field(self, key: object) -> str:
         return f"{self.path}.{key}" if self.path else str(key)
@@ -570,6 +578,8 @@ class _Section:
     def get(self, key: str, default: object = _MISSING) -> Any:
         if key in self.data:
             return self.data[key]
+        if default is _MISSING:
+            default = self.defaults.get(key, _MISSING)
         if default is _MISSING:
             raise SpecError(self.field(key), "required")
         return default
@@ -609,19 +619,19 @@ class _Section:
         except SchemaError as exc:
             raise SpecError(self.field(key), str(exc).removeprefix(f"{self.field(key)}: ")) from exc
 
-    def choice(self, key: str, choices: Collection[str], default: object = _MISSING) -> str:
-        value = self.data.get(key, default)
+    def choice(self, key: str, choices: Collection[str]) -> str:
+        value = self.data.get(key, self.defaults.get(key, _MISSING))
         if value not in choices:
             problem = "required" if value is _MISSING else f"unknown value {value!r}"
             raise SpecError(self.field(key), f"{problem}; expected one of {', '.join(choices)}")
         return cast(str, value)
 
-    def bool_(self, key: str, default: bool) -> bool:
-        value: bool = self._typed(key, default, lambda v: isinstance(v, bool), "true or false")
+    def bool_(self, key: str) -> bool:
+        value: bool = self._typed(key, _MISSING, lambda v: isinstance(v, bool), "true or false")
         return value
 
-    def int_(self, key: str, default: int, *, ge: int | None = None, le: int | None = None) -> int:
-        value: int = self._typed(key, default, _is_int, "an int")
+    def int_(self, key: str, *, ge: int | None = None, le: int | None = None) -> int:
+        value: int = self._typed(key, _MISSING, _is_int, "an int")
         self._range(key, value, ge=ge, le=le)
         return value
 
@@ -634,14 +644,13 @@ class _Section:
     def float_(
         self,
         key: str,
-        default: float,
         *,
         ge: float | None = None,
         gt: float | None = None,
         le: float | None = None,
         lt: float | None = None,
     ) -> float:
-        value = self._typed(key, default, _is_number, "a number")
+        value = self._typed(key, _MISSING, _is_number, "a number")
         self._range(key, value, ge=ge, gt=gt, le=le, lt=lt)
         return float(value)
 
