@@ -3,7 +3,6 @@ real stack, on topics of their own (a unique ``CARLS_TOPIC_PREFIX``)."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -11,13 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
 
 from bank.cassandra import CassandraBank
-from bank.errors import NamespaceError
 from carls.settings import Settings
-from streams.topics import ensure_topics, topic_specs
 from tests.acceptance.conftest import CarlsRun, json_of
+from tests.stack_support import prefixed_settings, remove
 
 pytestmark = pytest.mark.acceptance
 
@@ -44,28 +41,20 @@ class Env:
 
 @pytest.fixture
 def env(stack: Settings, tmp_path: Path) -> Iterator[Env]:
-    prefix = "a" + uuid.uuid4().hex[:10]
-    settings = Settings(topic_prefix=prefix)
-    specs = topic_specs(settings.topics, settings.partitions)
-    ensure_topics(settings.kafka, specs)
+    settings = prefixed_settings("a")
     e = Env(
         tmp_path,
         settings,
-        {"CARLS_TOPIC_PREFIX": prefix, "CARLS_CHECKPOINT_ROOT": str(tmp_path / "ckpt")},
+        {
+            "CARLS_TOPIC_PREFIX": settings.topic_prefix,
+            "CARLS_CHECKPOINT_ROOT": str(tmp_path / "ckpt"),
+        },
     )
     try:
         yield e
     finally:
         with CassandraBank(settings.cassandra) as bank:
-            for ns in e.namespaces:
-                with contextlib.suppress(NamespaceError):
-                    bank.drop_namespace(ns)
-        admin = KafkaAdminClient(**settings.kafka.kafka_python())
-        try:
-            with contextlib.suppress(Exception):  # best effort: the prefix is unique anyway
-                admin.delete_topics([s.name for s in specs])
-        finally:
-            admin.close()
+            remove(settings, bank, e.namespaces)
 
 
 def test_submit_then_trainer_once_runs_the_job_and_status_reports_it(

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from bank.cassandra import CassandraBank
 from bank.protocol import coverage
 from bank.types import Coverage, NamespaceSpec, default_kinds
-from carls.settings import Settings
-from schemas import CheckpointManifest, DeadLetter, decode
-from streams.groups import wait_stable
-from streams.producer import Publisher
-from streams.topics import ensure_topics, topic_specs
+from schemas import CheckpointManifest
+from tests.stack_support import StackEnv, committed_offsets
 from trainers.checkpoints import save_artifact
 
 FEATURES, EMBED, CLASSES, K = 16, 8, 3, 5
@@ -42,38 +32,14 @@ def tiny_model(seed: int, embed: int = EMBED, nan: bool = False) -> Any:
     return model
 
 
-def read_dead_letters(settings: Settings, count: int, timeout: float) -> list[DeadLetter]:
-    """The dead letters under ``settings``' prefix, from the start, until ``count`` arrived
-    or ``timeout`` passed."""
-    topic = settings.topics.deadletter
-    consumer = KafkaConsumer(**settings.kafka.kafka_python(), enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        letters: list[DeadLetter] = []
-        deadline = time.monotonic() + timeout
-        while len(letters) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                letters += [decode(r.value, DeadLetter) for r in records]
-        return letters
-    finally:
-        consumer.close()
-
-
-class MakerEnv:
-    """Unique topics, group and namespace; workers as subprocesses; cleaned up by close()."""
+class MakerEnv(StackEnv):
+    """A namespace of random examples on a prefix of its own, and the workers making its
+    knowledge; cleaned up by close()."""
 
     def __init__(self, tmp: Path, examples: int = 2000, buckets: int = 8) -> None:
-        self.tmp = tmp
-        self.prefix = "m" + uuid.uuid4().hex[:10]
-        self.settings = Settings(topic_prefix=self.prefix)
-        self.group = f"{self.prefix}-makers"
-        ensure_topics(
-            self.settings.kafka, topic_specs(self.settings.topics, self.settings.partitions)
-        )
-        self.bank = CassandraBank(self.settings.cassandra)
+        super().__init__(tmp, "m")
         self.ns = self.prefix
+        self.namespaces.append(self.ns)
         self.bank.create_namespace(
             NamespaceSpec(self.ns, default_kinds(EMBED, CLASSES, K), buckets=buckets)
         )
@@ -85,57 +51,9 @@ class MakerEnv:
             self.bank.register_examples(
                 self.ns, self.ids[s : s + 5000], self.features[s : s + 5000], labels[s : s + 5000]
             )
-        self.publisher = Publisher(self.settings.kafka, self.settings.topics)
-        self.workers: list[subprocess.Popen[bytes]] = []
 
     def save(self, step: int, **model_kw: Any) -> CheckpointManifest:
         return save_artifact(tiny_model(step, **model_kw), self.tmp / "ckpt", self.ns, step)
-
-    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
-        env = {**os.environ, "CARLS_TOPIC_PREFIX": self.prefix}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "carls",
-                "worker",
-                "--app-id",
-                self.group,
-                "--session-timeout",
-                "6",
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        self.workers.append(proc)
-        return proc
-
-    def worker_logs(self) -> str:
-        return "\n".join(
-            (self.tmp / f"worker-{i}.log").read_text(errors="replace")[-2000:]
-            for i in range(len(self.workers))
-        )
-
-    def wait_members(self, n: int, timeout: float = 90.0) -> None:
-        """Wait until ``n`` workers share the id batches (and the checkpoints are read)."""
-        try:
-            wait_stable(
-                self.settings.kafka,
-                {self.group: 1, f"{self.group}-ids": n},
-                timeout=timeout,
-                check=self.assert_workers_alive,
-            )
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{self.worker_logs()}") from exc
-
-    def assert_workers_alive(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
-                raise AssertionError(f"a worker exited ({proc.returncode}):\n{self.worker_logs()}")
 
     def coverage(self, kind: str = "embedding") -> Coverage:
         return coverage(self.bank, self.ns, kind)
@@ -156,12 +74,8 @@ class MakerEnv:
         """The workers' committed offsets on ``topic`` (checkpoints are read in the app's
         group, id batches in ``<group>-ids``)."""
         group = self.group if topic == self.settings.topics.checkpoints else f"{self.group}-ids"
-        admin = KafkaAdminClient(**self.settings.kafka.kafka_python())
-        try:
-            offsets = admin.list_group_offsets(group).get(group, {})
-        finally:
-            admin.close()
-        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+        offsets = committed_offsets(self.settings, group)
+        return {part: offset for (t, part), offset in offsets.items() if t == topic}
 
     def wait_committed(
         self, topic: str, partition: int, offset: int, timeout: float = 60.0
@@ -183,21 +97,3 @@ class MakerEnv:
         finally:
             producer.close()
         return meta.partition, meta.offset
-
-    def dead_letters(self, count: int, timeout: float = 60.0) -> list[DeadLetter]:
-        return read_dead_letters(self.settings, count, timeout)
-
-    def close(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.workers:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.publisher.close()
-        try:
-            self.bank.drop_namespace(self.ns)
-        finally:
-            self.bank.close()

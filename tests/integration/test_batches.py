@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
 from carls.settings import Settings
 from streams.batches import BatchConsumer
 from streams.topics import TopicSpec, ensure_topics
+from tests.stack_support import committed_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +28,7 @@ def _produce(stack: Settings, topic: str, values: list[bytes]) -> None:
 
 
 def _committed(stack: Settings, group: str) -> dict[str, int]:
-    admin = KafkaAdminClient(**stack.kafka.kafka_python())
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.topic: meta.offset for tp, meta in offsets.items()}
+    return {topic: offset for (topic, _), offset in committed_offsets(stack, group).items()}
 
 
 async def _until(cond: Callable[[], bool], what: str, within: float = 30.0) -> None:

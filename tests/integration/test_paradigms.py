@@ -8,10 +8,7 @@ are small (digits, a 64-unit MLP, under a thousand steps)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,19 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
-from bank.cassandra import CassandraBank
-from bank.errors import NamespaceError
 from bank.jobs import MemoryJobStore
 from bank.protocol import coverage
 from bank.types import Coverage
 from carls.settings import Settings
 from schemas import TrainingJob
-from streams.groups import wait_stable
-from streams.producer import Publisher
-from streams.topics import ensure_topics, topic_specs
-from tests.integration.makers_support import read_dead_letters
+from tests.stack_support import StackEnv, read_dead_letters
 from trainers.runner import Context, JobRun, new_job_id
 from trainers.service import serve
 from trainers.spec import JobSpec, load_spec
@@ -44,23 +36,12 @@ Say = Callable[[str], None]
 MODEL = {"hidden": [64], "embedding_dim": 32, "dropout": 0.1}
 
 
-class Env:
+class Env(StackEnv):
     """A topic prefix with its topics, one ``carls worker`` on it, the bank, a publisher,
-    and the namespaces the test made (all dropped by ``close``)."""
+    and the namespaces the test made (all removed by ``close``)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.prefix = "p" + uuid.uuid4().hex[:10]
-        self.settings = Settings(topic_prefix=self.prefix)
-        self.group = f"{self.prefix}-makers"
-        ensure_topics(
-            self.settings.kafka, topic_specs(self.settings.topics, self.settings.partitions)
-        )
-        self.bank = CassandraBank(self.settings.cassandra)
-        self.publisher = Publisher(self.settings.kafka, self.settings.topics)
-        self.namespaces: list[str] = []
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.log = tmp / "worker.log"
+        super().__init__(tmp, "p")
 
     def namespace(self, suffix: str = "") -> str:
         name = "t" + uuid.uuid4().hex[:12] + suffix
@@ -70,45 +51,10 @@ class Env:
     def context(self) -> Context:
         return Context(bank=self.bank, publisher=self.publisher, store=self.tmp / "ckpt")
 
-    # The worker ---------------------------------------------------------------------------
-    def start_worker(self) -> None:
-        """One worker in its own group; its Faust data folder lands in the test's tmp."""
-        self.worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "carls",
-                "worker",
-                "--app-id",
-                self.group,
-                "--session-timeout",
-                "6",
-            ],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "CARLS_TOPIC_PREFIX": self.prefix},
-            cwd=self.tmp,
-            start_new_session=True,
-        )
-        self._wait_joined()
-
-    def _wait_joined(self, timeout: float = 120.0) -> None:
-        try:
-            wait_stable(
-                self.settings.kafka,
-                {self.group: 1, f"{self.group}-ids": 1},
-                timeout=timeout,
-                check=self.assert_worker_alive,
-            )
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{self.logs()}") from exc
-
-    def assert_worker_alive(self) -> None:
-        if self.worker is not None and self.worker.poll() is not None:
-            raise AssertionError(f"the worker exited ({self.worker.returncode}):\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        proc = super().start_worker(*extra)
+        self.wait_members(1, timeout=120.0)
+        return proc
 
     # Jobs ---------------------------------------------------------------------------------
     def run_jobs(
@@ -118,10 +64,9 @@ class Env:
         knowledge while it trains); return their final states in order.
 
         A tiny job is over in seconds, about as long as the worker's first campaign
-        takes. So that the jobs meet the
-        makers as long ones do, each job is held once, at its first eval, until every
-        ``(namespace, kind)`` of ``gate`` has knowledge in the bank; training never waits
-        on the bank otherwise."""
+        takes. So that the jobs meet the makers as long ones do, each job is held once, at
+        its first eval, until every ``(namespace, kind)`` of ``gate`` has knowledge in the
+        bank; training never waits on the bank otherwise."""
         states: list[dict[str, Any] | None] = [None] * len(specs)
         errors: list[BaseException] = []
 
@@ -141,7 +86,7 @@ class Env:
         assert not any(t.is_alive() for t in threads), "a job did not finish in 600 s"
         if errors:
             raise errors[0]
-        self.assert_worker_alive()
+        self.assert_workers_alive()
         return [s for s in states if s is not None]
 
     def _held_once(self, gate: list[tuple[str, str]], timeout: float = 180.0) -> Say:
@@ -153,9 +98,9 @@ class Env:
             held.set()
             deadline = time.monotonic() + timeout
             while not all(self.coverage(ns, kind).at_newest > 0 for ns, kind in gate):
-                self.assert_worker_alive()
+                self.assert_workers_alive()
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"no {gate} in {timeout} s\n{self.logs()}")
+                    raise AssertionError(f"no {gate} in {timeout} s\n{self.worker_logs()}")
                 time.sleep(0.5)
             time.sleep(2.0)  # the job's knowledge reader sweeps it into its cache
 
@@ -173,31 +118,6 @@ class Env:
             if cov.newest_step == step or time.monotonic() > deadline:
                 return cov
             time.sleep(0.5)
-
-    # Cleanup ------------------------------------------------------------------------------
-    def close(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.terminate()
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait(timeout=30)
-        self.publisher.close()
-        try:
-            for ns in self.namespaces:
-                with contextlib.suppress(NamespaceError):
-                    self.bank.drop_namespace(ns)
-        finally:
-            self.bank.close()
-        admin = KafkaAdminClient(**self.settings.kafka.kafka_python())
-        try:
-            with contextlib.suppress(Exception):  # best effort: the prefix is unique anyway
-                admin.delete_topics(
-                    [s.name for s in topic_specs(self.settings.topics, self.settings.partitions)]
-                )
-        finally:
-            admin.close()
 
 
 @pytest.fixture
@@ -266,7 +186,7 @@ def test_codistillation_peers_read_each_others_stale_predictions(env: Env) -> No
     ]
     states = env.run_jobs(specs, gate=[(a, "prediction"), (b, "prediction")])
     for spec, state in zip(specs, states, strict=True):
-        why = describe(state) + "\n" + env.logs()
+        why = describe(state) + "\n" + env.worker_logs()
         assert state["state"] == "succeeded", why
         # Distilling a peer costs no accuracy: the same model trained on the 100 labels
         # alone reaches about 0.9 here; peers distilling an untrained checkpoint's
@@ -295,7 +215,7 @@ def test_curriculum_samples_by_the_makers_difficulty(env: Env) -> None:
         train={"steps": 600},
     )
     (state,) = env.run_jobs([spec], gate=[(ns, "difficulty")])
-    why = describe(state) + "\n" + env.logs()
+    why = describe(state) + "\n" + env.worker_logs()
     assert state["state"] == "succeeded", why
     assert state["test_accuracy"] > 0.5, why
     cov = env.settled(ns, "difficulty", spec.train.steps)
@@ -325,7 +245,7 @@ def test_multimodal_trainers_align_with_each_others_embeddings(env: Env) -> None
     for spec, state, mine, other, other_ns in zip(
         specs, states, ("top", "bottom"), ("bottom", "top"), (bottom, top), strict=True
     ):
-        why = describe(state) + "\n" + env.logs()
+        why = describe(state) + "\n" + env.worker_logs()
         assert state["state"] == "succeeded", why
         # The maker writes each namespace's examples under its own modality's kind.
         cov = env.settled(spec.namespace, f"embedding/{mine}", spec.train.steps)

@@ -1,0 +1,155 @@
+"""What tests on the real stack share: topics of their own under a unique prefix, ``carls
+worker`` subprocesses, committed offsets, dead letters, and the clean-up afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from bank.cassandra import CassandraBank
+from bank.errors import NamespaceError
+from carls.settings import Settings
+from schemas import DeadLetter, decode
+from streams.groups import wait_stable
+from streams.producer import Publisher
+from streams.topics import ensure_topics, topic_specs
+
+
+def prefixed_settings(letter: str) -> Settings:
+    """Settings on a fresh topic prefix (``<letter><hex>``), its topics created."""
+    settings = Settings(topic_prefix=letter + uuid.uuid4().hex[:10])
+    ensure_topics(settings.kafka, topic_specs(settings.topics, settings.partitions))
+    return settings
+
+
+def remove(settings: Settings, bank: CassandraBank, namespaces: list[str]) -> None:
+    """Drop ``namespaces`` and delete the prefix's topics (best effort: it is unique)."""
+    for ns in namespaces:
+        with contextlib.suppress(NamespaceError):
+            bank.drop_namespace(ns)
+    admin = KafkaAdminClient(**settings.kafka.kafka_python())
+    try:
+        with contextlib.suppress(Exception):
+            admin.delete_topics([s.name for s in topic_specs(settings.topics, settings.partitions)])
+    finally:
+        admin.close()
+
+
+def committed_offsets(settings: Settings, group: str) -> dict[tuple[str, int], int]:
+    """``group``'s committed offsets, by (topic, partition)."""
+    admin = KafkaAdminClient(**settings.kafka.kafka_python())
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+
+
+def read_dead_letters(settings: Settings, count: int, timeout: float) -> list[DeadLetter]:
+    """The dead letters under ``settings``' prefix, from the start, until ``count`` arrived
+    or ``timeout`` passed."""
+    topic = settings.topics.deadletter
+    consumer = KafkaConsumer(**settings.kafka.kafka_python(), enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        letters: list[DeadLetter] = []
+        deadline = time.monotonic() + timeout
+        while len(letters) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                letters += [decode(r.value, DeadLetter) for r in records]
+        return letters
+    finally:
+        consumer.close()
+
+
+class StackEnv:
+    """A topic prefix with its topics, the bank, a publisher, ``carls worker`` processes in
+    one group (``<prefix>-makers``), and the namespaces the test made; ``close`` stops the
+    workers and removes the namespaces and topics."""
+
+    def __init__(self, tmp: Path, letter: str) -> None:
+        self.tmp = tmp
+        self.settings = prefixed_settings(letter)
+        self.prefix = self.settings.topic_prefix
+        self.group = f"{self.prefix}-makers"
+        self.bank = CassandraBank(self.settings.cassandra)
+        self.publisher = Publisher(self.settings.kafka, self.settings.topics)
+        self.namespaces: list[str] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        """A worker subprocess; its log and Faust data folder land in the test's tmp."""
+        log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "carls",
+                "worker",
+                "--app-id",
+                self.group,
+                "--session-timeout",
+                "6",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CARLS_TOPIC_PREFIX": self.prefix},
+            cwd=self.tmp,
+            start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def wait_members(self, n: int, timeout: float = 90.0) -> None:
+        """Wait until ``n`` workers share the id batches (and the checkpoints are read)."""
+        try:
+            wait_stable(
+                self.settings.kafka,
+                {self.group: 1, f"{self.group}-ids": n},
+                timeout=timeout,
+                check=self.assert_workers_alive,
+            )
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.worker_logs()}") from exc
+
+    def assert_workers_alive(self) -> None:
+        """Fail if a worker exited, unless the test killed it with SIGKILL."""
+        for proc in self.workers:
+            if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
+                raise AssertionError(f"a worker exited ({proc.returncode}):\n{self.worker_logs()}")
+
+    def worker_logs(self) -> str:
+        return "\n".join(
+            (self.tmp / f"worker-{i}.log").read_text(errors="replace")[-3000:]
+            for i in range(len(self.workers))
+        )
+
+    def dead_letters(self, count: int, timeout: float = 60.0) -> list[DeadLetter]:
+        return read_dead_letters(self.settings, count, timeout)
+
+    def close(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        self.publisher.close()
+        try:
+            remove(self.settings, self.bank, self.namespaces)
+        finally:
+            self.bank.close()
