@@ -85,11 +85,10 @@ class Maker:
                 kinds.append(kind)
         return kinds
 
-    def probe(self, manifest: CheckpointManifest, sample: int = 32) -> None:
-        """Try a new checkpoint on a few registered examples without writing anything: a
-        model that cannot serve the namespace (wrong dimensions, NaN outputs) raises here,
-        once, instead of failing every batch of a campaign."""
-        spec = self.bank.namespace(manifest.namespace)
+    def probe(self, spec: NamespaceSpec, manifest: CheckpointManifest, sample: int = 32) -> None:
+        """Try a new checkpoint on a few registered examples of namespace ``spec`` without
+        writing anything: a model that cannot serve the namespace (wrong dimensions, NaN
+        outputs) raises here, once, instead of failing every batch of a campaign."""
         model = self.cache.get(manifest)
         ids: list[str] = []
         for bucket in range(spec.buckets):
@@ -114,9 +113,14 @@ class Maker:
             )
 
     def process(
-        self, manifest: CheckpointManifest, ids: Sequence[str], wanted: Sequence[str] = ()
+        self,
+        spec: NamespaceSpec,
+        manifest: CheckpointManifest,
+        ids: Sequence[str],
+        wanted: Sequence[str] = (),
     ) -> Outcome:
-        spec = self.bank.namespace(manifest.namespace)
+        """Make ``wanted`` kinds (default: all the namespace ``spec`` has that this maker
+        makes) of ``ids`` with ``manifest``'s model and write them."""
         model = self.cache.get(manifest)
         kinds = self.kinds_for(spec, wanted)
         out = Outcome(manifest.namespace, manifest.step)

@@ -38,6 +38,7 @@ from bank.cassandra import CassandraBank
 from bank.errors import DimensionError, NamespaceError
 from bank.protocol import KnowledgeBank
 from bank.session import CassandraConfig
+from bank.types import NamespaceSpec
 from makers.checkpoints import ModelCache, warm_up
 from makers.errors import BadModelOutputError, CheckpointError
 from makers.pipeline import MAKERS, Maker, Outcome
@@ -267,7 +268,7 @@ class Makers:
         if done is not None and done[0] == spec.created_at and done[1] >= manifest.step:
             return
         try:
-            await self._run(self.maker.probe, manifest)
+            await self._run(self.maker.probe, spec, manifest)
         except CarlsError as exc:  # not loadable, wrong dimensions, NaN outputs
             self.failed_checkpoints.add(manifest.sha256)
             reason = f"checkpoint {ns} step {manifest.step} cannot serve ({exc}); the "
@@ -293,10 +294,10 @@ class Makers:
         log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
         await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
 
-    async def _model_manifest(self, ns: str, step: int) -> CheckpointManifest | None:
-        """The manifest to serve ``ns`` with: the newest known (waiting briefly for one at
-        least ``step``), or the last one that loaded if the newest is broken."""
-        spec = await self._run(self.bank.namespace, ns)
+    async def _model_manifest(self, spec: NamespaceSpec, step: int) -> CheckpointManifest | None:
+        """The manifest to serve namespace ``spec`` with: the newest known (waiting briefly
+        for one at least ``step``), or the last one that loaded if the newest is broken."""
+        ns = spec.name
         self.view.forget_before(ns, spec.created_at)
         manifest = await self._run(self.view.wait_for, ns, step, 30.0)
         if manifest is not None and manifest.created_at < spec.created_at:
@@ -332,11 +333,12 @@ class Makers:
         for (ns, kinds), members in groups.items():
             step = max(b.step or 0 for _, b in members)
             try:
-                manifest = await self._model_manifest(ns, step)
+                spec = await self._run(self.bank.namespace, ns)
             except NamespaceError as exc:
                 for record, _ in members:
                     await self._dead_letter(record, f"unknown namespace: {exc}", exc)
                 continue
+            manifest = await self._model_manifest(spec, step)
             if manifest is None:
                 for record, _ in members:
                     await self._dead_letter(
@@ -345,7 +347,7 @@ class Makers:
                 continue
             ids = [i for _, b in members for i in b.ids]
             try:
-                outcome: Outcome = await self._run(self.maker.process, manifest, ids, kinds)
+                outcome: Outcome = await self._run(self.maker.process, spec, manifest, ids, kinds)
             except (CheckpointError, BadModelOutputError, DimensionError) as exc:
                 # The model cannot serve: later batches fall back to the last good one.
                 self.failed_checkpoints.add(manifest.sha256)
