@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from bank.similarity import MAX_SCORE_ELEMENTS, top_k
 from bank.types import F32, NO_LABEL, KnowledgeBatch
 from makers.errors import BadModelOutputError, InvalidInputError
 
@@ -21,9 +22,6 @@ I32 = npt.NDArray[np.int32]
 
 LOG_FLOOR = 1e-7
 """``difficulty`` takes ``-log(max(p, LOG_FLOOR))``, so a zero probability costs about 16.1."""
-
-MAX_SCORE_ELEMENTS = 1 << 25
-"""``top_k_neighbours`` scores at most this many query x pool pairs at a time (128 MiB)."""
 
 METRICS = ("cosine", "dot")
 
@@ -149,53 +147,17 @@ def top_k_neighbours(
     if len(position) != len(p_ids):
         raise InvalidInputError("pool_ids: an id appears twice")
     self_index = np.array([position.get(qid, -1) for qid in q_ids], dtype=np.int64)
-    width = min(int(k), len(p_ids) - (1 if (self_index >= 0).any() else 0))
-    n = len(q_ids)
-    scores_out = np.zeros((n, max(width, 0)), dtype=np.float32)
-    if width <= 0 or n == 0:
-        return [[] for _ in range(n)], scores_out
-    if metric == "cosine":
-        q, pool = _unit_rows(q), _unit_rows(pool)
-    pool_t = np.ascontiguousarray(pool.T)
-    chunk = max(1, min(1024, MAX_SCORE_ELEMENTS // len(p_ids)))
-    index_out = np.zeros((n, width), dtype=np.int64)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        with np.errstate(over="ignore", invalid="ignore"):
-            scores = q[start:stop] @ pool_t
-        check_finite("neighbour scores (overflow)", scores)
-        idx, top = _top_k_rows(scores, self_index[start:stop], width)
-        index_out[start:stop], scores_out[start:stop] = idx, top
-    return [[p_ids[j] for j in row] for row in index_out.tolist()], scores_out
-
-
-def _unit_rows(x: F32) -> F32:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
-
-
-def _top_k_rows(
-    scores: F32, self_index: npt.NDArray[np.int64], width: int
-) -> tuple[npt.NDArray[np.int64], F32]:
-    """Per row the ``width`` best columns (ties to the lower column), best first."""
-    rows = np.arange(scores.shape[0])
-    eligible = np.ones(scores.shape, dtype=bool)
-    has_self = self_index >= 0
-    eligible[rows[has_self], self_index[has_self]] = False
-    masked = np.where(eligible, scores, -np.inf)
-    # The width-th best score per row; everything above it is in, ties at it by column.
-    threshold = -np.partition(-masked, width - 1, axis=1)[:, width - 1 : width]
-    above = eligible & (masked > threshold)
-    at = eligible & (masked == threshold)
-    need = width - above.sum(axis=1, keepdims=True)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= need))
-    columns = np.nonzero(chosen)[1].reshape(scores.shape[0], width)  # ascending per row
-    picked = np.take_along_axis(masked, columns, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    return (
-        np.take_along_axis(columns, order, axis=1),
-        np.take_along_axis(picked, order, axis=1).astype(np.float32),
+    width = max(0, min(int(k), len(p_ids) - (1 if (self_index >= 0).any() else 0)))
+    index_out, scores_out = top_k(
+        q,
+        pool,
+        width,
+        cosine=metric == "cosine",
+        self_index=self_index,
+        max_elements=MAX_SCORE_ELEMENTS,
+        check=lambda scores: check_finite("neighbour scores (overflow)", scores),
     )
+    return [[p_ids[j] for j in row] for row in index_out.tolist()], scores_out
 
 
 # ---------------------------------------------------------------------------------------

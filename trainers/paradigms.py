@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bank.similarity import top_k
 from trainers.errors import SpecError
 from trainers.reader import KnowledgeReader
 from trainers.spec import (
@@ -124,16 +125,9 @@ def sources(spec: JobSpec, terms: Terms, classes: int) -> list[tuple[str, str, i
 
 def feature_graph(x: F32, k: int) -> tuple[I64, F32]:
     """Exact cosine kNN of the input features (self excluded): the bootstrap graph."""
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    k = min(k, len(x) - 1)
-    idx = np.argpartition(-sims, k, axis=1)[:, :k]
-    scores = np.take_along_axis(sims, idx, 1)
-    order = np.argsort(-scores, axis=1)
-    return (
-        np.take_along_axis(idx, order, 1).astype(np.int64),
-        np.take_along_axis(scores, order, 1).astype(np.float32),
+    n = len(x)
+    return top_k(
+        np.asarray(x, np.float32), np.asarray(x, np.float32), min(k, n - 1), self_index=np.arange(n)
     )
 
 
