@@ -31,11 +31,8 @@ class _SyncReader(KnowledgeReader):
     def get(
         self, namespace: str, kind: str, indices: Any, current_step: int, max_staleness: int | None
     ) -> Any:
-        self.refresh(np.asarray(indices))
+        self.refresh(np.asarray(indices), only=(namespace, kind))
         return super().get(namespace, kind, indices, current_step, max_staleness)
-
-    def values(self, namespace: str, kind: str) -> Any:
-        return super().values(namespace, kind)
 
 
 def run(

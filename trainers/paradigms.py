@@ -243,19 +243,15 @@ class KnowledgeBatcher:
             have = have | (fill[:, None] & (nbrs >= 0))
         safe = np.maximum(nbrs, 0)
         if g.target == "probabilities":
-            table = self.reader.values(ns, "pseudo_label")
-            steps = self.reader.table_steps(ns, "pseudo_label")
-            probs = table[safe]
-            known = steps[safe] >= 0
+            probs, steps = self.reader.rows(ns, "pseudo_label", safe)
+            known = steps >= 0
             lab = self.labeled[safe]
             probs = np.where(lab[..., None], self.onehot[self.labels[safe]], probs)
             have = have & (known | lab)
         else:
-            table = self.reader.values(ns, "embedding")
-            steps = self.reader.table_steps(ns, "embedding")
-            vecs = table[safe]
+            vecs, steps = self.reader.rows(ns, "embedding", safe)
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-8)
-            have = have & (steps[safe] >= 0)
+            have = have & (steps >= 0)
         logits = np.where(have, scores / g.temperature, -np.inf)
         top = np.max(np.where(have, logits, -1e30), axis=1, keepdims=True)
         w = np.where(have, np.exp(logits - top), 0.0)
@@ -276,9 +272,10 @@ class KnowledgeBatcher:
 def curriculum_pool(
     difficulty: F32, usable: npt.NDArray[np.bool_], candidates: I64, fraction: float
 ) -> I64:
-    """The easiest ``fraction`` of ``candidates`` by difficulty (unknown = median)."""
-    d = difficulty.reshape(-1)[candidates]
-    known = usable[candidates]
+    """The easiest ``fraction`` of ``candidates`` by difficulty (unknown = median);
+    ``difficulty`` and ``usable`` are the candidates' own rows."""
+    d = difficulty.reshape(-1)
+    known = usable
     fill = float(np.median(d[known])) if known.any() else 0.0
     d = np.where(known, d, fill)
     keep = max(1, round(fraction * len(candidates)))

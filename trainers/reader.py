@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bank.protocol import KnowledgeBank
+from bank.types import stale_mask
 from schemas.errors import CarlsError
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,6 @@ class KnowledgeReader:
         self._thread = threading.Thread(target=self._run, name="knowledge-reader", daemon=True)
         self.staleness = Staleness()
         self.reads_from_bank = 0
-        self.errors = 0
-        self.sweeps = 0
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> KnowledgeReader:
@@ -176,23 +174,19 @@ class KnowledgeReader:
             conf = t.confidence[idx] if t.confidence is not None else None
             nbrs = t.neighbours[idx] if t.neighbours is not None else None
         missing = steps < 0
-        stale_by = current_step - steps
-        too_stale = (
-            ~missing & (stale_by > max_staleness)
-            if max_staleness is not None
-            else np.zeros_like(missing)
-        )
-        self.staleness.record(stale_by, missing, too_stale)
+        too_stale = stale_mask(steps, missing, current_step, max_staleness)
+        self.staleness.record(current_step - steps, missing, too_stale)
         return Slice(values, steps, ~missing & ~too_stale, classes, conf, nbrs)
 
-    def table_steps(self, namespace: str, kind: str) -> I64:
+    def rows(
+        self, namespace: str, kind: str, indices: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float32], I64]:
+        """The cached values and steps (-1: none yet) of any rows, e.g. an example's
+        neighbours; unlike ``get``, no staleness policy and no record of it."""
+        idx = np.asarray(indices, np.int64)
+        t = self._tables[(namespace, kind)]
         with self._lock:
-            return self._tables[(namespace, kind)].steps.copy()
-
-    def values(self, namespace: str, kind: str) -> npt.NDArray[np.float32]:
-        """The whole cached table of a kind (for neighbour embeddings)."""
-        with self._lock:
-            return self._tables[(namespace, kind)].values
+            return t.values[idx], t.steps[idx]
 
     def coverage(self) -> dict[str, float]:
         with self._lock:
@@ -202,13 +196,15 @@ class KnowledgeReader:
             }
 
     # The background side -----------------------------------------------------------------
-    def refresh(self, indices: npt.ArrayLike) -> None:
-        """Read ``indices`` of every followed kind from the bank into the cache (blocking)."""
+    def refresh(self, indices: npt.ArrayLike, only: tuple[str, str] | None = None) -> None:
+        """Read ``indices`` of every followed kind (or of ``only``: namespace, kind) from
+        the bank into the cache (blocking)."""
         idx = np.unique(np.asarray(indices, np.int64))
+        tables = self._tables if only is None else {only: self._tables[only]}
         for s in range(0, idx.size, self.chunk):
             part = idx[s : s + self.chunk]
             ids = [self.ids[i] for i in part]
-            for (ns, kind), t in self._tables.items():
+            for (ns, kind), t in tables.items():
                 got = self.bank.read(ns, kind, ids)
                 self.reads_from_bank += 1
                 have = ~got.missing
@@ -248,11 +244,9 @@ class KnowledgeReader:
                     cursor += self.chunk
                     if cursor >= len(order):
                         cursor = 0
-                        self.sweeps += 1
                 delay = 0.2
                 self._stop.wait(self.sweep_pause_s)
             except CarlsError as exc:  # bank away: keep the cache, retry with backoff
-                self.errors += 1
                 log.warning("knowledge reader: %s; retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -265,12 +259,3 @@ class KnowledgeReader:
             missing = indices[first.steps[indices] < 0]
         if missing.size:
             self.demand([self.ids[i] for i in np.unique(missing)])
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, pause_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(pause_s)
-    return predicate()

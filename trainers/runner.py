@@ -255,16 +255,15 @@ class JobRun:
         rng = np.random.default_rng(tr.seed)
         lab_bs = min(tr.labeled_batch_size, len(labeled))
         term_sums: dict[str, float] = {}
+        summed = 0  # steps in term_sums
         staleness_before = 0.0, 0
         t0 = time.monotonic()
         for step in range(1, tr.steps + 1):
             gstep = base + step  # the namespace's step: checkpoints and staleness use it
             if terms.curriculum is not None and reader is not None:
-                diff = reader.get(
-                    spec.namespace, "difficulty", np.arange(len(y)), gstep, tr.max_staleness
-                )
+                diff = reader.get(spec.namespace, "difficulty", labeled, gstep, tr.max_staleness)
                 frac = pacing(terms.curriculum, step / tr.steps)
-                batcher.note("difficulty_usable", float(diff.usable[labeled].mean()))
+                batcher.note("difficulty_usable", float(diff.usable.mean()))
                 pool = curriculum_pool(diff.values, diff.usable, labeled, frac)
                 lab_idx = rng.choice(pool, min(lab_bs, len(pool)), replace=len(pool) < lab_bs)
             else:
@@ -286,23 +285,21 @@ class JobRun:
             )
             for k, v in parts.items():
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
+            summed += 1
             if ckpt is not None and step >= tr.warmup_steps and ckpt.due(gstep):
                 ckpt.publish(artifact, gstep)
-                if reader is not None:
-                    batcher.refresh_class_weights(gstep)
             if step % 50 == 0 and reader is not None:
                 batcher.refresh_class_weights(gstep)
             if step % tr.eval_every == 0 or step == tr.steps:
                 staleness_before = self._record(
-                    step, accuracy(), reader, batcher, term_sums, staleness_before, t0
+                    step, accuracy(), reader, batcher, term_sums, summed, staleness_before, t0
                 )
-                term_sums = {}
+                term_sums, summed = {}, 0
         if ckpt is not None and ckpt.last_step != base + tr.steps:
             ckpt.publish(artifact, base + tr.steps)
         if reader is not None:
             reader.stop()
-        self.save_state(
-            test_accuracy=accuracy(),
+        self.save_state(  # test_accuracy: the last step's eval, recorded above
             step=tr.steps,
             checkpoints=len(ckpt.published) if ckpt is not None else 0,
             staleness=reader.staleness.as_dict() if reader is not None else None,
@@ -317,6 +314,7 @@ class JobRun:
         reader: KnowledgeReader | None,
         batcher: KnowledgeBatcher,
         term_sums: dict[str, float],
+        summed: int,
         before: tuple[float, int],
         t0: float,
     ) -> tuple[float, int]:
@@ -325,17 +323,13 @@ class JobRun:
         now = (st.sum, st.total - st.missing) if st is not None else (0.0, 0)
         if st is not None and now[1] > before[1]:
             mean = (now[0] - before[0]) / (now[1] - before[1])
-        count = max(1, self.spec.train.eval_every)
+        coverage = reader.coverage() if reader is not None else {}
         entry = {
             "step": step,
             "test_accuracy": acc,
             "staleness_mean": mean,
-            "knowledge_coverage": (
-                min(reader.coverage().values())
-                if reader is not None and reader.coverage()
-                else None
-            ),
-            "loss": {k: v / count for k, v in term_sums.items()},
+            "knowledge_coverage": min(coverage.values()) if coverage else None,
+            "loss": {k: v / max(1, summed) for k, v in term_sums.items()},
             "knowledge_use": dict(batcher.stats),
             "seconds": time.monotonic() - t0,
         }
