@@ -23,6 +23,7 @@ from trainers.spec import load_spec
 
 Say = Callable[[str], None]
 N, D, C, K, E = 1257, 64, 10, 10, 128
+ROUNDS = 3
 
 
 class _SyncReader(KnowledgeReader):
@@ -97,11 +98,11 @@ def run(
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
 
-        def timed(reader: KnowledgeReader) -> list[float]:
+        def timed(reader: KnowledgeReader, n: int) -> list[float]:
             batcher = KnowledgeBatcher(spec, terms, reader, y, labeled, C, None)
             lab = np.flatnonzero(labeled)
             out = []
-            for s in range(steps + 20):
+            for s in range(n + 20):
                 u = rng.choice(N, batch, replace=False)
                 t = time.perf_counter()
                 data = batcher.knowledge(u, 1)
@@ -115,17 +116,25 @@ def run(
                     out.append((time.perf_counter() - t) * 1000)
             return out
 
-        say("in-memory arrays")
+        # The three take turns, ROUNDS times, so a slow spell of this machine (a
+        # compaction, another process) falls on all of them rather than on one.
         memory = KnowledgeReader(bank, ids, src)
         memory.refresh(np.arange(N))
-        t_mem = timed(memory)
-        say("knowledge reader (background refresh running)")
-        with KnowledgeReader(bank, ids, src) as live:
-            live.refresh(np.arange(N))
-            t_reader = timed(live)
-            refreshed = live.reads_from_bank
-        say("synchronous bank reads in every step")
-        t_sync = timed(_SyncReader(bank, ids, src))
+        t_mem: list[float] = []
+        t_reader: list[float] = []
+        t_sync: list[float] = []
+        refreshed = 0
+        per_round = max(1, steps // ROUNDS)
+        for r in range(1, ROUNDS + 1):
+            say(f"round {r}/{ROUNDS}: in-memory arrays")
+            t_mem += timed(memory, per_round)
+            say(f"round {r}/{ROUNDS}: knowledge reader (background refresh running)")
+            with KnowledgeReader(bank, ids, src) as live:
+                live.refresh(np.arange(N))
+                t_reader += timed(live, per_round)
+                refreshed += live.reads_from_bank
+            say(f"round {r}/{ROUNDS}: synchronous bank reads in every step")
+            t_sync += timed(_SyncReader(bank, ids, src), per_round)
     finally:
         bank.drop_namespace(ns)
     med = {
@@ -134,6 +143,7 @@ def run(
     }
     return {
         "steps": steps,
+        "rounds": ROUNDS,
         "batch": batch,
         "median_step_ms": med,
         "p90_step_ms": {
