@@ -60,8 +60,7 @@ class Dataset:
     def standardize(self, raw: npt.ArrayLike) -> F32:
         """Raw features -> the model's input space (standardized, clipped to +-CLIP)."""
         assert self.mean is not None and self.scale is not None
-        z = (np.asarray(raw, np.float64) - self.mean) / self.scale
-        return np.clip(z, -CLIP, CLIP).astype(np.float32)
+        return _standardize(raw, self.mean, self.scale)
 
     """The source's label of each class index (classes are the sorted distinct labels)."""
 
@@ -120,14 +119,15 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
     else:
         labeled = _choose_labeled(y_train, classes, spec.labeled, np.random.default_rng(seed))
     name = spec.display_name
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    mean = scaler.mean_.astype(np.float64)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float64)
     return Dataset(
         ids_train=[f"{name}-{row:06d}" for row in rows_train],
-        x_train=np.clip(scaler.transform(raw.x[rows_train]), -CLIP, CLIP).astype(np.float32),
+        x_train=_standardize(raw.x[rows_train], mean, scale),
         y_train=y_train,
         labeled=labeled,
         ids_test=[f"{name}-{row:06d}" for row in rows_test],
-        x_test=np.clip(scaler.transform(raw.x[rows_test]), -CLIP, CLIP).astype(np.float32),
+        x_test=_standardize(raw.x[rows_test], mean, scale),
         y_test=y[rows_test],
         classes=classes,
         feature_dim=dim,
@@ -135,9 +135,15 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
         modalities=dict(spec.modalities),
         class_names=[str(v) for v in values],
         x_train_raw=raw.x[rows_train].astype(np.float64),
-        mean=scaler.mean_.astype(np.float64),
-        scale=scale.astype(np.float64),
+        mean=mean,
+        scale=scale,
     )
+
+
+def _standardize(raw: npt.ArrayLike, mean: F64, scale: F64) -> F32:
+    """Raw features -> standardized, clipped to +-CLIP, float32."""
+    z = (np.asarray(raw, np.float64) - mean) / scale
+    return np.clip(z, -CLIP, CLIP).astype(np.float32)
 
 
 def _choose_labeled(y: I32, classes: int, count: int, rng: np.random.Generator) -> Bool:
