@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from bank.errors import DimensionError, ValueRejectedError
-from bank.protocol import KnowledgeBank, coverage
-from bank.types import F32, NO_LABEL, NamespaceSpec
+from carls.bank.errors import DimensionError, ValueRejectedError
+from carls.bank.protocol import KnowledgeBank, coverage
+from carls.bank.types import F32, NO_LABEL, NamespaceSpec
 
 
 def spec_dict(spec: NamespaceSpec) -> dict[str, Any]:

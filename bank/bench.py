@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from bank.errors import NamespaceError
-from bank.protocol import KnowledgeBank
-from bank.transfer import export_namespace, import_namespace
-from bank.types import KnowledgeBatch, Lineage, NamespaceSpec, default_kinds
+from carls.bank.errors import NamespaceError
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.transfer import export_namespace, import_namespace
+from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec, default_kinds
 
 Say = Callable[[str], None]
 TARGETS = {

@@ -27,14 +27,14 @@ from cassandra import DriverException, RequestExecutionException
 from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
-from bank.errors import (
+from carls.bank.errors import (
     BankUnavailableError,
     DimensionError,
     NamespaceError,
     ValueRejectedError,
 )
-from bank.session import CassandraConfig, connect
-from bank.types import (
+from carls.bank.session import CassandraConfig, connect
+from carls.bank.types import (
     F32,
     NO_LABEL,
     Examples,

@@ -15,7 +15,7 @@ A read that fails raises; it never comes back as "missing".
 
 from __future__ import annotations
 
-from schemas.errors import CarlsError, InvalidValueError
+from carls.schemas.errors import CarlsError, InvalidValueError
 
 
 class BankError(CarlsError):

@@ -7,8 +7,8 @@ import json
 import threading
 from typing import Any, Protocol
 
-from bank.cassandra import _backend
-from bank.session import CassandraConfig, connect
+from carls.bank.cassandra import _backend
+from carls.bank.session import CassandraConfig, connect
 
 _PARTITION = "__jobs__"
 STATES = ("queued", "running", "succeeded", "failed")

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from bank.errors import DimensionError, NamespaceError, ValueRejectedError
-from bank.types import (
+from carls.bank.errors import DimensionError, NamespaceError, ValueRejectedError
+from carls.bank.types import (
     F32,
     NO_LABEL,
     Examples,

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bank.types import (
+from carls.bank.types import (
     F32,
     I64,
     Coverage,
@@ -182,7 +182,7 @@ def nearest(
 
     ``steps`` (inclusive range) picks the model generation; by default only vectors of the
     newest step present are compared, so generations are never mixed silently."""
-    from bank.errors import ValueRejectedError
+    from carls.bank.errors import ValueRejectedError
 
     if metric not in ("cosine", "dot"):
         raise ValueRejectedError(f"metric: {metric!r} is not 'cosine' or 'dot'")
@@ -191,7 +191,7 @@ def nearest(
     rows = scan_all(bank, namespace, kind)
     q = np.asarray(query, dtype=np.float32).reshape(-1)
     if q.shape[0] != rows.values.shape[1] or not np.isfinite(q).all():
-        from bank.errors import DimensionError
+        from carls.bank.errors import DimensionError
 
         raise DimensionError(
             f"query: expected {rows.values.shape[1]} finite floats, got {q.shape[0]}"

@@ -10,8 +10,8 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-from bank.errors import BankUnavailableError
-from schemas.cql import schema_statements
+from carls.bank.errors import BankUnavailableError
+from carls.schemas.cql import schema_statements
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from bank.types import F32, I64
+from carls.bank.types import F32, I64
 
 MAX_SCORE_ELEMENTS = 1 << 25
 """Score at most this many query x pool pairs at a time (128 MiB of float32)."""

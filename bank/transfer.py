@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from bank.errors import ExportFormatError, NamespaceError
-from bank.protocol import KnowledgeBank
-from bank.types import KnowledgeBatch, Lineage, NamespaceSpec, validate_name
+from carls.bank.errors import ExportFormatError, NamespaceError
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec, validate_name
 
 FORMAT = "carls-bank-export"
 VERSION = 1

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from bank.errors import DimensionError, KnowledgeKindError, ValueRejectedError
-from schemas import names
-from schemas.errors import SchemaError
+from carls.bank.errors import DimensionError, KnowledgeKindError, ValueRejectedError
+from carls.schemas import names
+from carls.schemas.errors import SchemaError
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

@@ -10,10 +10,10 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from carls.infra import InfraError
 from carls.output import fail
+from carls.schemas.errors import CarlsError
 from carls.settings import Settings
-from infra import InfraError
-from schemas.errors import CarlsError
 
 # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise on a CLI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bank.types import DEFAULT_BUCKETS
+from carls.bank.types import DEFAULT_BUCKETS
 from carls.output import emit_json, fail, progress, table
 
 if TYPE_CHECKING:
-    from bank.cassandra import CassandraBank
+    from carls.bank.cassandra import CassandraBank
 
 
 @contextmanager
 def _bank(ctx: click.Context) -> Iterator[CassandraBank]:
-    from bank.cassandra import CassandraBank
+    from carls.bank.cassandra import CassandraBank
     from carls.cli import settings_of
 
     bank = CassandraBank(settings_of(ctx).cassandra)
@@ -70,7 +70,7 @@ def bank() -> None:
 @click.pass_context
 def namespaces(ctx: click.Context, as_json: bool) -> None:
     """List namespaces with their buckets and kinds."""
-    from bank.admin import spec_dict
+    from carls.bank.admin import spec_dict
 
     with _bank(ctx) as b:
         specs = [spec_dict(s) for s in b.namespaces()]
@@ -153,8 +153,8 @@ def create(
     as_json: bool,
 ) -> None:
     """Create NAMESPACE with the standard kinds (and any --kind)."""
-    from bank.admin import spec_dict
-    from bank.types import NamespaceSpec, default_kinds
+    from carls.bank.admin import spec_dict
+    from carls.bank.types import NamespaceSpec, default_kinds
 
     kinds = {**default_kinds(dim, classes, k), **_kv(extra_kinds, "--kind")}
     spec = NamespaceSpec(namespace, kinds, buckets, _kv(ttl, "--ttl"))
@@ -175,7 +175,7 @@ def create(
 @click.pass_context
 def stats(ctx: click.Context, namespace: str, as_json: bool) -> None:
     """Examples registered, and rows and step range per kind."""
-    from bank.admin import stats as compute
+    from carls.bank.admin import stats as compute
 
     with _bank(ctx) as b:
         st = compute(b, namespace)
@@ -204,7 +204,7 @@ def stats(ctx: click.Context, namespace: str, as_json: bool) -> None:
 @click.pass_context
 def coverage(ctx: click.Context, namespace: str, kinds: tuple[str, ...], as_json: bool) -> None:
     """How many registered ids have knowledge at the newest step, older steps, or none."""
-    from bank.admin import coverage_dicts
+    from carls.bank.admin import coverage_dicts
 
     with _bank(ctx) as b:
         rows = coverage_dicts(b, namespace, list(kinds) or None)
@@ -238,7 +238,7 @@ def coverage(ctx: click.Context, namespace: str, kinds: tuple[str, ...], as_json
 @click.pass_context
 def get(ctx: click.Context, namespace: str, kind: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Knowledge of KIND for IDS, with its step and lineage."""
-    from bank.admin import get_rows
+    from carls.bank.admin import get_rows
 
     with _bank(ctx) as b:
         rows = get_rows(b, namespace, kind, list(ids))
@@ -286,8 +286,8 @@ def neighbours(
     as_json: bool,
 ) -> None:
     """Exact top-k nearest ids by cosine or dot product, within one model generation."""
-    from bank.admin import load_vector
-    from bank.protocol import nearest
+    from carls.bank.admin import load_vector
+    from carls.bank.protocol import nearest
 
     if (query_id is None) == (vector is None):
         raise click.UsageError("give exactly one of --id ID or --vector FILE")
@@ -320,7 +320,7 @@ def neighbours(
 @click.pass_context
 def export_(ctx: click.Context, namespace: str, path: Path, as_json: bool) -> None:
     """Write NAMESPACE (examples and knowledge with lineage) to one portable file."""
-    from bank.transfer import describe, export_namespace
+    from carls.bank.transfer import describe, export_namespace
 
     if not path.parent.is_dir():  # say so before reading the whole namespace
         fail(f"cannot write {path}: directory {path.parent} does not exist")
@@ -352,8 +352,8 @@ def export_(ctx: click.Context, namespace: str, path: Path, as_json: bool) -> No
 @click.pass_context
 def import_(ctx: click.Context, path: Path, new_name: str | None, as_json: bool) -> None:
     """Create a namespace from an export file (checked in full before anything is written)."""
-    from bank.admin import spec_dict
-    from bank.transfer import import_namespace
+    from carls.bank.admin import spec_dict
+    from carls.bank.transfer import import_namespace
 
     t0 = time.monotonic()
     with _bank(ctx) as b:

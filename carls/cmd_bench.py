@@ -30,8 +30,8 @@ def bench_bank(
     ctx: click.Context, rows: int, dim: int, batch: int, lookups: int, buckets: int, as_json: bool
 ) -> None:
     """Batch lookup, bulk write, export/import of the Cassandra bank vs numpy and dict."""
-    from bank.bench import run
-    from bank.cassandra import CassandraBank
+    from carls.bank.bench import run
+    from carls.bank.cassandra import CassandraBank
     from carls.cli import settings_of
 
     bank = CassandraBank(settings_of(ctx).cassandra)
@@ -112,8 +112,8 @@ def bench_makers(ctx: click.Context, examples: int, records: int, as_json: bool)
     comparison. Takes about three minutes with the default sizes.
     """
     from carls.cli import settings_of
-    from makers.bench import run
-    from trainers.checkpoints import save_artifact
+    from carls.makers.bench import run
+    from carls.trainers.checkpoints import save_artifact
 
     settings = settings_of(ctx)
     r = run(
@@ -185,9 +185,9 @@ def bench_makers(ctx: click.Context, examples: int, records: int, as_json: bool)
 @click.pass_context
 def bench_trainer(ctx: click.Context, steps: int, as_json: bool) -> None:
     """Training step time: knowledge reader vs in-memory arrays vs synchronous bank reads."""
-    from bank.cassandra import CassandraBank
+    from carls.bank.cassandra import CassandraBank
     from carls.cli import settings_of
-    from trainers.bench import run
+    from carls.trainers.bench import run
 
     bank = CassandraBank(settings_of(ctx).cassandra)
     try:

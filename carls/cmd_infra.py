@@ -49,7 +49,7 @@ def up(ctx: click.Context, as_json: bool) -> None:
 def down(ctx: click.Context, wipe: bool, as_json: bool) -> None:
     """Stop both servers; data is kept unless --wipe."""
     from carls.cli import settings_of
-    from infra import down as stop
+    from carls.infra import down as stop
 
     stopped = stop(settings_of(ctx).infra, wipe=wipe)
     if as_json:
@@ -67,7 +67,7 @@ def down(ctx: click.Context, wipe: bool, as_json: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Health, versions, ports and memory of both servers. Exits 1 unless both are healthy."""
     from carls.cli import settings_of
-    from infra import status as check
+    from carls.infra import status as check
 
     report = check(settings_of(ctx).infra)
     healthy = all(s.healthy for s in report)

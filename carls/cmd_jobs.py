@@ -25,10 +25,10 @@ def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
     Each job's state, test accuracy and knowledge staleness are kept for `carls job status`;
     a failed job is marked failed with its reason and the trainer goes on.
     """
-    from bank.cassandra import CassandraBank
-    from bank.jobs import CassandraJobStore
+    from carls.bank.cassandra import CassandraBank
+    from carls.bank.jobs import CassandraJobStore
     from carls.cli import settings_of
-    from trainers.service import serve
+    from carls.trainers.service import serve
 
     settings = settings_of(ctx)
     bank = CassandraBank(settings.cassandra)
@@ -67,7 +67,7 @@ def job() -> None:
 @click.pass_context
 def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) -> None:
     """State, test accuracy and knowledge staleness of JOB_ID."""
-    from bank.jobs import CassandraJobStore
+    from carls.bank.jobs import CassandraJobStore
     from carls.cli import settings_of
 
     store = CassandraJobStore(settings_of(ctx).cassandra)
@@ -78,7 +78,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
     if state is None:
         raise click.UsageError(f"no job {job_id} (submit one with `carls submit JOB`)")
     if plot is not None:
-        from trainers.plot import plot_history
+        from carls.trainers.plot import plot_history
 
         plot_history(state, plot)
         progress(f"wrote {plot}")

@@ -48,8 +48,8 @@ def checkpoint_publish(
 ) -> None:
     """Publish a manifest (uri, sha256, size) for ARTIFACT at STEP of NAMESPACE."""
     from carls.cli import settings_of
-    from schemas import CheckpointManifest
-    from streams.producer import Publisher
+    from carls.schemas import CheckpointManifest
+    from carls.streams.producer import Publisher
 
     settings = settings_of(ctx)
     path = artifact.resolve()
@@ -116,8 +116,8 @@ def examples_publish(
 ) -> None:
     """Ask makers for knowledge of the ids in a file, now."""
     from carls.cli import settings_of
-    from schemas import ExampleBatch
-    from streams.producer import Publisher
+    from carls.schemas import ExampleBatch
+    from carls.streams.producer import Publisher
 
     ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
     if not ids:

@@ -12,7 +12,7 @@ import click
 from carls.output import emit_json, fail, progress
 
 if TYPE_CHECKING:
-    from bank.types import NamespaceSpec
+    from carls.bank.types import NamespaceSpec
 
 
 @click.command()
@@ -30,11 +30,11 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
     The spec and its dataset are checked first, and so is the namespace when it already
     exists in the bank (its dimensions must match the job's). Prints the job id.
     """
-    from bank.errors import BankUnavailableError, NamespaceError
+    from carls.bank.errors import BankUnavailableError, NamespaceError
     from carls.cli import settings_of
-    from schemas import TrainingJob
-    from trainers.datasets import load_dataset, validate_against_namespace
-    from trainers.spec import load_spec
+    from carls.schemas import TrainingJob
+    from carls.trainers.datasets import load_dataset, validate_against_namespace
+    from carls.trainers.spec import load_spec
 
     spec = load_spec(job)
     data = load_dataset(spec.dataset, spec.train.seed)
@@ -45,7 +45,7 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
     )
     settings = settings_of(ctx)
     if not dry_run:
-        from bank.cassandra import CassandraBank
+        from carls.bank.cassandra import CassandraBank
 
         existing: NamespaceSpec | None = None
         try:
@@ -72,8 +72,8 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
     )
     topic = settings.topics.jobs
     if not dry_run:
-        from bank.jobs import CassandraJobStore
-        from streams.producer import Publisher
+        from carls.bank.jobs import CassandraJobStore
+        from carls.streams.producer import Publisher
 
         store = CassandraJobStore(settings.cassandra)
         try:  # queued before it is on the topic, so a fast trainer never goes back in time

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from makers.pipeline import MAKERS
+from carls.makers.pipeline import MAKERS
 
 
 @click.command()
@@ -64,7 +64,7 @@ def worker(
     same --app-id to share partitions; kill one and the others take over its work.
     """
     from carls.cli import settings_of
-    from makers.worker import WorkerConfig, run_worker
+    from carls.makers.worker import WorkerConfig, run_worker
 
     chosen = tuple(m.strip() for m in makers.split(",") if m.strip())
     unknown = sorted(set(chosen) - set(MAKERS))

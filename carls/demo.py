@@ -22,15 +22,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bank.cassandra import CassandraBank
-from bank.errors import NamespaceError
-from bank.jobs import CassandraJobStore
-from bank.protocol import coverage
+from carls.bank.cassandra import CassandraBank
+from carls.bank.errors import NamespaceError
+from carls.bank.jobs import CassandraJobStore
+from carls.bank.protocol import coverage
 from carls.settings import Settings
+from carls.streams.producer import Publisher
+from carls.trainers.runner import Context, JobRun, new_job_id
+from carls.trainers.spec import JobSpec, load_spec
 from carls.wiring import bring_up
-from streams.producer import Publisher
-from trainers.runner import Context, JobRun, new_job_id
-from trainers.spec import JobSpec, load_spec
 
 Say = Callable[[str], None]
 SEEDS = (0, 1, 2)
@@ -44,7 +44,7 @@ REFERENCES = {
 
 
 def example_spec(name: str, namespace: str, seed: int) -> JobSpec:
-    text = (resources.files("trainers") / "examples" / f"{name}.yaml").read_text()
+    text = (resources.files("carls.trainers") / "examples" / f"{name}.yaml").read_text()
     import yaml
 
     raw = yaml.safe_load(text)

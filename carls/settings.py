@@ -15,12 +15,12 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bank.session import CassandraConfig
-from infra.config import CASSANDRA_VERSION, KAFKA_VERSION, InfraConfig
-from schemas.errors import SchemaError
-from schemas.names import validate_name
-from streams.config import KafkaConnection
-from streams.topics import Topics
+from carls.bank.session import CassandraConfig
+from carls.infra.config import CASSANDRA_VERSION, KAFKA_VERSION, InfraConfig
+from carls.schemas.errors import SchemaError
+from carls.schemas.names import validate_name
+from carls.streams.config import KafkaConnection
+from carls.streams.topics import Topics
 
 
 class Settings(BaseSettings):

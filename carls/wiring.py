@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bank.session import apply_schema, connect
+from carls.bank.session import apply_schema, connect
+from carls.infra import UpReport, up
+from carls.schemas import ProgressEvent, decode, encode
 from carls.settings import Settings
-from infra import UpReport, up
-from schemas import ProgressEvent, decode, encode
-from streams.topics import ensure_topics, topic_specs
+from carls.streams.topics import ensure_topics, topic_specs
 
 
 @dataclass(slots=True)

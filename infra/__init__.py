@@ -5,10 +5,10 @@ folder. ``carls infra up|down|status`` drives this package; topic and keyspace c
 belong to ``streams`` and ``bank`` and are wired by the ``carls`` shell.
 """
 
-from infra.config import InfraConfig
-from infra.errors import InfraError, PortTakenError, StartFailedError, ToolMissingError
-from infra.server import ServerStatus
-from infra.stack import UpReport, down, status, up
+from carls.infra.config import InfraConfig
+from carls.infra.errors import InfraError, PortTakenError, StartFailedError, ToolMissingError
+from carls.infra.server import ServerStatus
+from carls.infra.stack import UpReport, down, status, up
 
 __all__ = [
     "InfraConfig",

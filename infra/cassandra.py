@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra import runtime
-from infra.server import Server, render
+from carls.infra import runtime
+from carls.infra.server import Server, render
 
 # Java 17 module access Cassandra 5.0 needs (as its jvm17-server.options documents).
 _JPMS = [

@@ -7,10 +7,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from infra import runtime
-from infra.config import KAFKA_LOG4J_VERSION
-from infra.errors import StartFailedError
-from infra.server import Server, render
+from carls.infra import runtime
+from carls.infra.config import KAFKA_LOG4J_VERSION
+from carls.infra.errors import StartFailedError
+from carls.infra.server import Server, render
 
 
 class KafkaServer(Server):

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from infra.errors import PortTakenError
+from carls.infra.errors import PortTakenError
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

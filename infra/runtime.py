@@ -13,7 +13,7 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from infra.errors import InfraError, ToolMissingError
+from carls.infra.errors import InfraError, ToolMissingError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def resolve_jars(
             f"{server} {version} jars from Maven Central on first start",
             hint=_MAVEN_HINT,
         )
-    pom = resources.files("infra") / "maven" / server / "pom.xml"
+    pom = resources.files("carls.infra") / "maven" / server / "pom.xml"
     staging = lib_root / f".{server}-{version}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

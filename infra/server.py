@@ -11,9 +11,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from infra import process, runtime
-from infra.config import InfraConfig
-from infra.errors import StartFailedError
+from carls.infra import process, runtime
+from carls.infra.config import InfraConfig
+from carls.infra.errors import StartFailedError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ServerStatus:
 
 
 def render(template: str, target: Path, **values: object) -> None:
-    text = (resources.files("infra") / "templates" / template).read_text()
+    text = (resources.files("carls.infra") / "templates" / template).read_text()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(Template(text).substitute({k: str(v) for k, v in values.items()}))
 

@@ -8,11 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from infra import process, runtime
-from infra.cassandra import CassandraServer
-from infra.config import InfraConfig
-from infra.kafka import KafkaServer
-from infra.server import Server, ServerStatus
+from carls.infra import process, runtime
+from carls.infra.cassandra import CassandraServer
+from carls.infra.config import InfraConfig
+from carls.infra.kafka import KafkaServer
+from carls.infra.server import Server, ServerStatus
 
 log = logging.getLogger(__name__)
 

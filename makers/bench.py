@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from bank.cassandra import CassandraBank
-from bank.session import CassandraConfig
-from bank.types import Lineage, NamespaceSpec, default_kinds
-from makers.checkpoints import INFER_CHUNK, load_model
-from makers.compute import knowledge_batch
-from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
-from streams.config import KafkaConnection
-from streams.groups import wait_stable
-from streams.producer import Publisher
-from streams.topics import Topics, TopicSpec, ensure_topics, topic_specs
+from carls.bank.cassandra import CassandraBank
+from carls.bank.session import CassandraConfig
+from carls.bank.types import Lineage, NamespaceSpec, default_kinds
+from carls.makers.checkpoints import INFER_CHUNK, load_model
+from carls.makers.compute import knowledge_batch
+from carls.schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
+from carls.streams.config import KafkaConnection
+from carls.streams.groups import wait_stable
+from carls.streams.producer import Publisher
+from carls.streams.topics import Topics, TopicSpec, ensure_topics, topic_specs
 
 Say = Callable[[str], None]
 SaveArtifact = Callable[[Any, Path, str, int], CheckpointManifest]
@@ -61,7 +61,7 @@ def _consume_raw(conn: KafkaConnection, topic: str, count: int, partitions: int)
     """Records/s of a bare aiokafka consumer (``makers.bench_raw``, its own process)."""
     args = [",".join(conn.bootstrap_servers), topic, str(count), str(partitions)]
     done = subprocess.run(
-        [sys.executable, "-m", "makers.bench_raw", *args],
+        [sys.executable, "-m", "carls.makers.bench_raw", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,7 +89,7 @@ def _consume_faust(
     }
     log = (tmp / f"faust-{mode}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "makers.bench_faust", "worker", "-l", "warn", "--without-web"],
+        [sys.executable, "-m", "carls.makers.bench_faust", "worker", "-l", "warn", "--without-web"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from makers.rate import SteadyRate
-from streams.app import make_app
-from streams.batches import BatchConsumer
-from streams.config import KafkaConnection
+from carls.makers.rate import SteadyRate
+from carls.streams.app import make_app
+from carls.streams.batches import BatchConsumer
+from carls.streams.config import KafkaConnection
 
 conn = KafkaConnection(bootstrap_servers=tuple(os.environ["BENCH_BOOTSTRAP"].split(",")))
 app_id = os.environ["BENCH_APP"]

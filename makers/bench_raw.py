@@ -13,7 +13,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from makers.rate import SteadyRate
+from carls.makers.rate import SteadyRate
 
 
 async def consume(bootstrap: str, topic: str, count: int, partitions: int) -> float:

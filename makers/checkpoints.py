@@ -36,18 +36,18 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import numpy.typing as npt
 
-from bank.types import F32
-from makers.compute import check_finite
-from makers.errors import (
+from carls.bank.types import F32
+from carls.makers.compute import check_finite
+from carls.makers.errors import (
     ArtifactCorruptError,
     ArtifactMissingError,
     BadModelOutputError,
     InvalidInputError,
     NotAModelError,
 )
-from schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
-from schemas.errors import SchemaError
-from schemas.records import CheckpointManifest
+from carls.schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
+from carls.schemas.errors import SchemaError
+from carls.schemas.records import CheckpointManifest
 
 # Before TensorFlow is first imported (lazily, below): keep its C++ INFO chatter quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

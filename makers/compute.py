@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from bank.similarity import MAX_SCORE_ELEMENTS, top_k
-from bank.types import F32, NO_LABEL, KnowledgeBatch
-from makers.errors import BadModelOutputError, InvalidInputError
+from carls.bank.similarity import MAX_SCORE_ELEMENTS, top_k
+from carls.bank.types import F32, NO_LABEL, KnowledgeBatch
+from carls.makers.errors import BadModelOutputError, InvalidInputError
 
 I32 = npt.NDArray[np.int32]
 

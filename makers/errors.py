@@ -17,7 +17,7 @@ the message as its reason, and the previously loaded model keeps serving.
 
 from __future__ import annotations
 
-from schemas.errors import CarlsError
+from carls.schemas.errors import CarlsError
 
 
 class MakerError(CarlsError):

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bank.errors import DimensionError
-from bank.protocol import KnowledgeBank
-from bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec, check_batch
-from makers.checkpoints import LoadedModel, ModelCache
-from makers.compute import knowledge_batch, neighbours_batch, top_k_neighbours
-from schemas import CheckpointManifest
+from carls.bank.errors import DimensionError
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec, check_batch
+from carls.makers.checkpoints import LoadedModel, ModelCache
+from carls.makers.compute import knowledge_batch, neighbours_batch, top_k_neighbours
+from carls.schemas import CheckpointManifest
 
 log = logging.getLogger(__name__)
 MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")

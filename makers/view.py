@@ -17,9 +17,9 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from schemas import CheckpointManifest, decode
-from schemas.errors import SchemaError
-from streams.config import KafkaConnection
+from carls.schemas import CheckpointManifest, decode
+from carls.schemas.errors import SchemaError
+from carls.streams.config import KafkaConnection
 
 log = logging.getLogger(__name__)
 

@@ -34,22 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bank.cassandra import CassandraBank
-from bank.errors import DimensionError, NamespaceError
-from bank.protocol import KnowledgeBank
-from bank.session import CassandraConfig
-from bank.types import NamespaceSpec
-from makers.checkpoints import ModelCache, warm_up
-from makers.errors import BadModelOutputError, CheckpointError
-from makers.pipeline import MAKERS, Maker, Outcome
-from makers.view import ManifestView
-from schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
-from schemas.errors import CarlsError
-from streams.app import make_app
-from streams.batches import BatchConsumer
-from streams.config import KafkaConnection
-from streams.deadletter import dead_letter
-from streams.topics import Topics
+from carls.bank.cassandra import CassandraBank
+from carls.bank.errors import DimensionError, NamespaceError
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.session import CassandraConfig
+from carls.bank.types import NamespaceSpec
+from carls.makers.checkpoints import ModelCache, warm_up
+from carls.makers.errors import BadModelOutputError, CheckpointError
+from carls.makers.pipeline import MAKERS, Maker, Outcome
+from carls.makers.view import ManifestView
+from carls.schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
+from carls.schemas.errors import CarlsError
+from carls.streams.app import make_app
+from carls.streams.batches import BatchConsumer
+from carls.streams.config import KafkaConnection
+from carls.streams.deadletter import dead_letter
+from carls.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

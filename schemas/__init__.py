@@ -4,9 +4,9 @@ No I/O; imports nothing else of ours. See ``schemas.codec`` for the wire format 
 ``schemas.errors`` for the exception tree.
 """
 
-from schemas.codec import decode, encode
-from schemas.cql import TABLES, schema_script, schema_statements
-from schemas.errors import (
+from carls.schemas.codec import decode, encode
+from carls.schemas.cql import TABLES, schema_script, schema_statements
+from carls.schemas.errors import (
     CarlsError,
     InvalidValueError,
     MissingFieldError,
@@ -15,7 +15,7 @@ from schemas.errors import (
     UnknownVersionError,
     WrongTypeError,
 )
-from schemas.names import (
+from carls.schemas.names import (
     KINDS,
     MAX_ID_BYTES,
     MODALITY_PATTERN,
@@ -24,7 +24,7 @@ from schemas.names import (
     validate_kind,
     validate_name,
 )
-from schemas.records import (
+from carls.schemas.records import (
     PRIORITIES,
     CheckpointManifest,
     DeadLetter,

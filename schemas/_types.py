@@ -11,7 +11,7 @@ import math
 import types
 from typing import Any, Union, get_args, get_origin
 
-from schemas.errors import InvalidValueError, WrongTypeError
+from carls.schemas.errors import InvalidValueError, WrongTypeError
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1

@@ -17,8 +17,8 @@ import hashlib
 import json
 from pathlib import PurePosixPath
 
-from schemas.errors import InvalidValueError
-from schemas.names import validate_name
+from carls.schemas.errors import InvalidValueError
+from carls.schemas.names import validate_name
 
 FORMAT = "keras"
 

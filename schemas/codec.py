@@ -24,8 +24,8 @@ import dataclasses
 import json
 from typing import Any, TypeVar, overload
 
-from schemas._types import type_name
-from schemas.errors import (
+from carls.schemas._types import type_name
+from carls.schemas.errors import (
     InvalidValueError,
     MissingFieldError,
     SchemaError,
@@ -33,7 +33,7 @@ from schemas.errors import (
     UnknownVersionError,
     WrongTypeError,
 )
-from schemas.records import (
+from carls.schemas.records import (
     R,
     Record,
     field_types,

@@ -8,8 +8,8 @@ idempotent (``IF NOT EXISTS``); compaction and caching are Cassandra's defaults.
 
 from __future__ import annotations
 
-from schemas.errors import InvalidValueError
-from schemas.names import validate_name
+from carls.schemas.errors import InvalidValueError
+from carls.schemas.names import validate_name
 
 TABLES: tuple[str, ...] = ("namespaces", "examples", "knowledge", "kv", "roundtrip")
 """The tables ``schema_statements`` creates, in creation order."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.errors import InvalidValueError, WrongTypeError
+from carls.schemas.errors import InvalidValueError, WrongTypeError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 """Namespaces and keyspaces: lowercase identifier, at most 48 characters (Cassandra's limit)."""

@@ -19,9 +19,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from schemas._types import check_value
-from schemas.errors import InvalidValueError
-from schemas.names import validate_id, validate_kind, validate_name
+from carls.schemas._types import check_value
+from carls.schemas.errors import InvalidValueError
+from carls.schemas.names import validate_id, validate_kind, validate_name
 
 PRIORITIES: tuple[str, ...] = ("demand", "refresh")
 """``ExampleBatch.priority`` values; demand batches (from trainers) go ahead of refresh work."""

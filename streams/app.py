@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.config import KafkaConnection
+from carls.streams.config import KafkaConnection
 
 
 def make_app(app_id: str, conn: KafkaConnection, **overrides: Any) -> Any:

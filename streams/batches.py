@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
-from streams.config import KafkaConnection
+from carls.streams.config import KafkaConnection
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from schemas import DeadLetter
+from carls.schemas import DeadLetter
 
 log = logging.getLogger(__name__)
 

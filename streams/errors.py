@@ -8,7 +8,7 @@ CarlsError (schemas.errors)
 
 from __future__ import annotations
 
-from schemas.errors import CarlsError
+from carls.schemas.errors import CarlsError
 
 
 class StreamsError(CarlsError):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from kafka import KafkaAdminClient
 
-from streams.config import KafkaConnection
+from carls.streams.config import KafkaConnection
 
 # kafka-python cannot parse the member metadata of Faust's own assignor and warns with the
 # raw bytes on every describe; the state and member count, all that is read here, are fine.

@@ -6,9 +6,9 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-from schemas import CheckpointManifest, decode
-from schemas.errors import SchemaError
-from streams.config import KafkaConnection
+from carls.schemas import CheckpointManifest, decode
+from carls.schemas.errors import SchemaError
+from carls.streams.config import KafkaConnection
 
 
 def latest_manifest(

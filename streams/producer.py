@@ -12,12 +12,12 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from schemas import CheckpointManifest, DeadLetter, ExampleBatch, ProgressEvent, TrainingJob
-from schemas.codec import encode
-from schemas.records import Record
-from streams.config import KafkaConnection
-from streams.errors import PublishError
-from streams.topics import Topics
+from carls.schemas import CheckpointManifest, DeadLetter, ExampleBatch, ProgressEvent, TrainingJob
+from carls.schemas.codec import encode
+from carls.schemas.records import Record
+from carls.streams.config import KafkaConnection
+from carls.streams.errors import PublishError
+from carls.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 

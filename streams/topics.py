@@ -14,8 +14,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.config import KafkaConnection
-from streams.errors import TopicSetupError
+from carls.streams.config import KafkaConnection
+from carls.streams.errors import TopicSetupError
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from bank.cassandra import CassandraBank
-from bank.errors import NamespaceError
+from carls.bank.cassandra import CassandraBank
+from carls.bank.errors import NamespaceError
+from carls.schemas import DeadLetter, decode
 from carls.settings import Settings
-from schemas import DeadLetter, decode
-from streams.groups import wait_stable
-from streams.producer import Publisher
-from streams.topics import ensure_topics, topic_specs
+from carls.streams.groups import wait_stable
+from carls.streams.producer import Publisher
+from carls.streams.topics import ensure_topics, topic_specs
 
 
 def prefixed_settings(letter: str) -> Settings:

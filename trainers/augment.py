@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from trainers.errors import SpecError
+from carls.trainers.errors import SpecError
 
 AUGMENTATIONS = ("none", "shift", "affine")
 F32 = npt.NDArray[np.float32]

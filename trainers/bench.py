@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from bank.protocol import KnowledgeBank
-from bank.types import KnowledgeBatch, Lineage, NamespaceSpec, default_kinds
-from trainers.paradigms import KnowledgeBatcher, loss_terms, terms_of
-from trainers.reader import KnowledgeReader
-from trainers.spec import load_spec
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec, default_kinds
+from carls.trainers.paradigms import KnowledgeBatcher, loss_terms, terms_of
+from carls.trainers.reader import KnowledgeReader
+from carls.trainers.spec import load_spec
 
 Say = Callable[[str], None]
 N, D, C, K, E = 1257, 64, 10, 10, 128
@@ -42,7 +42,7 @@ def run(
     import keras
     import tensorflow as tf
 
-    from trainers.model import build
+    from carls.trainers.model import build
 
     ns = f"bench_trainer_{uuid.uuid4().hex[:8]}"
     spec = load_spec(

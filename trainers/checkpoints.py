@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from schemas import CheckpointManifest
-from schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
-from streams.producer import Publisher
+from carls.schemas import CheckpointManifest
+from carls.schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
+from carls.streams.producer import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bank.types import NO_LABEL, NamespaceSpec
-from trainers.errors import DatasetError, SpecError
-from trainers.spec import DatasetSpec, GraphParams, JobSpec, PseudoLabelGraphParams
+from carls.bank.types import NO_LABEL, NamespaceSpec
+from carls.trainers.errors import DatasetError, SpecError
+from carls.trainers.spec import DatasetSpec, GraphParams, JobSpec, PseudoLabelGraphParams
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

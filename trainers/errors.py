@@ -12,7 +12,7 @@ file's path when the file itself cannot be read; the message is ``"<field>: <pro
 
 from __future__ import annotations
 
-from schemas.errors import CarlsError
+from carls.schemas.errors import CarlsError
 
 
 class TrainerError(CarlsError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainers.spec import ModelSpec
+from carls.trainers.spec import ModelSpec
 
 
 def build(feature_dim: int, classes: int, spec: ModelSpec) -> tuple[Any, Any]:

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bank.similarity import top_k
-from trainers.errors import SpecError
-from trainers.reader import KnowledgeReader
-from trainers.spec import (
+from carls.bank.similarity import top_k
+from carls.trainers.errors import SpecError
+from carls.trainers.reader import KnowledgeReader
+from carls.trainers.spec import (
     CodistillationParams,
     CurriculumParams,
     GraphParams,

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from bank.protocol import KnowledgeBank
-from bank.types import stale_mask
-from schemas.errors import CarlsError
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.types import stale_mask
+from carls.schemas.errors import CarlsError
 
 log = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]

@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from bank.errors import NamespaceError
-from bank.jobs import JobStore
-from bank.protocol import KnowledgeBank
-from bank.types import NamespaceSpec
-from schemas import ExampleBatch
-from streams.manifests import latest_manifest
-from streams.producer import Publisher
-from trainers import augment
-from trainers.checkpoints import CheckpointPublisher
-from trainers.datasets import Dataset, load_dataset, validate_against_namespace
-from trainers.paradigms import (
+from carls.bank.errors import NamespaceError
+from carls.bank.jobs import JobStore
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.types import NamespaceSpec
+from carls.schemas import ExampleBatch
+from carls.streams.manifests import latest_manifest
+from carls.streams.producer import Publisher
+from carls.trainers import augment
+from carls.trainers.checkpoints import CheckpointPublisher
+from carls.trainers.datasets import Dataset, load_dataset, validate_against_namespace
+from carls.trainers.paradigms import (
     KnowledgeBatcher,
     Terms,
     curriculum_pool,
@@ -36,8 +36,8 @@ from trainers.paradigms import (
     terms_of,
     user_graph,
 )
-from trainers.reader import KnowledgeReader
-from trainers.spec import JobSpec
+from carls.trainers.reader import KnowledgeReader
+from carls.trainers.spec import JobSpec
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -160,7 +160,7 @@ class JobRun:
         unlabeled = np.flatnonzero(~ds.labeled)
         pool_u = unlabeled if len(unlabeled) else np.arange(len(ds.ids_train))
 
-        from trainers.model import build
+        from carls.trainers.model import build
 
         model, artifact = build(x_train.shape[1], ds.classes, spec.model)
         ema = None

@@ -17,16 +17,16 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from bank.jobs import JobStore
-from bank.protocol import KnowledgeBank
-from schemas import TrainingJob, decode
-from schemas.errors import CarlsError
-from streams.config import KafkaConnection
-from streams.deadletter import dead_letter
-from streams.producer import Publisher
-from streams.topics import Topics
-from trainers.runner import Context, JobRun
-from trainers.spec import load_spec
+from carls.bank.jobs import JobStore
+from carls.bank.protocol import KnowledgeBank
+from carls.schemas import TrainingJob, decode
+from carls.schemas.errors import CarlsError
+from carls.streams.config import KafkaConnection
+from carls.streams.deadletter import dead_letter
+from carls.streams.producer import Publisher
+from carls.streams.topics import Topics
+from carls.trainers.runner import Context, JobRun
+from carls.trainers.spec import load_spec
 
 log = logging.getLogger(__name__)
 

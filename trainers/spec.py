@@ -26,10 +26,10 @@ from typing import Any, Final, Literal, cast
 
 import yaml
 
-from bank.types import default_kinds
-from schemas import names
-from schemas.errors import SchemaError
-from trainers.errors import SpecError
+from carls.bank.types import default_kinds
+from carls.schemas import names
+from carls.schemas.errors import SchemaError
+from carls.trainers.errors import SpecError
 
 DATASETS: Final = ("digits", "breast_cancer", "wine", "iris")
 """The scikit-learn bundled datasets a spec may name (they need no network)."""

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bank.cassandra import CassandraBank
-from bank.errors import NamespaceError
-from bank.types import (
+from carls.bank.cassandra import CassandraBank
+from carls.bank.errors import NamespaceError
+from carls.bank.types import (
     DEFAULT_BUCKETS,
     NO_LABEL,
     KnowledgeBatch,

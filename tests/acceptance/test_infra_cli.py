@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bank.session import connect
+from carls.bank.session import connect
 from carls.settings import Settings
 from tests.acceptance.conftest import CarlsRun, json_of
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bank.cassandra import CassandraBank
+from carls.bank.cassandra import CassandraBank
 from carls.settings import Settings
 from tests.acceptance.conftest import CarlsRun, json_of
 from tests.stack_support import prefixed_settings, remove

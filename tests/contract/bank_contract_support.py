@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bank.protocol import KnowledgeBank
-from bank.session import CassandraConfig
-from bank.types import KnowledgeBatch, KnowledgeRead, Lineage, NamespaceSpec
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.session import CassandraConfig
+from carls.bank.types import KnowledgeBatch, KnowledgeRead, Lineage, NamespaceSpec
 
 CONTRACT_KINDS = {
     "embedding": 8,
@@ -152,7 +152,7 @@ def write_in_child(
     config: Any, namespace: str, ids: list[str], dim: int, step: int, barrier: Any
 ) -> None:
     """Run in a spawned process: its own bank, then the same writes as a thread does."""
-    from bank.cassandra import CassandraBank
+    from carls.bank.cassandra import CassandraBank
 
     bank = CassandraBank(config)
     try:

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from bank_contract_support import CONTRACT_KINDS, FakeClock, Harness, MakeNamespace, unique_name
 
-from bank.errors import BankUnavailableError, NamespaceError
-from bank.memory import MemoryBank
-from bank.protocol import KnowledgeBank
-from bank.session import CassandraConfig, apply_schema
-from bank.types import NamespaceSpec
+from carls.bank.errors import BankUnavailableError, NamespaceError
+from carls.bank.memory import MemoryBank
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.session import CassandraConfig, apply_schema
+from carls.bank.types import NamespaceSpec
 from tests.conftest import absent
 
 
@@ -42,7 +42,7 @@ def cassandra_harness() -> Iterator[Harness]:
         apply_schema(config)
     except (OSError, BankUnavailableError) as exc:
         _unreachable(f"{config.hosts[0]}:{config.port}: {exc}")
-    from bank.cassandra import CassandraBank
+    from carls.bank.cassandra import CassandraBank
 
     bank = CassandraBank(config)
     try:

@@ -18,9 +18,9 @@ from bank_contract_support import (
     vectors,
 )
 
-from bank.errors import DimensionError, KnowledgeKindError, NamespaceError, ValueRejectedError
-from bank.protocol import KnowledgeBank, scan_all
-from bank.types import KnowledgeBatch, Lineage, bucket_of
+from carls.bank.errors import DimensionError, KnowledgeKindError, NamespaceError, ValueRejectedError
+from carls.bank.protocol import KnowledgeBank, scan_all
+from carls.bank.types import KnowledgeBatch, Lineage, bucket_of
 
 
 @pytest.mark.parametrize("kind", list(CONTRACT_KINDS))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from bank_contract_support import MakeNamespace, bits, unique_name
 
-from bank.errors import DimensionError, KnowledgeKindError, NamespaceError, ValueRejectedError
-from bank.protocol import KnowledgeBank, iter_example_ids
-from bank.types import NO_LABEL, KnowledgeBatch, Lineage, NamespaceSpec, bucket_of
+from carls.bank.errors import DimensionError, KnowledgeKindError, NamespaceError, ValueRejectedError
+from carls.bank.protocol import KnowledgeBank, iter_example_ids
+from carls.bank.types import NO_LABEL, KnowledgeBatch, Lineage, NamespaceSpec, bucket_of
 
 # Namespaces ------------------------------------------------------------------------------
 

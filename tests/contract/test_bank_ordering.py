@@ -20,9 +20,9 @@ from bank_contract_support import (
     write_shuffled,
 )
 
-from bank.errors import KnowledgeKindError, ValueRejectedError
-from bank.protocol import KnowledgeBank, scan_all
-from bank.types import KnowledgeBatch
+from carls.bank.errors import KnowledgeKindError, ValueRejectedError
+from carls.bank.protocol import KnowledgeBank, scan_all
+from carls.bank.types import KnowledgeBatch
 
 
 def _ids(n: int, prefix: str = "id") -> list[str]:

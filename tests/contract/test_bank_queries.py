@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from bank_contract_support import MakeNamespace, lineage, vectors
 
-from bank.errors import DimensionError, ValueRejectedError
-from bank.protocol import KnowledgeBank, coverage, nearest
-from bank.types import KnowledgeBatch
+from carls.bank.errors import DimensionError, ValueRejectedError
+from carls.bank.protocol import KnowledgeBank, coverage, nearest
+from carls.bank.types import KnowledgeBatch
 
 
 def test_coverage_counts_registered_ids_by_freshness(

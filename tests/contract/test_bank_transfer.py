@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from bank_contract_support import CONTRACT_KINDS, MakeNamespace, batch_for, lineage, unique_name
 
-from bank.errors import BankUnavailableError, ExportFormatError, NamespaceError
-from bank.protocol import KnowledgeBank, iter_example_ids, scan_all
-from bank.transfer import export_namespace, import_namespace
-from bank.types import NO_LABEL, KnowledgeBatch, Lineage
+from carls.bank.errors import BankUnavailableError, ExportFormatError, NamespaceError
+from carls.bank.protocol import KnowledgeBank, iter_example_ids, scan_all
+from carls.bank.transfer import export_namespace, import_namespace
+from carls.bank.types import NO_LABEL, KnowledgeBatch, Lineage
 
 NewName = Callable[[], str]
 

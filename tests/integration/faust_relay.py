@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import time
 
-from schemas import ExampleBatch, ProgressEvent, decode, encode
-from streams.app import make_app
-from streams.config import KafkaConnection
+from carls.schemas import ExampleBatch, ProgressEvent, decode, encode
+from carls.streams.app import make_app
+from carls.streams.config import KafkaConnection
 
 conn = KafkaConnection(bootstrap_servers=(os.environ["RELAY_BOOTSTRAP"],))
 app = make_app(os.environ["RELAY_APP_ID"], conn)

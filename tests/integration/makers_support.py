@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from bank.protocol import coverage
-from bank.types import Coverage, NamespaceSpec, default_kinds
-from schemas import CheckpointManifest
+from carls.bank.protocol import coverage
+from carls.bank.types import Coverage, NamespaceSpec, default_kinds
+from carls.schemas import CheckpointManifest
+from carls.trainers.checkpoints import save_artifact
 from tests.stack_support import StackEnv, committed_offsets
-from trainers.checkpoints import save_artifact
 
 FEATURES, EMBED, CLASSES, K = 16, 8, 3, 5
 

@@ -10,8 +10,8 @@ import pytest
 from kafka import KafkaProducer
 
 from carls.settings import Settings
-from streams.batches import BatchConsumer
-from streams.topics import TopicSpec, ensure_topics
+from carls.streams.batches import BatchConsumer
+from carls.streams.topics import TopicSpec, ensure_topics
 from tests.stack_support import committed_offsets
 
 pytestmark = pytest.mark.integration

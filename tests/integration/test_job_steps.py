@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bank.cassandra import CassandraBank
+from carls.bank.cassandra import CassandraBank
 from carls.settings import Settings
-from streams.manifests import latest_manifest
-from streams.producer import Publisher
-from streams.topics import ensure_topics, topic_specs
-from trainers.runner import Context, JobRun, new_job_id
-from trainers.spec import load_spec
+from carls.streams.manifests import latest_manifest
+from carls.streams.producer import Publisher
+from carls.streams.topics import ensure_topics, topic_specs
+from carls.trainers.runner import Context, JobRun, new_job_id
+from carls.trainers.spec import load_spec
 
 pytestmark = pytest.mark.integration
 

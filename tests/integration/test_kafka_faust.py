@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from carls.schemas import ExampleBatch, ProgressEvent, decode, encode
 from carls.settings import Settings
-from schemas import ExampleBatch, ProgressEvent, decode, encode
-from streams.topics import TopicSpec, ensure_topics
+from carls.streams.topics import TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.integration
 RELAY = Path(__file__).with_name("faust_relay.py")

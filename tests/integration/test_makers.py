@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carls.schemas import CheckpointManifest, ExampleBatch
 from carls.settings import Settings
-from schemas import CheckpointManifest, ExampleBatch
 from tests.integration.makers_support import MakerEnv
 
 pytestmark = pytest.mark.integration
@@ -96,7 +96,7 @@ def test_bad_checkpoints_are_dead_lettered_and_the_previous_model_keeps_serving(
     wrong_sha = CheckpointManifest(**{**_fields(good), "sha256": "0" * 64})
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(os.urandom(4096))
-    from makers.checkpoints import file_sha256
+    from carls.makers.checkpoints import file_sha256
 
     not_a_model = CheckpointManifest(
         **{

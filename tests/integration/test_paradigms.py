@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from bank.jobs import MemoryJobStore
-from bank.protocol import coverage
-from bank.types import Coverage
+from carls.bank.jobs import MemoryJobStore
+from carls.bank.protocol import coverage
+from carls.bank.types import Coverage
+from carls.schemas import TrainingJob
 from carls.settings import Settings
-from schemas import TrainingJob
+from carls.trainers.runner import Context, JobRun, new_job_id
+from carls.trainers.service import serve
+from carls.trainers.spec import JobSpec, load_spec
 from tests.stack_support import StackEnv, read_dead_letters
-from trainers.runner import Context, JobRun, new_job_id
-from trainers.service import serve
-from trainers.spec import JobSpec, load_spec
 
 pytestmark = pytest.mark.integration
 Say = Callable[[str], None]

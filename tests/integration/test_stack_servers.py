@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bank.session import apply_schema, connect
+from carls.bank.session import apply_schema, connect
 from carls.settings import Settings
+from carls.streams.topics import ROLES, ensure_topics, topic_configs, topic_specs
 from carls.wiring import round_trip
-from streams.topics import ROLES, ensure_topics, topic_configs, topic_specs
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_declared_topics_exist_with_their_configs(stack: Settings) -> None:
 def test_topic_creation_is_idempotent_and_new_prefix_gets_its_own(
     stack: Settings, unique: str
 ) -> None:
-    from streams.topics import Topics
+    from carls.streams.topics import Topics
 
     specs = topic_specs(Topics(unique), {"examples": 3})
     assert sorted(ensure_topics(stack.kafka, specs)) == sorted(s.name for s in specs)

@@ -15,22 +15,22 @@ import keras
 import numpy as np
 import pytest
 
-from makers.checkpoints import (
+from carls.makers.checkpoints import (
     ModelCache,
     artifact_path,
     load_model,
     resolve_uri,
     verify_artifact,
 )
-from makers.errors import (
+from carls.makers.errors import (
     ArtifactCorruptError,
     ArtifactMissingError,
     BadModelOutputError,
     InvalidInputError,
     NotAModelError,
 )
-from schemas.records import CheckpointManifest
-from trainers.checkpoints import CheckpointPublisher, save_artifact
+from carls.schemas.records import CheckpointManifest
+from carls.trainers.checkpoints import CheckpointPublisher, save_artifact
 
 
 def tiny_model(seed: int = 0, features: int = 8) -> Any:
@@ -90,7 +90,7 @@ def test_infer_runs_in_chunks_and_handles_any_batch_size(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded = load_model(save_artifact(model, tmp_path, "ns", 1))
-    monkeypatch.setattr("makers.checkpoints.INFER_CHUNK", 16)
+    monkeypatch.setattr("carls.makers.checkpoints.INFER_CHUNK", 16)
     x = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
     emb, probs = loaded.infer(x)
     assert emb.shape == (50, 4) and probs.shape == (50, 3)

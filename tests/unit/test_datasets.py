@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from bank.types import NamespaceSpec, default_kinds
-from trainers.datasets import CLIP, Dataset, load_dataset, validate_against_namespace
-from trainers.errors import DatasetError, SpecError
-from trainers.spec import DatasetSpec, load_spec
+from carls.bank.types import NamespaceSpec, default_kinds
+from carls.trainers.datasets import CLIP, Dataset, load_dataset, validate_against_namespace
+from carls.trainers.errors import DatasetError, SpecError
+from carls.trainers.spec import DatasetSpec, load_spec
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from infra import process, runtime
-from infra.cassandra import CassandraServer
-from infra.config import InfraConfig
-from infra.errors import PortTakenError, ToolMissingError
-from infra.kafka import KafkaServer, _cluster_id
-from infra.server import render
+from carls.infra import process, runtime
+from carls.infra.cassandra import CassandraServer
+from carls.infra.config import InfraConfig
+from carls.infra.errors import PortTakenError, ToolMissingError
+from carls.infra.kafka import KafkaServer, _cluster_id
+from carls.infra.server import render
 
 
 def test_kafka_config_is_single_node_kraft_on_the_configured_ports(tmp_path: Path) -> None:

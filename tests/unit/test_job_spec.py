@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from carls.cli import main
-from trainers.errors import DatasetError, SpecError
-from trainers.spec import (
+from carls.trainers.errors import DatasetError, SpecError
+from carls.trainers.spec import (
     PARADIGMS,
     CodistillationParams,
     DatasetSpec,

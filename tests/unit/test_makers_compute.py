@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bank.types import NamespaceSpec, check_batch, default_kinds
-from makers.compute import (
+from carls.bank.types import NamespaceSpec, check_batch, default_kinds
+from carls.makers.compute import (
     check_finite,
     difficulty,
     knowledge_batch,
@@ -17,7 +17,7 @@ from makers.compute import (
     pseudo_labels,
     top_k_neighbours,
 )
-from makers.errors import BadModelOutputError, InvalidInputError, MakerError
+from carls.makers.errors import BadModelOutputError, InvalidInputError, MakerError
 
 PROBS = np.array(
     [
@@ -130,7 +130,7 @@ def test_neighbours_chunk_queries_without_changing_results(monkeypatch: pytest.M
     pool = rng.normal(size=(50, 4)).astype(np.float32)
     ids = [f"x{j}" for j in range(50)]
     whole = top_k_neighbours(ids, pool, ids, pool, 5)
-    monkeypatch.setattr("makers.compute.MAX_SCORE_ELEMENTS", 50 * 3)  # three queries a chunk
+    monkeypatch.setattr("carls.makers.compute.MAX_SCORE_ELEMENTS", 50 * 3)  # three queries a chunk
     chunked = top_k_neighbours(ids, pool, ids, pool, 5)
     assert chunked[0] == whole[0]
     np.testing.assert_array_equal(chunked[1], whole[1])

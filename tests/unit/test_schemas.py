@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from schemas import (
+from carls.schemas import (
     KINDS,
     MAX_ID_BYTES,
     TABLES,

@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from carls.settings import Settings
-from streams.config import KafkaConnection
-from streams.topics import Topics, topic_specs
+from carls.streams.config import KafkaConnection
+from carls.streams.topics import Topics, topic_specs
 
 
 def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
