@@ -1,6 +1,9 @@
 """Checkpoint artifacts: verify, load and cache the models makers run.
 
-The artifact convention (what a trainer saves and a maker loads, with no trainer code):
+Two formats (``carls.schemas.artifacts``): ``tf_saved_model``, a tar of a SavedModel with
+``embed``/``predict``/``serving_default`` signatures over flat float32 features, which any
+Keras model exports (custom layers included, since the signatures are traced graphs); and
+the built-in model's ``keras`` file, whose convention is:
 
 * a Keras 3 ``.keras`` file of a **functional** model built from standard Keras layers;
 * **one input**: the features, float32 ``(n, d)``;
@@ -24,8 +27,11 @@ stays light.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +51,17 @@ from carls.makers.errors import (
     InvalidInputError,
     NotAModelError,
 )
-from carls.schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
+from carls.schemas.artifacts import (
+    ARTIFACT_META,
+    FORMAT,
+    FORMATS,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SAVED_MODEL,
+    SAVED_MODEL_DIR,
+    artifact_relpath,
+    fingerprint_of_config,
+)
 from carls.schemas.errors import SchemaError
 from carls.schemas.records import CheckpointManifest
 
@@ -63,10 +79,10 @@ PROBABILITY_TOLERANCE = 1e-3
 _HASH_CHUNK = 1 << 20
 
 
-def artifact_path(directory: Path, namespace: str, step: int) -> Path:
+def artifact_path(directory: Path, namespace: str, step: int, format: str = FORMAT) -> Path:
     """Where the artifact of ``namespace`` at ``step`` lives in a checkpoint store."""
     try:
-        return Path(directory) / artifact_relpath(namespace, step)
+        return Path(directory) / artifact_relpath(namespace, step, format)
     except SchemaError as exc:
         raise InvalidInputError(str(exc)) from exc
 
@@ -256,10 +272,23 @@ def load_model(manifest: CheckpointManifest, root: Path | None = None) -> Loaded
     """Verify the artifact, load it as Keras (no trainer code, safe mode) and trace its
     inference function; ``NotAModelError`` says why a file is not a usable model."""
     what = f"checkpoint {manifest.namespace} step {manifest.step}"
-    if manifest.format != FORMAT:
-        raise NotAModelError(f"{what}: format {manifest.format!r}; makers load {FORMAT!r}")
+    if manifest.format not in FORMATS:
+        raise NotAModelError(
+            f"{what}: format {manifest.format!r}; makers load {' or '.join(map(repr, FORMATS))}"
+        )
     path = verify_artifact(manifest, root)
     started = time.perf_counter()
+    if manifest.format == SAVED_MODEL:
+        loaded = _load_saved_model(manifest, path, what)
+        logger.info(
+            "loaded %s (SavedModel, %d -> %d, %d classes) in %.2fs",
+            what,
+            loaded.feature_dim,
+            loaded.embedding_dim,
+            loaded.classes,
+            time.perf_counter() - started,
+        )
+        return loaded
     import keras
     import tensorflow as tf
 
@@ -312,6 +341,52 @@ def load_model(manifest: CheckpointManifest, root: Path | None = None) -> Loaded
         time.perf_counter() - started,
     )
     return LoadedModel(manifest, run, feature_dim, embedding_dim, classes, fingerprint, model)
+
+
+def _load_saved_model(manifest: CheckpointManifest, path: Path, what: str) -> LoadedModel:
+    """Unpack a ``tf_saved_model`` tar into a temporary folder, load it with TensorFlow
+    alone (no Keras classes, no user code) and check its ``serving_default`` signature."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="carls-artifact-") as tmp:
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                tar.extractall(tmp, filter="data")
+            meta = json.loads((Path(tmp) / ARTIFACT_META).read_text())
+            loaded = tf.saved_model.load(str(Path(tmp) / SAVED_MODEL_DIR))
+        except Exception as exc:
+            raise NotAModelError(
+                f"{what}: {manifest.uri} is not a carls SavedModel tar: {exc}"
+            ) from exc
+    if not isinstance(meta, dict):
+        raise NotAModelError(f"{what}: {ARTIFACT_META} is not a JSON object")
+    signature = getattr(loaded, "signatures", {}).get("serving_default")
+    if signature is None:
+        raise NotAModelError(f"{what}: the SavedModel has no serving_default signature")
+    _, kwargs = signature.structured_input_signature
+    spec = kwargs.get(INPUT_NAME)
+    outputs = signature.structured_outputs
+    if spec is None or len(kwargs) != 1 or spec.dtype != tf.float32 or spec.shape.rank != 2:
+        raise NotAModelError(
+            f"{what}: serving_default takes {kwargs}; the convention is one float32 "
+            f"(None, d) input named {INPUT_NAME!r}"
+        )
+    if not isinstance(outputs, dict) or set(outputs) != set(OUTPUT_NAMES):
+        got = sorted(outputs) if isinstance(outputs, dict) else outputs
+        raise NotAModelError(
+            f"{what}: serving_default returns {got}; the convention is {list(OUTPUT_NAMES)}"
+        )
+    dims = [spec.shape[1], *(outputs[name].shape[1] for name in OUTPUT_NAMES)]
+    if any(d is None for d in dims):
+        raise NotAModelError(f"{what}: the signature's widths {dims} are not all known")
+    feature_dim, embedding_dim, classes = (int(d) for d in dims)
+
+    def call(x: Any) -> tuple[Any, Any]:
+        out = signature(**{INPUT_NAME: tf.constant(x)})
+        return out[OUTPUT_NAMES[0]], out[OUTPUT_NAMES[1]]
+
+    fingerprint = str(meta.get("model_fingerprint") or manifest.model_fingerprint or "")
+    return LoadedModel(manifest, call, feature_dim, embedding_dim, classes, fingerprint, loaded)
 
 
 class ModelCache:

@@ -1,0 +1,97 @@
+"""carls for your own Keras training code.
+
+Wrap any Keras 3 model, keep ``compile``/``fit``/``evaluate``, and add knowledge that
+``carls worker`` processes compute from your checkpoints::
+
+    import carls
+    from carls.trainers import KnowledgeModel, PublishCheckpoints, examples
+    from carls.trainers.paradigms import Graph, PseudoLabel
+
+    conn = carls.connect()                      # bank, Kafka publisher, checkpoint store
+    km = KnowledgeModel(
+        model,                                  # returns {"embedding": ..., "logits": ...}
+        [PseudoLabel(threshold=0.8), Graph(target="probabilities")],
+        bank=conn.bank, namespace="my_run", ids=ids, labels=labels, features=x,
+    )
+    km.register_examples()                      # the makers read features from the bank
+    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+    with km:                                    # stops the knowledge reader afterwards
+        km.fit(examples(ids, x, labels, labeled_batch_size=50), steps_per_epoch=100,
+               epochs=30, callbacks=[PublishCheckpoints(conn.publisher, conn.store)])
+
+Names are loaded on first use, so ``import carls.trainers`` does not start TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from carls.trainers.callbacks import PublishCheckpoints
+    from carls.trainers.errors import DatasetError, ModelError, SpecError, TrainerError
+    from carls.trainers.export import SavedModelExporter
+    from carls.trainers.feed import examples
+    from carls.trainers.knowledge import Knowledge
+    from carls.trainers.outputs import ModelHeads
+    from carls.trainers.paradigms import (
+        Codistillation,
+        Curriculum,
+        Graph,
+        Multimodal,
+        Paradigm,
+        PseudoLabel,
+    )
+    from carls.trainers.wrapper import KnowledgeModel
+
+__all__ = [
+    "Codistillation",
+    "Curriculum",
+    "DatasetError",
+    "Graph",
+    "Knowledge",
+    "KnowledgeModel",
+    "ModelError",
+    "ModelHeads",
+    "Multimodal",
+    "Paradigm",
+    "PseudoLabel",
+    "PublishCheckpoints",
+    "SavedModelExporter",
+    "SpecError",
+    "TrainerError",
+    "examples",
+]
+
+_WHERE = {
+    "KnowledgeModel": "wrapper",
+    "PublishCheckpoints": "callbacks",
+    "examples": "feed",
+    "Knowledge": "knowledge",
+    "ModelHeads": "outputs",
+    "SavedModelExporter": "export",
+    "DatasetError": "errors",
+    "ModelError": "errors",
+    "SpecError": "errors",
+    "TrainerError": "errors",
+    "Codistillation": "paradigms",
+    "Curriculum": "paradigms",
+    "Graph": "paradigms",
+    "Multimodal": "paradigms",
+    "Paradigm": "paradigms",
+    "PseudoLabel": "paradigms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -17,7 +17,8 @@ import numpy as np
 
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec, default_kinds
-from carls.trainers.paradigms import KnowledgeBatcher, loss_terms, terms_of
+from carls.trainers.knowledge import Knowledge
+from carls.trainers.paradigms import Setup, from_spec
 from carls.trainers.reader import KnowledgeReader
 from carls.trainers.spec import load_spec
 
@@ -81,7 +82,9 @@ def run(
             KnowledgeBatch(ids, rng.random((N, K)).astype(np.float32), neighbour_ids=nbrs),
             Lineage(1, "bench"),
         )
-        terms = terms_of(spec)
+        paradigms = from_spec(spec)
+        setup = Setup(ns, C, E, tuple(ids))
+        bank_labels = np.where(labeled, y, -1)
         src = [(ns, "pseudo_label", C), (ns, "neighbours", K)]
         model, _ = build(D, C, spec.model)
         opt = keras.optimizers.Adam(1e-3)
@@ -93,19 +96,23 @@ def run(
                 _, lg = model(tf.gather(x_t, lab_idx), training=True)
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(lab_y, lg))
                 emb_u, lg_u = model(tf.gather(x_t, data["u_idx"]), training=True)
-                loss += tf.add_n(list(loss_terms(tf, data, emb_u, lg_u, terms).values()))
+                loss += tf.add_n(list(knowledge.loss(data, emb_u, lg_u).values()))
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
 
+        knowledge = Knowledge(
+            paradigms, setup, bank, bank_labels, reader=KnowledgeReader(bank, ids, src)
+        )
+
         def timed(reader: KnowledgeReader, n: int) -> list[float]:
-            batcher = KnowledgeBatcher(spec, terms, reader, y, labeled, C, None)
+            ready = Knowledge(paradigms, setup, bank, bank_labels, reader=reader)
             lab = np.flatnonzero(labeled)
             out = []
             for s in range(n + 20):
                 u = rng.choice(N, batch, replace=False)
                 t = time.perf_counter()
-                data = batcher.knowledge(u, 1)
+                data = ready.batch(u, 1)
                 data["u_idx"] = u.astype(np.int32)
                 step_fn(
                     tf.constant(lab.astype(np.int32)),
@@ -135,6 +142,9 @@ def run(
                 refreshed += live.reads_from_bank
             say(f"round {r}/{ROUNDS}: synchronous bank reads in every step")
             t_sync += timed(_SyncReader(bank, ids, src), per_round)
+        fit = fit_overhead(
+            bank, spec, ids, x, np.where(labeled, y, -1).astype(np.int32), steps, batch, say
+        )
     finally:
         bank.drop_namespace(ns)
     med = {
@@ -154,4 +164,88 @@ def run(
         "sync_vs_memory": med["sync"] / med["memory"],
         "reader_bank_reads_during_run": refreshed,
         "target_reader_vs_memory_le_1.1": med["reader"] / med["memory"] <= 1.1,
+        "fit": fit,
+        "target_wrapper_fit_vs_plain_fit_le_1.15": fit["wrapper_vs_plain"] <= 1.15,
+    }
+
+
+def fit_overhead(
+    bank: KnowledgeBank,
+    spec: Any,
+    ids: list[str],
+    x: Any,
+    labels: Any,
+    steps: int,
+    batch: int,
+    say: Say,
+) -> dict[str, Any]:
+    """A ``KnowledgeModel.fit`` step (pseudo labels and graph, knowledge in the reader's
+    cache) against the same model's plain ``fit`` on the same batches, in ``ROUNDS``
+    interleaved rounds; medians of the per-step times."""
+    import keras
+
+    from carls.trainers.feed import examples
+    from carls.trainers.model import build
+    from carls.trainers.wrapper import KnowledgeModel
+
+    class StepTimes(keras.callbacks.Callback):  # type: ignore[misc]
+        """Milliseconds between consecutive batches' ends, after the first ten."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+            self._last = 0.0
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            now = time.perf_counter()
+            if batch > 10:
+                self.times.append((now - self._last) * 1000)
+            self._last = now
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    base, _ = build(D, C, spec.model)
+    plain_base, _ = build(D, C, spec.model)
+    plain = keras.Model(plain_base.inputs[0], plain_base.outputs[1])
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    km = KnowledgeModel(
+        base,
+        from_spec(spec),
+        bank=bank,
+        namespace=spec.namespace,
+        ids=ids,
+        labels=labels,
+        embedding=0,
+        logits=1,
+    )
+    km.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    lab = int((labels >= 0).sum())
+    data = examples(ids, x, labels, batch_size=batch, labeled_batch_size=lab)
+    plain_data = data.map(lambda f, y: (f["features"], keras.ops.maximum(y, 0)))
+    per_round = max(20, steps // ROUNDS)
+    t_plain, t_wrap = StepTimes(), StepTimes()
+    with km:
+        assert km.knowledge.reader is not None
+        km.knowledge.reader.refresh(np.arange(len(ids)))
+        for r in range(1, ROUNDS + 1):
+            say(f"round {r}/{ROUNDS}: plain fit, then the same model wrapped by carls")
+            plain.fit(
+                plain_data,
+                steps_per_epoch=per_round + 11,
+                epochs=1,
+                verbose=0,
+                callbacks=[t_plain],
+            )
+            km.fit(
+                data,
+                steps_per_epoch=per_round + 11,
+                epochs=1,
+                verbose=0,
+                callbacks=[t_wrap],
+            )
+    med_plain, med_wrap = float(np.median(t_plain.times)), float(np.median(t_wrap.times))
+    return {
+        "batch": batch + lab,
+        "plain_ms": med_plain,
+        "wrapper_ms": med_wrap,
+        "wrapper_vs_plain": med_wrap / med_plain,
     }

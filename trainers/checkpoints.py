@@ -1,8 +1,9 @@
 """The checkpoint publisher: save the model as the artifact makers load, announce it.
 
-Saves follow ``schemas.artifacts`` (a ``.keras`` file with ``embedding`` and
-``probabilities`` outputs, no trainer code needed to load it), written atomically, then a
-``CheckpointManifest`` goes to the compacted checkpoints topic keyed by namespace.
+Saves follow ``schemas.artifacts``: a ``SavedModelExporter``'s SavedModel tar (any Keras
+model), or a functional Keras model of standard layers as a ``.keras`` file. Either is
+written atomically and needs no trainer code to load; then a ``CheckpointManifest`` goes
+to the compacted checkpoints topic keyed by namespace.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carls.schemas import CheckpointManifest
-from carls.schemas.artifacts import FORMAT, artifact_relpath, fingerprint_of_config
+from carls.bank.protocol import KnowledgeBank
+from carls.schemas import CheckpointManifest, ExampleBatch
+from carls.schemas.artifacts import FORMAT, SAVED_MODEL, artifact_relpath, fingerprint_of_config
+from carls.streams.manifests import latest_manifest
 from carls.streams.producer import Publisher
+from carls.trainers.export import SavedModelExporter
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +31,23 @@ log = logging.getLogger(__name__)
 def save_artifact(
     model: Any, store: Path, namespace: str, step: int, *, producer: str = "carls"
 ) -> CheckpointManifest:
-    """Save ``model`` as ``<store>/<namespace>/step-<step:012d>.keras`` and return its
+    """Save ``model`` (a ``SavedModelExporter``, or a functional Keras model saved as a
+    ``.keras`` file) as ``<store>/<namespace>/step-<step:012d>.<tar|keras>`` and return its
     manifest (not yet published). The file appears atomically: it is written under a
     temporary name in the same folder, flushed to disk, then renamed, so a maker never
     sees half an artifact."""
-    final = (store / artifact_relpath(namespace, step)).resolve()
+    exporter = model if isinstance(model, SavedModelExporter) else None
+    fmt = SAVED_MODEL if exporter is not None else FORMAT
+    final = (store / artifact_relpath(namespace, step, fmt)).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Keras insists on the .keras suffix, so the temporary name keeps it.
-    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
+    # Keras insists on the .keras suffix, so the temporary name keeps the suffix.
+    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
     try:
-        model.save(str(tmp))
+        if exporter is not None:
+            with tmp.open("wb") as out:
+                exporter.write(out)
+        else:
+            model.save(str(tmp))
         digest = hashlib.sha256()
         with tmp.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -51,11 +63,13 @@ def save_artifact(
         namespace=namespace,
         step=step,
         uri=final.as_uri(),
-        format=FORMAT,
+        format=fmt,
         sha256=digest.hexdigest(),
         size=size,
         created_at=time.time(),
-        model_fingerprint=fingerprint_of_config(model.to_json()),
+        model_fingerprint=(
+            exporter.fingerprint if exporter is not None else fingerprint_of_config(model.to_json())
+        ),
         producer=producer,
     )
 
@@ -105,3 +119,38 @@ class CheckpointPublisher:
         self.published.append(manifest)
         log.info("published %s step %d (%d bytes)", self.namespace, step, manifest.size)
         return manifest
+
+
+def namespace_step(publisher: Publisher, bank: KnowledgeBank, namespace: str) -> int:
+    """The newest checkpoint step of ``namespace`` (0: none). Steps are monotonic inside a
+    namespace: a run on a namespace that already has checkpoints (an earlier job, a
+    resumed run) numbers its own after the newest, so makers never rank them below the
+    old ones. Checkpoints from before the namespace was (re-)created do not count."""
+    created = bank.namespace(namespace).created_at
+    prev = latest_manifest(publisher.conn, publisher.topics.checkpoints, namespace, created)
+    return prev.step if prev is not None else 0
+
+
+def demand_publisher(
+    publisher: Publisher, namespace: str, campaign: str, batch: int = 512
+) -> Callable[[list[str]], None]:
+    """A ``KnowledgeReader`` demand callback: asks the makers (once per id) for knowledge
+    of ids a trainer's upcoming batches need, in id batches ahead of refresh work."""
+    asked: set[str] = set()
+
+    def demand(ids: list[str]) -> None:
+        fresh = [i for i in ids if i not in asked]
+        if not fresh:
+            return
+        asked.update(fresh)
+        for s in range(0, len(fresh), batch):
+            publisher.examples(
+                ExampleBatch(
+                    namespace=namespace,
+                    ids=fresh[s : s + batch],
+                    priority="demand",
+                    campaign=f"demand-{campaign}",
+                )
+            )
+
+    return demand

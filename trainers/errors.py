@@ -4,6 +4,10 @@
     └── TrainerError
         ├── SpecError           a job spec is not valid; ``field`` names the culprit
         │   └── DatasetError    the spec reads, but its dataset does not load or fit it
+        │                       (also raised by the library for ids and features that
+        │                       disagree; ``field`` then names the argument)
+        ├── ModelError          a user's model does not fit the library: a named output
+        │                       is absent, or an output has the wrong rank or dtype
         └── JobFailedError      a training job stopped before it finished
 
 ``field`` is a dotted path into the job spec (``paradigm.params.threshold``), or the spec
@@ -30,6 +34,11 @@ class SpecError(TrainerError):
 
 class DatasetError(SpecError):
     """The job's dataset is missing, malformed, or does not fit the spec."""
+
+
+class ModelError(TrainerError, ValueError):
+    """A model handed to the library lacks a named output, or an output has the wrong
+    shape or dtype; raised before any training step and before anything is written."""
 
 
 class JobFailedError(TrainerError):

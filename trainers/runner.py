@@ -19,24 +19,12 @@ from carls.bank.errors import NamespaceError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import NamespaceSpec
-from carls.schemas import ExampleBatch
-from carls.streams.manifests import latest_manifest
 from carls.streams.producer import Publisher
 from carls.trainers import augment
-from carls.trainers.checkpoints import CheckpointPublisher
+from carls.trainers.checkpoints import CheckpointPublisher, demand_publisher, namespace_step
 from carls.trainers.datasets import Dataset, load_dataset, validate_against_namespace
-from carls.trainers.paradigms import (
-    KnowledgeBatcher,
-    Terms,
-    curriculum_pool,
-    feature_graph,
-    loss_terms,
-    pacing,
-    sources,
-    terms_of,
-    user_graph,
-)
-from carls.trainers.reader import KnowledgeReader
+from carls.trainers.knowledge import Knowledge
+from carls.trainers.paradigms import Curriculum, Setup, from_spec
 from carls.trainers.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -135,14 +123,13 @@ class JobRun:
     # ------------------------------------------------------------------------------------
     def _train(self) -> None:
         import keras
-        import tensorflow as tf
 
         spec, ctx, tr = self.spec, self.ctx, self.spec.train
         np.random.seed(tr.seed)
         keras.utils.set_random_seed(tr.seed)
         ds = load_dataset(spec.dataset, tr.seed)
         x_train, x_test, raw = _inputs(spec, ds)
-        terms = terms_of(spec)
+        paradigms = from_spec(spec)
         prepare_namespace(ctx, spec, ds, x_train)
         self.say(
             f"{self.job_id}: {len(ds.ids_train)} training examples "
@@ -154,11 +141,6 @@ class JobRun:
             views = augment.views(tr.augment, raw, ds.standardize, tr.augment_views, tr.seed)
         else:
             views = x_train[:, None, :]
-        v_all = tf.constant(views)
-        n_views = views.shape[1]
-        labeled = np.flatnonzero(ds.labeled)
-        unlabeled = np.flatnonzero(~ds.labeled)
-        pool_u = unlabeled if len(unlabeled) else np.arange(len(ds.ids_train))
 
         from carls.trainers.model import build
 
@@ -170,15 +152,52 @@ class JobRun:
         opt = keras.optimizers.AdamW(learning_rate=tr.learning_rate, weight_decay=tr.weight_decay)
         opt.build(model.trainable_variables)
 
-        reader = None
-        src = sources(spec, terms, ds.classes)
-        if src:
-            reader = KnowledgeReader(ctx.bank, ds.ids_train, src, demand=self._demand_fn())
-            reader.start()
-        bootstrap = self._bootstrap(terms, x_train, ds)
-        batcher = KnowledgeBatcher(
-            spec, terms, reader, ds.y_train.astype(np.int32), ds.labeled, ds.classes, bootstrap
+        setup = Setup(
+            spec.namespace,
+            ds.classes,
+            spec.model.embedding_dim,
+            tuple(ds.ids_train),
+            x_train,
         )
+        demand = (
+            demand_publisher(ctx.publisher, spec.namespace, self.job_id)
+            if ctx.publisher is not None
+            else None
+        )
+        knowledge = Knowledge(
+            paradigms,
+            setup,
+            ctx.bank,
+            ds.labels_for_bank(),
+            max_staleness=tr.max_staleness,
+            demand=demand,
+        )
+        with knowledge:
+            self._loop(knowledge, model, ema, artifact, opt, ds, views, x_train, x_test, raw)
+
+    def _loop(
+        self,
+        knowledge: Knowledge,
+        model: Any,
+        ema: Any,
+        artifact: Any,
+        opt: Any,
+        ds: Dataset,
+        views: np.ndarray,
+        x_train: np.ndarray,
+        x_test: np.ndarray,
+        raw: np.ndarray | None,
+    ) -> None:
+        import tensorflow as tf
+
+        spec, ctx, tr = self.spec, self.ctx, self.spec.train
+        reader = knowledge.reader
+        v_all = tf.constant(views)
+        n_views = views.shape[1]
+        labeled = np.flatnonzero(ds.labeled)
+        unlabeled = np.flatnonzero(~ds.labeled)
+        pool_u = unlabeled if len(unlabeled) else np.arange(len(ds.ids_train))
+        curriculum = next((p for p in knowledge.paradigms if isinstance(p, Curriculum)), None)
 
         cut = tr.cutout if raw is not None else 0
         side = augment.image_side(x_train.shape[1]) if cut else 0
@@ -220,7 +239,7 @@ class JobRun:
                 parts = {"supervised": sup}
                 if "u_idx" in batch:
                     emb_u, logits_u = model(cutout(pick(batch["u_idx"])), training=True)
-                    parts.update(loss_terms(tf, batch, emb_u, logits_u, terms))
+                    parts.update(knowledge.loss(batch, emb_u, logits_u))
                 loss = tf.add_n(list(parts.values()))
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
@@ -238,6 +257,7 @@ class JobRun:
             return float((np.argmax(predict(m).numpy(), 1) == ds.y_test).mean())
 
         base = self._step_base()
+        view = knowledge.view
         ckpt = (
             CheckpointPublisher(
                 ctx.publisher,
@@ -260,24 +280,20 @@ class JobRun:
         t0 = time.monotonic()
         for step in range(1, tr.steps + 1):
             gstep = base + step  # the namespace's step: checkpoints and staleness use it
-            if terms.curriculum is not None and reader is not None:
-                diff = reader.get(spec.namespace, "difficulty", labeled, gstep, tr.max_staleness)
-                frac = pacing(terms.curriculum, step / tr.steps)
-                batcher.note("difficulty_usable", float(diff.usable.mean()))
-                pool = curriculum_pool(diff.values, diff.usable, labeled, frac)
+            view.progress = step / tr.steps
+            if curriculum is not None:
+                pool = curriculum.pool(view, labeled, gstep)
                 lab_idx = rng.choice(pool, min(lab_bs, len(pool)), replace=len(pool) < lab_bs)
             else:
                 lab_idx = rng.choice(labeled, lab_bs, replace=False)
             batch: dict[str, Any] = {}
             warm = step <= tr.warmup_steps
-            if terms.uses_unlabeled and not warm:
+            if knowledge.reads_unlabeled and not warm:
                 u_idx = rng.choice(pool_u, min(tr.batch_size, len(pool_u)), replace=False)
-                batch = batcher.knowledge(u_idx, gstep)
-                if "peer_w" in batch:  # burn-in: distillation ramps up over half the run
-                    batch["peer_w"] = batch["peer_w"] * min(1.0, 2.0 * step / tr.steps)
+                batch = knowledge.batch(u_idx, gstep)
                 batch["u_idx"] = u_idx.astype(np.int32)
-                if reader is not None and step % 10 == 0:
-                    reader.hint(rng.choice(pool_u, min(4 * tr.batch_size, len(pool_u))))
+                if step % 10 == 0:
+                    knowledge.hint(rng.choice(pool_u, min(4 * tr.batch_size, len(pool_u))))
             parts = step_fn(
                 tf.constant(lab_idx.astype(np.int32)),
                 tf.constant(y[lab_idx]),
@@ -288,17 +304,13 @@ class JobRun:
             summed += 1
             if ckpt is not None and step >= tr.warmup_steps and ckpt.due(gstep):
                 ckpt.publish(artifact, gstep)
-            if step % 50 == 0 and reader is not None:
-                batcher.refresh_class_weights(gstep)
             if step % tr.eval_every == 0 or step == tr.steps:
                 staleness_before = self._record(
-                    step, accuracy(), reader, batcher, term_sums, summed, staleness_before, t0
+                    step, accuracy(), knowledge, term_sums, summed, staleness_before, t0
                 )
                 term_sums, summed = {}, 0
         if ckpt is not None and ckpt.last_step != base + tr.steps:
             ckpt.publish(artifact, base + tr.steps)
-        if reader is not None:
-            reader.stop()
         self.save_state(  # test_accuracy: the last step's eval, recorded above
             step=tr.steps,
             checkpoints=len(ckpt.published) if ckpt is not None else 0,
@@ -311,13 +323,13 @@ class JobRun:
         self,
         step: int,
         acc: float,
-        reader: KnowledgeReader | None,
-        batcher: KnowledgeBatcher,
+        knowledge: Knowledge,
         term_sums: dict[str, float],
         summed: int,
         before: tuple[float, int],
         t0: float,
     ) -> tuple[float, int]:
+        reader = knowledge.reader
         st = reader.staleness if reader is not None else None
         mean = None
         now = (st.sum, st.total - st.missing) if st is not None else (0.0, 0)
@@ -330,7 +342,7 @@ class JobRun:
             "staleness_mean": mean,
             "knowledge_coverage": min(coverage.values()) if coverage else None,
             "loss": {k: v / max(1, summed) for k, v in term_sums.items()},
-            "knowledge_use": dict(batcher.stats),
+            "knowledge_use": dict(knowledge.view.stats),
             "seconds": time.monotonic() - t0,
         }
         self.state["history"].append(entry)
@@ -342,15 +354,11 @@ class JobRun:
         return now
 
     def _step_base(self) -> int:
-        """Steps are monotonic inside a namespace: a job on a namespace that already has
-        checkpoints (an earlier job, a resumed run) numbers its own after the newest, so
-        the makers never rank its checkpoints below the old ones."""
+        """The namespace's newest checkpoint step: this job's steps follow on from it."""
         pub = self.ctx.publisher
         if pub is None:
             return 0
-        created = self.ctx.bank.namespace(self.spec.namespace).created_at
-        prev = latest_manifest(pub.conn, pub.topics.checkpoints, self.spec.namespace, created)
-        base = prev.step if prev is not None else 0
+        base = namespace_step(pub, self.ctx.bank, self.spec.namespace)
         if base:
             self.say(
                 f"{self.job_id}: namespace {self.spec.namespace} has checkpoints up to "
@@ -358,37 +366,3 @@ class JobRun:
             )
         self.save_state(step_base=base)
         return base
-
-    def _bootstrap(self, terms: Terms, x: np.ndarray, ds: Dataset) -> Any:
-        g = terms.graph
-        if g is None:
-            return None
-        if g.graph is not None:
-            return user_graph(Path(g.graph), {i: n for n, i in enumerate(ds.ids_train)}, g.k)
-        if g.bootstrap and len(x) <= 50_000:
-            return feature_graph(x, g.k)
-        return None
-
-    def _demand_fn(self) -> Callable[[list[str]], None] | None:
-        pub = self.ctx.publisher
-        if pub is None:
-            return None
-        asked: set[str] = set()
-        ns = self.spec.namespace
-
-        def demand(ids: list[str]) -> None:
-            fresh = [i for i in ids if i not in asked]
-            if not fresh:
-                return
-            asked.update(fresh)
-            for s in range(0, len(fresh), 512):
-                pub.examples(
-                    ExampleBatch(
-                        namespace=ns,
-                        ids=fresh[s : s + 512],
-                        priority="demand",
-                        campaign=f"demand-{self.job_id}",
-                    )
-                )
-
-        return demand

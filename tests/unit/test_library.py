@@ -1,0 +1,383 @@
+"""The library API without servers: ``KnowledgeModel`` around users' models (any kind),
+the exported artifact, the id-carrying dataset, and bad input refused before anything is
+written. The bank is the in-memory one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from carls.bank.memory import MemoryBank
+from carls.bank.types import KnowledgeBatch, Lineage
+from carls.makers.checkpoints import load_model
+from carls.trainers import DatasetError, KnowledgeModel, ModelError, examples
+from carls.trainers.checkpoints import save_artifact
+from carls.trainers.export import SavedModelExporter
+from carls.trainers.outputs import ModelHeads
+from carls.trainers.paradigms import Graph, PseudoLabel
+
+CLASSES = 3
+
+
+def functional(dim: int = 6, emb: int = 4) -> keras.Model:
+    inp = keras.Input((dim,))
+    e = keras.layers.Dense(emb, activation="relu", name="emb")(inp)
+    return keras.Model(inp, {"embedding": e, "logits": keras.layers.Dense(CLASSES)(e)})
+
+
+class Subclassed(keras.Model):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = keras.layers.Dense(4, activation="relu")
+        self.o = keras.layers.Dense(CLASSES)
+
+    def call(self, x: Any, training: bool = False) -> Any:
+        e = self.e(x)
+        return e, self.o(e)
+
+
+def data(n: int = 40, dim: int = 6, labeled: int = 9) -> tuple[list[str], Any, Any]:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, CLASSES, n).astype(np.int32)
+    x = (rng.normal(size=(n, dim)) + y[:, None]).astype(np.float32)
+    labels = np.full(n, -1, np.int32)
+    labels[:labeled] = y[:labeled]
+    return [f"e{i}" for i in range(n)], x, labels
+
+
+# Which outputs ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "embedding", "logits"),
+    [
+        (functional, "embedding", "logits"),  # dict keys
+        (functional, "emb", "logits"),  # an inner layer and a key
+        (
+            lambda: keras.Sequential(
+                [
+                    keras.Input((6,)),
+                    keras.layers.Dense(4, name="e"),
+                    keras.layers.Dense(CLASSES, name="l"),
+                ]
+            ),
+            "e",
+            "l",
+        ),
+        (Subclassed, 0, 1),  # positions in the returned pair
+    ],
+)
+def test_heads_find_the_named_outputs_of_any_kind_of_model(
+    make: Any, embedding: Any, logits: Any
+) -> None:
+    model = make()
+    heads = ModelHeads(model, embedding, logits, input_shape=(6,))
+    emb, out = heads(np.zeros((5, 6), np.float32))
+    assert tuple(emb.shape) == (5, 4) and tuple(out.shape) == (5, CLASSES)
+    assert (heads.shapes.embedding_dim, heads.shapes.classes) == (4, CLASSES)
+
+
+def test_a_missing_output_is_named_with_what_there_is() -> None:
+    with pytest.raises(
+        ModelError, match=r"embedding='feat'.*outputs are \['embedding', 'logits'\]"
+    ):
+        ModelHeads(functional(), "feat", "logits")
+    with pytest.raises(ModelError, match="pass embedding= a position"):
+        ModelHeads(Subclassed(), "embedding", 1, input_shape=(6,))
+    with pytest.raises(ModelError, match="no declared input"):
+        ModelHeads(Subclassed(), 0, 1)
+
+
+def test_outputs_of_the_wrong_rank_or_dtype_are_refused() -> None:
+    inp = keras.Input((6,))
+    seq = keras.layers.Reshape((2, 3))(inp)
+    with pytest.raises(ModelError, match=r"logits output .* rank 2"):
+        ModelHeads(keras.Model(inp, {"embedding": inp, "logits": seq}))
+    ints = keras.layers.Lambda(lambda t: keras.ops.cast(t, "int32"))(inp)
+    with pytest.raises(ModelError, match="dtype int32"):
+        ModelHeads(keras.Model(inp, {"embedding": ints, "logits": inp}))
+
+
+# Bad input before anything is written -------------------------------------------------------
+def test_ids_features_and_labels_that_disagree_are_refused_before_any_write() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    cases = [
+        ({"ids": ids[:-1], "labels": labels[:-1], "features": x}, r"features: 40 rows for 39 ids"),
+        ({"ids": ids, "labels": labels[:-1], "features": x}, r"labels: expected one label per id"),
+        ({"ids": ids, "labels": labels + 5, "features": x}, r"labels: .* outside -1..2"),
+        ({"ids": [*ids[:-1], ids[0]], "labels": labels, "features": x}, r"ids: 1 duplicate"),
+        ({"ids": ids, "labels": labels, "features": x[:, :4]}, r"features: each example has shape"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(DatasetError, match=message):
+            KnowledgeModel(functional(), [PseudoLabel()], bank=bank, namespace="ns", **kwargs)
+    assert bank.namespaces() == []
+
+
+def test_a_paradigm_that_cannot_work_with_the_model_fails_at_construction() -> None:
+    ids, _, labels = data()
+    with pytest.raises(ValueError, match="each may appear once"):
+        KnowledgeModel(
+            functional(),
+            [PseudoLabel(), PseudoLabel()],
+            bank=MemoryBank(),
+            namespace="ns",
+            ids=ids,
+            labels=labels,
+        )
+    with pytest.raises(ModelError, match="jit_compile"):
+        KnowledgeModel(functional(), [], bank=None, namespace="ns", ids=ids, labels=labels).compile(
+            optimizer="adam", loss="mse", jit_compile=True
+        )
+
+
+# Training with knowledge ---------------------------------------------------------------------
+def written(bank: MemoryBank, ns: str, ids: list[str], classes: Any, step: int = 5) -> None:
+    probs = np.full((len(ids), CLASSES), 0.02, np.float32)
+    probs[np.arange(len(ids)), classes] = 0.96
+    bank.write(
+        ns,
+        "pseudo_label",
+        KnowledgeBatch(ids, probs, classes.astype(np.int32), probs.max(1)),
+        Lineage(step, "test"),
+    )
+
+
+def test_fit_adds_the_paradigms_terms_and_skips_unlabeled_rows_in_the_supervised_loss() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(),
+        [PseudoLabel(threshold=0.5)],
+        bank=bank,
+        namespace="ns",
+        ids=ids,
+        labels=labels,
+        features=x,
+    )
+    assert km.register_examples() == len(ids)
+    truth = np.asarray([round(float(v)) % CLASSES for v in x[:, 0]])
+    written(bank, "ns", ids, truth)
+    km.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    km.knowledge.reader.refresh(np.arange(len(ids)))  # as the background sweep would
+    with km:
+        history = km.fit(
+            examples(ids, x, labels, batch_size=16, labeled_batch_size=8),
+            steps_per_epoch=5,
+            epochs=2,
+            verbose=0,
+        )
+    assert not km.knowledge.reader._thread.is_alive()
+    assert history.history["pseudo"][-1] > 0
+    assert km.knowledge.view.stats["pseudo_used"] > 0
+    # evaluate and predict see the logits
+    assert km.predict(x[:4], verbose=0).shape == (4, CLASSES)
+    _, acc = km.evaluate(x, np.maximum(labels, 0), verbose=0)
+    assert 0.0 <= acc <= 1.0
+
+
+def test_examples_put_the_labeled_rows_first_and_carry_ids() -> None:
+    ids, x, labels = data()
+    ((batch, y),) = examples(ids, x, labels, batch_size=16, labeled_batch_size=8).take(1)
+    assert batch["features"].shape == (24, 6) and batch["id"].shape == (24,)
+    assert (y.numpy()[:8] >= 0).all() and (y.numpy()[8:] == -1).all()
+    index = {i: n for n, i in enumerate(ids)}
+    rows = [index[i.decode()] for i in batch["id"].numpy()]
+    np.testing.assert_array_equal(x[rows], batch["features"].numpy())
+    with pytest.raises(DatasetError, match="features: 39 rows for 40 ids"):
+        examples(ids, x[:-1], labels)
+
+
+def test_batches_without_ids_are_refused() -> None:
+    ids, x, labels = data()
+    km = KnowledgeModel(functional(), [], bank=None, namespace="ns", ids=ids, labels=labels)
+    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ModelError, match=r"batches of \(\{'id'"):
+        km.fit(x, np.maximum(labels, 0), epochs=1, verbose=0)
+
+
+# The artifact -------------------------------------------------------------------------------
+CUSTOM_LAYER = textwrap.dedent(
+    """
+    import keras
+
+    @keras.saving.register_keras_serializable(package="test_user_layers")
+    class Gate(keras.layers.Layer):
+        def build(self, shape):
+            self.g = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * keras.ops.sigmoid(self.g)
+    """
+)
+
+
+def test_an_exported_model_with_a_custom_layer_serves_where_its_code_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "user_code").mkdir()
+    (tmp_path / "user_code" / "user_layers.py").write_text(CUSTOM_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path / "user_code"))
+    import user_layers  # type: ignore[import-not-found]
+
+    inp = keras.Input((4, 4, 1))
+    h = keras.layers.Conv2D(3, 2, padding="same")(inp)
+    h = user_layers.Gate()(keras.layers.Flatten()(h))
+    model = keras.Model(inp, {"embedding": h, "logits": keras.layers.Dense(CLASSES)(h)})
+    exporter = SavedModelExporter(ModelHeads(model))
+    manifest = save_artifact(exporter, tmp_path / "store", "ns", 7)
+    assert manifest.format == "tf_saved_model" and manifest.uri.endswith("step-000000000007.tar")
+    x = np.random.default_rng(1).normal(size=(5, 16)).astype(np.float32)
+    expected = keras.ops.softmax(model(x.reshape(5, 4, 4, 1))["logits"]).numpy()
+
+    probe = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        from carls.schemas import CheckpointManifest
+        from carls.makers.checkpoints import load_model
+        assert "user_layers" not in sys.modules
+        try:
+            import user_layers
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("the user's module is importable here")
+        m = load_model(CheckpointManifest(**json.loads(sys.argv[1])))
+        emb, probs = m.infer(np.asarray(json.loads(sys.argv[2]), np.float32))
+        print(json.dumps([m.feature_dim, m.embedding_dim, m.classes, probs.tolist()]))
+        """
+    )
+    import dataclasses
+    import json
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe,
+            json.dumps(dataclasses.asdict(manifest)),
+            json.dumps(x.tolist()),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    feature_dim, emb_dim, classes, probs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (feature_dim, emb_dim, classes) == (16, 48, CLASSES)
+    np.testing.assert_allclose(np.asarray(probs), expected, atol=1e-5)
+    # and in this process too, through the same loader
+    assert load_model(manifest).infer(x)[1].shape == (5, CLASSES)
+
+
+def test_graph_prepares_neighbours_distributions_for_the_batch() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(),
+        [Graph(k=3, target="probabilities")],
+        bank=bank,
+        namespace="ns",
+        ids=ids,
+        labels=labels,
+        features=x,
+    )
+    km.register_examples()
+    arrays = km.knowledge.batch(np.arange(10), step=1)  # bootstrap graph, labeled neighbours
+    assert arrays["g_q"].shape == (10, CLASSES)
+    usable = arrays["g_w"] > 0
+    np.testing.assert_allclose(arrays["g_q"][usable].sum(1), 1.0, rtol=1e-5)
+
+
+class _Publisher:
+    """Records what a ``PublishCheckpoints`` would send to Kafka."""
+
+    def __init__(self) -> None:
+        self.manifests: list[Any] = []
+        self.batches: list[Any] = []
+
+    def manifest(self, m: Any) -> None:
+        self.manifests.append(m)
+
+    def examples(self, batch: Any) -> None:
+        self.batches.append(batch)
+
+
+def test_publish_checkpoints_serves_the_averaged_weights_and_trains_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carls.trainers import PublishCheckpoints
+    from carls.trainers import callbacks as callbacks_module
+
+    monkeypatch.setattr(callbacks_module, "namespace_step", lambda *_: 1000)
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [], bank=bank, namespace="ns", ids=ids, labels=labels, features=x
+    )
+    km.register_examples()
+    km.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    pub = _Publisher()
+    cb = PublishCheckpoints(pub, tmp_path, every_steps=4, warmup_steps=6, ema=0.5)  # type: ignore[arg-type]
+    with km:
+        km.fit(
+            examples(ids, x, labels, batch_size=8),
+            steps_per_epoch=5,
+            epochs=2,
+            verbose=0,
+            callbacks=[cb],
+        )
+    # never the untrained model; steps continue the namespace's numbering; one at the end
+    assert [m.step for m in pub.manifests] == [1006, 1010]
+    assert {m.format for m in pub.manifests} == {"tf_saved_model"}
+    served = load_model(pub.manifests[-1]).infer(x)[1]
+    trained = keras.ops.softmax(km.base(x)["logits"]).numpy()
+    averaged = functional()
+    averaged.set_weights([np.asarray(a) for a in cb._average])
+    expected = keras.ops.softmax(averaged(x)["logits"]).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert not np.allclose(served, trained, atol=1e-4)  # training kept its own weights
+
+
+def test_a_tar_that_is_not_a_saved_model_is_not_a_model(tmp_path: Path) -> None:
+    import dataclasses
+    import hashlib
+    import io
+    import tarfile
+
+    from carls.makers.errors import NotAModelError
+    from carls.schemas import CheckpointManifest
+
+    path = tmp_path / "step-000000000001.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("carls.json")
+        body = b'{"format": "tf_saved_model"}'
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    manifest = CheckpointManifest(
+        namespace="ns",
+        step=1,
+        uri=path.as_uri(),
+        format="tf_saved_model",
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        size=path.stat().st_size,
+        created_at=0.0,
+    )
+    with pytest.raises(NotAModelError, match="not a carls SavedModel tar"):
+        load_model(manifest)
+    with pytest.raises(NotAModelError, match="format 'onnx'"):
+        load_model(dataclasses.replace(manifest, format="onnx"))

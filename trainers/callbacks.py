@@ -1,0 +1,115 @@
+"""``PublishCheckpoints``: the Keras callback that serves a ``KnowledgeModel`` to makers.
+
+Every ``every_steps`` steps (or ``every_s`` seconds), from ``warmup_steps`` on, it exports
+the model as a ``tf_saved_model`` artifact into the checkpoint store and announces it on
+the checkpoints topic; makers load it without the model's code and refresh the
+namespace's knowledge. The untrained model is never published: the first checkpoint comes
+``max(warmup_steps, every_steps)`` steps into training, and one more at the end. Steps
+continue the namespace's numbering (an earlier run's checkpoints stay older). It also
+sends the makers demand for ids the trainer's batches need that have no knowledge yet.
+With ``ema`` it publishes an exponential moving average of the weights instead of the
+weights of the moment: a steadier teacher for the knowledge the makers derive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from carls.streams.producer import Publisher
+from carls.trainers.checkpoints import CheckpointPublisher, demand_publisher, namespace_step
+from carls.trainers.errors import ModelError
+from carls.trainers.export import SavedModelExporter
+from carls.trainers.wrapper import KnowledgeModel
+
+
+class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """Publish a ``KnowledgeModel``'s checkpoints (and demand) while it trains."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        store: Path,
+        *,
+        every_steps: int = 200,
+        every_s: float | None = None,
+        warmup_steps: int = 0,
+        producer: str = "carls-trainer",
+        demand: bool = True,
+        ema: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if every_steps < 1 or warmup_steps < 0 or (every_s is not None and every_s <= 0):
+            raise ValueError("every_steps >= 1, warmup_steps >= 0 and every_s > 0 (or None)")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema: a decay in [0, 1), got {ema}")
+        self.ema = ema
+        self._average: list[Any] = []
+        self.publisher = publisher
+        self.store = Path(store)
+        self.every_steps, self.every_s, self.warmup_steps = every_steps, every_s, warmup_steps
+        self.producer = producer
+        self.demand = demand
+        self.checkpoints: CheckpointPublisher | None = None
+        self._exporter: SavedModelExporter | None = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        km = self.model
+        if not isinstance(km, KnowledgeModel):
+            raise ModelError("PublishCheckpoints works with a carls KnowledgeModel")
+        if km.bank is None:
+            raise ModelError("PublishCheckpoints needs the model's bank")
+        km.step_base = namespace_step(self.publisher, km.bank, km.namespace)
+        if self._exporter is None or self._exporter.heads is not km.heads:
+            self._exporter = SavedModelExporter(km.heads)
+        self.checkpoints = CheckpointPublisher(
+            self.publisher,
+            self.store,
+            km.namespace,
+            self.producer,
+            self.every_steps,
+            self.every_s,
+            start_step=km.step_base,
+        )
+        self._average = [np.array(v.numpy()) for v in km.base.trainable_weights] if self.ema else []
+        reader = km.knowledge.reader
+        if self.demand and reader is not None:
+            reader.demand = demand_publisher(self.publisher, km.namespace, self.producer)
+
+    def _step(self) -> tuple[int, int]:
+        done = int(self.model.optimizer.iterations.numpy())
+        return done, self.model.step_base + done
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.ema:
+            decay = self.ema
+            for avg, v in zip(self._average, self.model.base.trainable_weights, strict=True):
+                np.multiply(avg, decay, out=avg)
+                np.add(avg, (1.0 - decay) * v.numpy(), out=avg)
+        done, step = self._step()
+        assert self.checkpoints is not None
+        if done >= self.warmup_steps and self.checkpoints.due(step):
+            self._publish(step)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        assert self.checkpoints is not None
+        done, step = self._step()
+        if done >= 1 and self.checkpoints.last_step != step:
+            self._publish(step)
+
+    def _publish(self, step: int) -> None:
+        """Export and announce; with ``ema``, the averaged weights are swapped in for the
+        export and the training weights put back after it."""
+        assert self.checkpoints is not None and self._exporter is not None
+        variables = self.model.base.trainable_weights
+        kept = [np.array(v.numpy()) for v in variables] if self.ema else []
+        try:
+            for v, avg in zip(variables if self.ema else [], self._average, strict=False):
+                v.assign(avg)
+            self.checkpoints.publish(self._exporter, step)
+        finally:
+            for v, value in zip(variables if self.ema else [], kept, strict=False):
+                v.assign(value)

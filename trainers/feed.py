@@ -1,0 +1,76 @@
+"""Feeding examples with their ids: the batches ``KnowledgeModel.fit`` trains on.
+
+``examples`` turns arrays into an endless, shuffled ``tf.data.Dataset`` of
+``({"id": ids, "features": x}, labels)`` batches. With ``labeled_batch_size`` each batch
+is that many labeled examples (drawn again and again, as they are usually few) followed by
+``batch_size`` unlabeled ones, the usual semi-supervised mix. A pipeline of one's own
+works as well, as long as its elements have that structure and the ids are among the
+model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from carls.trainers.errors import DatasetError
+
+
+def examples(
+    ids: Sequence[str],
+    features: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    batch_size: int = 128,
+    labeled_batch_size: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """An endless ``tf.data.Dataset`` of id-carrying batches (pass ``steps_per_epoch`` to
+    ``fit``). Labels are class indices, ``-1`` for unlabeled examples."""
+    import tensorflow as tf
+
+    x = np.asarray(features)
+    y = np.asarray(labels)
+    id_arr = np.asarray(list(ids), dtype=object).astype(str)
+    if len(x) != len(id_arr):
+        raise DatasetError("features", f"{len(x)} rows for {len(id_arr)} ids; give one per id")
+    if y.shape != (len(id_arr),):
+        raise DatasetError("labels", f"expected one label per id ({len(id_arr)}), got {y.shape}")
+    if batch_size < 1 or (labeled_batch_size is not None and labeled_batch_size < 1):
+        raise DatasetError("batch_size", "batch sizes must be >= 1")
+    x = np.asarray(x, np.float32)
+    y = y.astype(np.int32)
+
+    def stream(rows: npt.NDArray[np.int64], size: int, salt: int) -> Any:
+        table_ids, table_x, table_y = (
+            tf.constant(id_arr[rows]),
+            tf.constant(x[rows]),
+            tf.constant(y[rows]),
+        )
+        ds = tf.data.Dataset.range(len(rows)).shuffle(len(rows), seed=seed + salt)
+        return (
+            ds.repeat()
+            .batch(size, drop_remainder=len(rows) >= size)
+            .map(lambda i: (tf.gather(table_ids, i), tf.gather(table_x, i), tf.gather(table_y, i)))
+        )
+
+    def structure(i: Any, f: Any, lab: Any) -> Any:
+        return {"id": i, "features": f}, lab
+
+    every = np.arange(len(id_arr))
+    if labeled_batch_size is None:
+        return stream(every, batch_size, 0).map(structure).prefetch(tf.data.AUTOTUNE)
+    labeled, unlabeled = every[y >= 0], every[y < 0]
+    if not len(labeled):
+        raise DatasetError("labels", "labeled_batch_size is set but no example is labeled")
+    if not len(unlabeled):
+        unlabeled = every
+    both = tf.data.Dataset.zip(
+        stream(labeled, labeled_batch_size, 1), stream(unlabeled, batch_size, 2)
+    )
+    return both.map(
+        lambda a, b: structure(*(tf.concat([u, v], 0) for u, v in zip(a, b, strict=True)))
+    ).prefetch(tf.data.AUTOTUNE)

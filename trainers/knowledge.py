@@ -1,0 +1,150 @@
+"""A trainer's paradigms over one knowledge reader: what to follow, each batch's knowledge,
+the loss terms.
+
+``Knowledge`` binds the paradigms to the trainer's examples, starts a ``KnowledgeReader``
+for every source they name (deduplicated), and then, per batch, gathers their arrays from
+the reader's cache on the host (``batch``) and adds up their loss terms in the compiled
+step (``loss``). The training step never waits on the bank. Use it as a context manager,
+or call ``close``: the reader's thread stops either way, also when training fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from carls.bank.protocol import KnowledgeBank
+from carls.trainers.paradigms import (
+    ArraySpec,
+    Outputs,
+    Paradigm,
+    Refreshing,
+    Setup,
+    Source,
+    View,
+    Weighting,
+)
+from carls.trainers.reader import KnowledgeReader
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+class Knowledge:
+    """``paradigms`` bound to a trainer's examples (``setup.ids``, with ``labels``, -1 for
+    unlabeled) and reading ``bank`` in the background.
+
+    ``demand`` (optional) is called with ids that upcoming batches need and the bank has
+    no knowledge of yet, so makers make them ahead of refresh work. ``reader`` replaces the
+    reader this would start (it must follow ``sources``; benchmarks use it)."""
+
+    def __init__(
+        self,
+        paradigms: Sequence[Paradigm],
+        setup: Setup,
+        bank: KnowledgeBank | None,
+        labels: npt.ArrayLike,
+        *,
+        max_staleness: int | None = 1000,
+        demand: Callable[[list[str]], None] | None = None,
+        reader: KnowledgeReader | None = None,
+    ) -> None:
+        self.paradigms = list(paradigms)
+        self.setup = setup
+        names = [p.name for p in self.paradigms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"paradigms: each may appear once, got {names}")
+        sources: dict[tuple[str, str], Source] = {}
+        for p in self.paradigms:
+            for s in p.bind(setup):
+                sources.setdefault((s.namespace, s.kind), s)
+        self.sources = list(sources.values())
+        self.signature: dict[str, ArraySpec] = {}
+        for p in self.paradigms:
+            for key, spec in p.signature().items():
+                if key in self.signature:
+                    raise ValueError(f"paradigms {names}: two of them prepare {key!r}")
+                self.signature[key] = spec
+        if self.sources and bank is None:
+            raise ValueError(f"paradigms {names} read knowledge: give a bank")
+        self.reader = reader or (
+            KnowledgeReader(
+                bank,
+                setup.ids,
+                [(s.namespace, s.kind, s.dim) for s in self.sources],
+                demand=demand,
+            )
+            if self.sources and bank is not None
+            else None
+        )
+        labels = np.asarray(labels, np.int32)
+        if labels.shape != (len(setup.ids),):
+            raise ValueError(
+                f"labels: expected one per id ({len(setup.ids)}), got shape {labels.shape}"
+            )
+        self.view = View(self.reader, labels, max_staleness)
+        self._weighting = [p for p in self.paradigms if isinstance(p, Weighting)]
+        self._refreshing = [p for p in self.paradigms if isinstance(p, Refreshing)]
+        self._started = False
+
+    # Lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Knowledge:
+        if self.reader is not None and not self._started:
+            self.reader.start()
+            self._started = True
+        return self
+
+    def close(self) -> None:
+        if self.reader is not None and self._started:
+            self.reader.stop()
+            self._started = False
+
+    def __enter__(self) -> Knowledge:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The host side ------------------------------------------------------------------------
+    @property
+    def reads_unlabeled(self) -> bool:
+        """Whether any paradigm has loss terms (and so wants unlabeled examples)."""
+        return bool(self.signature)
+
+    def batch(self, rows: npt.ArrayLike, step: int) -> dict[str, npt.NDArray[Any]]:
+        """Every paradigm's arrays for the batch ``rows`` (indices into ``setup.ids``)."""
+        idx = np.asarray(rows, np.int64)
+        for r in self._refreshing:
+            if step % r.refresh_every == 0:
+                r.refresh(self.view, step)
+        out: dict[str, npt.NDArray[Any]] = {}
+        for p in self.paradigms:
+            out.update(p.prepare(self.view, idx, step))
+        return out
+
+    def supervised_weights(self, rows: npt.ArrayLike, step: int) -> F32 | None:
+        """The product of the weighting paradigms' per-row weights, or None if none."""
+        if not self._weighting:
+            return None
+        idx = np.asarray(rows, np.int64)
+        w = np.ones(len(idx), np.float32)
+        for wp in self._weighting:
+            w *= wp.supervised_weights(self.view, idx, step)
+        return w
+
+    def hint(self, rows: npt.ArrayLike) -> None:
+        """Rows that upcoming batches need: the reader refreshes them first."""
+        if self.reader is not None:
+            self.reader.hint(rows)
+
+    # The compiled side --------------------------------------------------------------------
+    def loss(self, knowledge: dict[str, Any], embedding: Any, logits: Any) -> dict[str, Any]:
+        """Every paradigm's named loss terms for one batch."""
+        out = Outputs(embedding, logits)
+        terms: dict[str, Any] = {}
+        for p in self.paradigms:
+            terms.update(p.loss(knowledge, out))
+        return terms

@@ -1,0 +1,52 @@
+"""The learning paradigms, one plug-in module each (see ``base`` for the protocol).
+
+* ``PseudoLabel`` (``pseudo_label``) — confident pseudo labels of unlabeled examples;
+* ``Graph`` (``graph``) — graph regularization with neighbours' stale knowledge;
+* ``Curriculum`` (``curriculum``) — easy examples first, by the makers' difficulty;
+* ``Codistillation`` (``codistillation``) — a peer trainer's stale predictions;
+* ``Multimodal`` (``multimodal``) — alignment with the other modalities' embeddings.
+
+A job spec's paradigm becomes a list of them with ``from_spec`` (``pseudo_label_graph``
+is ``[PseudoLabel, Graph]``; ``supervised`` is none).
+"""
+
+from __future__ import annotations
+
+from carls.trainers.paradigms.base import (
+    ArraySpec,
+    Outputs,
+    Paradigm,
+    Refreshing,
+    Setup,
+    Source,
+    View,
+    Weighting,
+)
+from carls.trainers.paradigms.codistillation import Codistillation
+from carls.trainers.paradigms.curriculum import Curriculum
+from carls.trainers.paradigms.graph import Graph, feature_graph, user_graph
+from carls.trainers.paradigms.multimodal import Multimodal, peer_namespace
+from carls.trainers.paradigms.pseudo_label import PseudoLabel
+from carls.trainers.paradigms.registry import PARADIGMS, from_spec, paradigm_class
+
+__all__ = [
+    "PARADIGMS",
+    "ArraySpec",
+    "Codistillation",
+    "Curriculum",
+    "Graph",
+    "Multimodal",
+    "Outputs",
+    "Paradigm",
+    "PseudoLabel",
+    "Refreshing",
+    "Setup",
+    "Source",
+    "View",
+    "Weighting",
+    "feature_graph",
+    "from_spec",
+    "paradigm_class",
+    "peer_namespace",
+    "user_graph",
+]

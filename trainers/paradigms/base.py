@@ -1,0 +1,140 @@
+"""The ``Paradigm`` protocol: what a learning paradigm reads, prepares and adds to the loss.
+
+A paradigm is a plug-in with three parts, one per place it runs:
+
+* ``bind(setup)`` — once, when a trainer takes it on: returns the ``(namespace, kind,
+  dim)`` knowledge it reads (its own namespace's, a peer's, a teacher's, another
+  modality's), which the knowledge reader then follows in the background; ``signature()``
+  then names the arrays ``prepare`` returns;
+* ``prepare(view, rows, step)`` — on the host, from the reader's local cache (a gather;
+  it never waits on the bank): numpy arrays for one batch, named as in ``signature``;
+  knowledge that is missing or too stale gets weight 0 there;
+* ``loss(knowledge, out)`` — inside the compiled step: named loss terms from those arrays
+  and the model's ``embedding`` and ``logits`` for the batch.
+
+Optional abilities are separate small protocols: ``Refreshing`` (host work every few
+steps, e.g. class weights) and ``Weighting`` (a per-row weight on the supervised term,
+e.g. a curriculum). Each paradigm is one module of this package; ``registry.py`` maps the
+names job specs use to the classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from carls.trainers.reader import KnowledgeReader, Slice
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One kind of knowledge a paradigm reads: ``(namespace, kind)`` rows of width ``dim``."""
+
+    namespace: str
+    kind: str
+    dim: int
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a paradigm may know of the trainer it is part of."""
+
+    namespace: str
+    classes: int
+    embedding_dim: int
+    ids: tuple[str, ...] = ()
+    features: F32 | None = field(default=None, repr=False, compare=False)
+    """The flat training features (for a bootstrap graph), when the trainer has them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """The dtype and the shape past the batch of one prepared array."""
+
+    dtype: str
+    shape: tuple[int, ...] = ()
+
+
+class View:
+    """The reader's cache as a paradigm sees it: knowledge under the trainer's staleness
+    policy, the labels of the trainer's examples (``-1``: unlabeled), training progress,
+    and a place to note usage figures (exponential moving averages)."""
+
+    def __init__(
+        self,
+        reader: KnowledgeReader | None,
+        labels: npt.NDArray[np.int32],
+        max_staleness: int | None,
+    ) -> None:
+        self.reader = reader
+        self.labels = labels
+        self.labeled = labels >= 0
+        self.max_staleness = max_staleness
+        self.progress = 0.0
+        """Fraction of training done, 0..1 (1 when the length is unknown)."""
+        self.stats: dict[str, float] = {}
+
+    def get(self, source: Source, rows: I64, step: int) -> Slice:
+        """Knowledge of ``rows`` with the staleness policy applied (``Slice.usable``)."""
+        assert self.reader is not None
+        return self.reader.get(source.namespace, source.kind, rows, step, self.max_staleness)
+
+    def rows(self, source: Source, rows: npt.ArrayLike) -> tuple[F32, I64]:
+        """Values and steps (-1: none) of any rows, with no staleness policy."""
+        assert self.reader is not None
+        return self.reader.rows(source.namespace, source.kind, rows)
+
+    def note(self, key: str, value: float) -> None:
+        old = self.stats.get(key)
+        self.stats[key] = value if old is None else 0.9 * old + 0.1 * value
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """The model's outputs for a batch, inside the compiled step (TensorFlow tensors)."""
+
+    embedding: Any
+    logits: Any
+
+
+@runtime_checkable
+class Paradigm(Protocol):
+    """A learning paradigm as a plug-in (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def bind(self, setup: Setup) -> list[Source]: ...
+
+    def signature(self) -> dict[str, ArraySpec]: ...
+
+    def prepare(self, view: View, rows: I64, step: int) -> Arrays: ...
+
+    def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Refreshing(Protocol):
+    """A paradigm with host work every ``refresh_every`` steps (e.g. class weights)."""
+
+    refresh_every: int
+
+    def refresh(self, view: View, step: int) -> None: ...
+
+
+@runtime_checkable
+class Weighting(Protocol):
+    """A paradigm that weights the supervised term per row (e.g. a curriculum)."""
+
+    def supervised_weights(self, view: View, rows: I64, step: int) -> F32: ...
+
+
+def mean_over_batch(tf: Any, weighted: Any, logits: Any) -> Any:
+    """``sum(weighted) / batch size``: a term's share of the loss, masked rows counting 0."""
+    return tf.reduce_sum(weighted) / tf.cast(tf.shape(logits)[0], tf.float32)

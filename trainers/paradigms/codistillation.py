@@ -1,0 +1,73 @@
+"""Codistillation: two or more trainers on one task learn from each other's stale
+predictions through the bank.
+
+KL divergence from a peer trainer's predictions (its namespace's ``prediction`` kind) to
+this model's, at ``temperature``. The term ramps up linearly over the first half of
+training (burn-in), while the peer's predictions are still poor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from carls.trainers.errors import SpecError
+from carls.trainers.paradigms.base import (
+    I64,
+    Arrays,
+    ArraySpec,
+    Outputs,
+    Setup,
+    Source,
+    View,
+    mean_over_batch,
+)
+
+
+@dataclass(slots=True)
+class Codistillation:
+    """Distil a peer trainer's stale predictions."""
+
+    peer: str
+    """The peer trainer's namespace."""
+    weight: float = 0.5
+    temperature: float = 1.0
+    burn_in: float = 0.5
+    """Fraction of training over which the term ramps up from 0 (0: full weight at once)."""
+    name: ClassVar[str] = "codistillation"
+    _source: Source | None = field(default=None, init=False, repr=False)
+
+    def bind(self, setup: Setup) -> list[Source]:
+        if self.peer == setup.namespace:
+            raise SpecError("peer", "the peer is another trainer's namespace, not this one")
+        self._source = Source(self.peer, "prediction", setup.classes)
+        return [self._source]
+
+    def signature(self) -> dict[str, ArraySpec]:
+        assert self._source is not None, "bind() first"
+        return {
+            "peer_p": ArraySpec("float32", (self._source.dim,)),
+            "peer_w": ArraySpec("float32"),
+        }
+
+    def prepare(self, view: View, rows: I64, step: int) -> Arrays:
+        assert self._source is not None, "bind() first"
+        peer = view.get(self._source, rows, step)
+        ramp = min(1.0, view.progress / self.burn_in) if self.burn_in > 0 else 1.0
+        view.note("peer_usable", float(peer.usable.mean()))
+        return {
+            "peer_p": peer.values.astype(np.float32),
+            "peer_w": (peer.usable * ramp).astype(np.float32),
+        }
+
+    def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]:
+        import tensorflow as tf
+
+        own = tf.nn.log_softmax(out.logits / self.temperature)
+        peer = tf.clip_by_value(knowledge["peer_p"], 1e-7, 1.0)
+        kl = tf.reduce_sum(peer * (tf.math.log(peer) - own), 1)
+        return {
+            "codistill": self.weight * mean_over_batch(tf, knowledge["peer_w"] * kl, out.logits)
+        }

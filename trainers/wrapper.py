@@ -1,0 +1,320 @@
+"""``KnowledgeModel``: carls knowledge terms around any Keras 3 model, with plain
+``compile``/``fit``/``evaluate``.
+
+The user keeps their model (functional, sequential or subclassed) and names which outputs
+are the embedding and the logits; the wrapper shares its weights, returns the logits from
+``call`` (so the compiled loss and metrics see them), and adds each paradigm's loss terms
+in ``train_step``. Training batches carry example ids next to the features
+(``{"id": ..., "features": ...}``, see ``carls.trainers.feed.examples``); the ids are
+looked up in a table inside the graph and the paradigms' knowledge is gathered from the
+knowledge reader's local cache on the host, so a step never waits on the bank. Labels of
+``-1`` mark unlabeled examples: the supervised term and the metrics skip them.
+
+Everything that can be checked is checked in the constructor, before any step runs and
+before anything is written: the named outputs exist, are rank 2 and floating point, the
+paradigms' terms build on them, and the ids, labels and features agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+from carls.bank.errors import NamespaceError
+from carls.bank.protocol import KnowledgeBank
+from carls.bank.types import NO_LABEL, NamespaceSpec, default_kinds
+from carls.schemas import names
+from carls.schemas.errors import SchemaError
+from carls.trainers.errors import DatasetError, ModelError
+from carls.trainers.knowledge import Knowledge
+from carls.trainers.outputs import ModelHeads, OutputName
+from carls.trainers.paradigms import Graph, Paradigm, Setup
+
+DEFAULT_K = 8
+REGISTER_CHUNK = 5000
+HINT_EVERY = 10
+"""Steps between hints to the reader (and demand to the makers) of the batch's ids."""
+
+
+class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
+    """``base`` with the knowledge terms of ``paradigms`` for examples ``ids``.
+
+    Args:
+        base: any Keras model whose outputs include an embedding and logits.
+        paradigms: the paradigm plug-ins (``carls.trainers.paradigms``); none is plain
+            supervised training.
+        bank: the knowledge bank the paradigms read (and ``register_examples`` writes).
+        namespace: the bank namespace of this training run.
+        ids: one unique string id per training example.
+        labels: the training labels, ``-1`` for unlabeled examples.
+        features: the training features (any shape per example); used for the bootstrap
+            neighbour graph and by ``register_examples``.
+        embedding, logits: which outputs are which: dict keys, positions in a list of
+            outputs, or (functional models) layer names.
+        input_shape: the per-example input shape, for a model that does not declare it.
+        max_staleness: knowledge older than this many steps is masked out.
+    """
+
+    def __init__(
+        self,
+        base: keras.Model,
+        paradigms: Sequence[Paradigm] = (),
+        *,
+        bank: KnowledgeBank | None,
+        namespace: str,
+        ids: Sequence[str],
+        labels: npt.ArrayLike,
+        features: npt.ArrayLike | None = None,
+        embedding: OutputName = "embedding",
+        logits: OutputName = "logits",
+        input_shape: Sequence[int] | None = None,
+        max_staleness: int | None = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        try:
+            names.validate_name(namespace, "namespace")
+        except SchemaError as exc:
+            raise ModelError(str(exc)) from exc
+        self.base = base
+        self.heads = ModelHeads(base, embedding, logits, input_shape)
+        shapes = self.heads.shapes
+        self.namespace = namespace
+        self.bank = bank
+        self.ids = _check_ids(ids)
+        self.labels = _check_labels(labels, len(self.ids), shapes.classes)
+        self.features = (
+            None if features is None else _check_features(features, len(self.ids), shapes)
+        )
+        setup = Setup(
+            namespace, shapes.classes, shapes.embedding_dim, tuple(self.ids), self.features
+        )
+        self.knowledge = Knowledge(paradigms, setup, bank, self.labels, max_staleness=max_staleness)
+        self._names = sorted(self.knowledge.signature)
+        self._term_names = self._check_terms()
+        self._rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.ids), tf.range(len(self.ids), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
+        self.step_base = 0
+        """The namespace's step before this run (set by ``PublishCheckpoints``)."""
+        self.total_steps: int | None = None
+        self._host_steps = 0
+
+    # Set-up --------------------------------------------------------------------------------
+    def kinds(self) -> dict[str, int]:
+        """The bank kinds (with widths) this run's namespace needs."""
+        s = self.heads.shapes
+        k = max([p.k for p in self.knowledge.paradigms if isinstance(p, Graph)] or [DEFAULT_K])
+        out = default_kinds(s.embedding_dim, s.classes, k)
+        for src in self.knowledge.sources:
+            if src.namespace == self.namespace:
+                out[src.kind] = max(out.get(src.kind, 0), src.dim)
+        return out
+
+    def register_examples(self, buckets: int = 8) -> int:
+        """Create the namespace (or check the existing one fits) and register the
+        examples' flat features and labels, so makers can make their knowledge."""
+        if self.bank is None or self.features is None:
+            raise ModelError("register_examples needs the bank and the features")
+        kinds = self.kinds()
+        try:
+            existing: NamespaceSpec | None = self.bank.namespace(self.namespace)
+        except NamespaceError:
+            existing = None
+        if existing is None:
+            self.bank.create_namespace(NamespaceSpec(self.namespace, kinds, buckets=buckets))
+        else:
+            for kind, dim in kinds.items():
+                have = existing.kinds.get(kind)
+                if have != dim and not (kind == "neighbours" and have is not None and have >= dim):
+                    raise ModelError(
+                        f"namespace {self.namespace} exists with {kind} of width {have}; "
+                        f"this model needs {dim}: use a new namespace or drop the old one"
+                    )
+        flat = self.features.reshape(len(self.ids), -1)
+        written = 0
+        for s in range(0, len(self.ids), REGISTER_CHUNK):
+            part = slice(s, s + REGISTER_CHUNK)
+            written += self.bank.register_examples(
+                self.namespace, self.ids[part], flat[part], self.labels[part].tolist()
+            )
+        return written
+
+    def _check_terms(self) -> list[str]:
+        """Build every paradigm's loss once on zeros of the right shapes: a paradigm that
+        cannot work with this model fails here, not at the first step."""
+        s = self.heads.shapes
+        zeros = {
+            name: tf.zeros((2, *spec.shape), spec.dtype)
+            for name, spec in self.knowledge.signature.items()
+        }
+        emb = tf.zeros((2, s.embedding_dim))
+        logits = tf.zeros((2, s.classes))
+        try:
+            terms = self.knowledge.loss(zeros, emb, logits)
+        except Exception as exc:
+            raise ModelError(f"a paradigm's loss does not build on this model: {exc}") from exc
+        return sorted(terms)
+
+    # Keras ---------------------------------------------------------------------------------
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        x = inputs["features"] if isinstance(inputs, Mapping) else inputs
+        _, logits = self.heads(x, training=training)
+        return logits
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``keras.Model.compile``; XLA is off because knowledge joins on the host."""
+        if kwargs.get("jit_compile") is True:
+            raise ModelError("jit_compile=True: the knowledge join runs on the host, not XLA")
+        kwargs["jit_compile"] = False
+        super().compile(*args, **kwargs)
+
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        kwargs["callbacks"] = [_Progress(self), *callbacks]
+        data = args[0] if args else kwargs.get("x")
+        if isinstance(data, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself (``examples`` does)
+        self.knowledge.start()
+        return super().fit(*args, **kwargs)
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(x, Mapping) or "id" not in x or "features" not in x:
+            raise ModelError(
+                "KnowledgeModel trains on batches of ({'id': ids, 'features': x}, labels); "
+                "carls.trainers.examples(...) makes them"
+            )
+        features = x["features"]
+        rows = self._rows.lookup(tf.reshape(x["id"], (-1,)))
+        specs = [self.knowledge.signature[n] for n in self._names]
+        out = tf.numpy_function(
+            self._host, [rows], [*(tf.as_dtype(s.dtype) for s in specs), tf.float32]
+        )
+        knowledge = {
+            n: tf.ensure_shape(t, (None, *s.shape))
+            for n, s, t in zip(self._names, specs, out[:-1], strict=True)
+        }
+        y = tf.reshape(tf.cast(y, tf.int32), (-1,))
+        labeled = tf.cast(y >= 0, tf.float32)
+        weight = labeled * tf.ensure_shape(out[-1], (None,))
+        if sample_weight is not None:
+            weight = weight * tf.reshape(tf.cast(sample_weight, tf.float32), (-1,))
+        # The compiled loss averages over the batch; rescale so it averages over the
+        # labeled (weighted) rows instead.
+        batch = tf.cast(tf.shape(weight)[0], tf.float32)
+        weight = weight * batch / tf.maximum(tf.reduce_sum(weight), 1.0)
+        y_safe = tf.maximum(y, 0)
+        with tf.GradientTape() as tape:
+            emb, logits = self.heads(features, training=True)
+            loss = self.compute_loss(
+                x=features, y=y_safe, y_pred=logits, sample_weight=weight, training=True
+            )
+            terms = self.knowledge.loss(knowledge, emb, logits)
+            total = loss + tf.add_n(list(terms.values())) if terms else loss
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        logs: dict[str, Any] = self.compute_metrics(features, y_safe, logits, sample_weight=labeled)
+        # The knowledge terms of this step (not metrics, so evaluate() reports only the
+        # compiled loss and metrics, as for any Keras model).
+        return {**logs, **terms}
+
+    def _host(self, rows: npt.NDArray[np.int64]) -> list[npt.NDArray[Any]]:
+        """The paradigms' knowledge for one batch, from the reader's cache (host side)."""
+        self._host_steps += 1
+        if (rows < 0).any():
+            raise ModelError(
+                f"{int((rows < 0).sum())} example id(s) in the batch are not among the "
+                "ids given to KnowledgeModel"
+            )
+        step = self.step_base + self._host_steps
+        total = self.total_steps
+        self.knowledge.view.progress = min(1.0, self._host_steps / total) if total else 1.0
+        if self._host_steps % HINT_EVERY == 0:
+            self.knowledge.hint(rows)
+        arrays = self.knowledge.batch(rows, step)
+        weights = self.knowledge.supervised_weights(rows, step)
+        return [
+            *(np.asarray(arrays[n], self.knowledge.signature[n].dtype) for n in self._names),
+            weights if weights is not None else np.ones(len(rows), np.float32),
+        ]
+
+    # Lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the knowledge reader's thread (also done by ``with``)."""
+        self.knowledge.close()
+
+    def __enter__(self) -> KnowledgeModel:
+        self.knowledge.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Progress(keras.callbacks.Callback):  # type: ignore[misc]
+    """Tells the model how long ``fit`` runs, for paradigms that ramp or pace."""
+
+    def __init__(self, model: KnowledgeModel) -> None:
+        super().__init__()
+        self._km = model
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        self._km.total_steps = epochs * steps if epochs and steps else None
+        self._km._host_steps = 0
+
+
+# Input checks --------------------------------------------------------------------------------
+def _check_ids(ids: Sequence[str]) -> list[str]:
+    out = [str(i) for i in np.asarray(ids).reshape(-1)] if not isinstance(ids, list) else ids
+    if not out:
+        raise DatasetError("ids", "no examples")
+    if not all(isinstance(i, str) and i for i in out):
+        raise DatasetError("ids", "every id must be a non-empty string")
+    if len(set(out)) != len(out):
+        raise DatasetError("ids", f"{len(out) - len(set(out))} duplicate id(s); ids are unique")
+    return list(out)
+
+
+def _check_labels(labels: npt.ArrayLike, n: int, classes: int) -> npt.NDArray[np.int32]:
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise DatasetError("labels", f"expected one label per id ({n}), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError("labels", f"expected integer class indices, got dtype {y.dtype}")
+    bad = (y < NO_LABEL) | (y >= classes)
+    if bad.any():
+        raise DatasetError(
+            "labels",
+            f"{int(bad.sum())} label(s) outside -1..{classes - 1} (the model has {classes} "
+            f"logits; -1 marks an unlabeled example), e.g. {int(y[bad][0])}",
+        )
+    return y.astype(np.int32)
+
+
+def _check_features(features: npt.ArrayLike, n: int, shapes: Any) -> npt.NDArray[np.float32]:
+    x = np.asarray(features)
+    if len(x) != n:
+        raise DatasetError("features", f"{len(x)} rows for {n} ids; give one row per id")
+    if tuple(x.shape[1:]) != tuple(shapes.input_shape) and x[0].size != shapes.feature_dim:
+        raise DatasetError(
+            "features",
+            f"each example has shape {x.shape[1:]}, the model takes {shapes.input_shape}",
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise DatasetError("features", f"expected numbers, got dtype {x.dtype}")
+    x = np.asarray(x, np.float32).reshape((n, *shapes.input_shape))
+    if not np.isfinite(x).all():
+        raise DatasetError("features", "NaN or Inf in the features")
+    return x
