@@ -48,6 +48,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
             raise ValueError(f"ema: a decay in [0, 1), got {ema}")
         self.ema = ema
         self._average: list[Any] = []
+        self._first = 0
         self.publisher = publisher
         self.store = Path(store)
         self.every_steps, self.every_s, self.warmup_steps = every_steps, every_s, warmup_steps
@@ -63,6 +64,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
         if km.bank is None:
             raise ModelError("PublishCheckpoints needs the model's bank")
         km.step_base = namespace_step(self.publisher, km.bank, km.namespace)
+        self._first = int(km.optimizer.iterations.numpy())  # steps of earlier fit calls
         if self._exporter is None or self._exporter.heads is not km.heads:
             self._exporter = SavedModelExporter(km.heads)
         self.checkpoints = CheckpointPublisher(
@@ -80,7 +82,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
             reader.demand = demand_publisher(self.publisher, km.namespace, self.producer)
 
     def _step(self) -> tuple[int, int]:
-        done = int(self.model.optimizer.iterations.numpy())
+        done = int(self.model.optimizer.iterations.numpy()) - self._first
         return done, self.model.step_base + done
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:

@@ -90,6 +90,10 @@ class Knowledge:
         self._refreshing = [p for p in self.paradigms if isinstance(p, Refreshing)]
         self._started = False
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> Knowledge:
         if self.reader is not None and not self._started:

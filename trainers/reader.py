@@ -66,8 +66,8 @@ class Staleness:
     ) -> None:
         present = staleness[~missing]
         idx = np.searchsorted(self.edges, present, side="right")
-        for i, c in zip(*np.unique(idx, return_counts=True), strict=True):
-            self.counts[int(i)] += int(c)
+        for i, c in enumerate(np.bincount(idx, minlength=len(self.counts)).tolist()):
+            self.counts[i] += c
         self.missing += int(missing.sum())
         self.too_stale += int(too_stale.sum())
         self.total += int(staleness.size)
@@ -139,6 +139,12 @@ class KnowledgeReader:
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> KnowledgeReader:
+        """Start the background refresh (again, after a ``stop``: the cache is kept)."""
+        if self._thread.is_alive():
+            return self
+        if self._thread.ident is not None:  # ran before: a thread runs once
+            self._thread = threading.Thread(target=self._run, name="knowledge-reader", daemon=True)
+        self._stop.clear()
         self._thread.start()
         return self
 

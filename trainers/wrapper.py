@@ -7,7 +7,8 @@ are the embedding and the logits; the wrapper shares its weights, returns the lo
 in ``train_step``. Training batches carry example ids next to the features
 (``{"id": ..., "features": ...}``, see ``carls.trainers.feed.examples``); the ids are
 looked up in a table inside the graph and the paradigms' knowledge is gathered from the
-knowledge reader's local cache on the host, so a step never waits on the bank. Labels of
+knowledge reader's local cache on the host (for a ``tf.data`` pipeline, inside the pipeline,
+overlapping the previous step), so a step never waits on the bank. Labels of
 ``-1`` mark unlabeled examples: the supervised term and the metrics skip them.
 
 Everything that can be checked is checked in the constructor, before any step runs and
@@ -37,6 +38,9 @@ from carls.trainers.paradigms import Graph, Paradigm, Setup
 
 DEFAULT_K = 8
 REGISTER_CHUNK = 5000
+JOINED = "carls_knowledge"
+"""The key under which ``join`` adds a batch's knowledge to its inputs."""
+SUPERVISED_WEIGHT = "carls_supervised_weight"
 HINT_EVERY = 10
 """Steps between hints to the reader (and demand to the makers) of the batch's ids."""
 
@@ -178,13 +182,24 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         super().compile(*args, **kwargs)
 
     def fit(self, *args: Any, **kwargs: Any) -> Any:
+        """``keras.Model.fit``, with the knowledge reader running (and stopped afterwards,
+        also when training fails, unless a ``with`` block around it keeps it)."""
         callbacks = list(kwargs.pop("callbacks", None) or [])
         kwargs["callbacks"] = [_Progress(self), *callbacks]
         data = args[0] if args else kwargs.get("x")
         if isinstance(data, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself (``examples`` does)
+            joined = self.join(data)
+            args, kwargs = (
+                ((joined, *args[1:]), kwargs) if args else (args, {**kwargs, "x": joined})
+            )
+        started_here = not self.knowledge.started
         self.knowledge.start()
-        return super().fit(*args, **kwargs)
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            if started_here:  # outside ``with``: the reader lives as long as this fit
+                self.knowledge.close()
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -194,18 +209,13 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
                 "carls.trainers.examples(...) makes them"
             )
         features = x["features"]
-        rows = self._rows.lookup(tf.reshape(x["id"], (-1,)))
-        specs = [self.knowledge.signature[n] for n in self._names]
-        out = tf.numpy_function(
-            self._host, [rows], [*(tf.as_dtype(s.dtype) for s in specs), tf.float32]
-        )
-        knowledge = {
-            n: tf.ensure_shape(t, (None, *s.shape))
-            for n, s, t in zip(self._names, specs, out[:-1], strict=True)
-        }
+        joined = x.get(JOINED)
+        if joined is None:  # arrays, or a dataset fit() did not see: join inside the step
+            joined = self._join_ids(x["id"])
+        knowledge = {n: joined[n] for n in self._names}
         y = tf.reshape(tf.cast(y, tf.int32), (-1,))
         labeled = tf.cast(y >= 0, tf.float32)
-        weight = labeled * tf.ensure_shape(out[-1], (None,))
+        weight = labeled * joined[SUPERVISED_WEIGHT]
         if sample_weight is not None:
             weight = weight * tf.reshape(tf.cast(sample_weight, tf.float32), (-1,))
         # The compiled loss averages over the batch; rescale so it averages over the
@@ -228,6 +238,33 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         # The knowledge terms of this step (not metrics, so evaluate() reports only the
         # compiled loss and metrics, as for any Keras model).
         return {**logs, **terms}
+
+    def _join_ids(self, ids: Any) -> dict[str, Any]:
+        """The paradigms' arrays for a batch of ids, gathered on the host."""
+        rows = self._rows.lookup(tf.reshape(ids, (-1,)))
+        specs = [self.knowledge.signature[n] for n in self._names]
+        out = tf.numpy_function(
+            self._host, [rows], [*(tf.as_dtype(s.dtype) for s in specs), tf.float32]
+        )
+        joined = {
+            n: tf.ensure_shape(t, (None, *s.shape))
+            for n, s, t in zip(self._names, specs, out[:-1], strict=True)
+        }
+        joined[SUPERVISED_WEIGHT] = tf.ensure_shape(out[-1], (None,))
+        return joined
+
+    def join(self, dataset: Any) -> Any:
+        """``dataset`` with each batch's knowledge joined to it in the input pipeline, so
+        the gather overlaps the previous training step (``fit`` does this itself for a
+        ``tf.data.Dataset``). The step numbers staleness is measured against run ahead of
+        training by the pipeline's prefetch, a few steps."""
+
+        def add(x: Any, *rest: Any) -> Any:
+            if not isinstance(x, Mapping) or "id" not in x:
+                return (x, *rest)  # train_step explains what is missing
+            return ({**x, JOINED: self._join_ids(x["id"])}, *rest)
+
+        return dataset.map(add, num_parallel_calls=1, deterministic=True).prefetch(2)
 
     def _host(self, rows: npt.NDArray[np.int64]) -> list[npt.NDArray[Any]]:
         """The paradigms' knowledge for one batch, from the reader's cache (host side)."""

@@ -381,3 +381,37 @@ def test_a_tar_that_is_not_a_saved_model_is_not_a_model(tmp_path: Path) -> None:
         load_model(manifest)
     with pytest.raises(NotAModelError, match="format 'onnx'"):
         load_model(dataclasses.replace(manifest, format="onnx"))
+
+
+def test_a_failing_fit_stops_the_knowledge_reader() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels
+    )
+    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    strangers = examples([f"other-{i}" for i in ids], x, labels, batch_size=8)
+    with pytest.raises(Exception, match="not among the ids given to KnowledgeModel"):
+        km.fit(strangers, steps_per_epoch=2, epochs=1, verbose=0)
+    assert km.knowledge.reader is not None
+    assert not km.knowledge.reader._thread.is_alive()
+
+
+def test_fit_can_be_called_again_and_the_reader_restarts() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels
+    )
+    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    batches = examples(ids, x, labels, batch_size=8)
+    for _ in range(2):
+        km.fit(batches, steps_per_epoch=2, epochs=1, verbose=0)
+        assert km.knowledge.reader is not None
+        assert not km.knowledge.reader._thread.is_alive()
+    with km:
+        assert km.knowledge.reader._thread.is_alive()
+        km.fit(batches, steps_per_epoch=2, epochs=1, verbose=0)
+        assert km.knowledge.reader._thread.is_alive()  # the with block keeps it
+    assert not km.knowledge.reader._thread.is_alive()
+    assert int(km.optimizer.iterations.numpy()) == 6

@@ -138,3 +138,9 @@ class Weighting(Protocol):
 def mean_over_batch(tf: Any, weighted: Any, logits: Any) -> Any:
     """``sum(weighted) / batch size``: a term's share of the loss, masked rows counting 0."""
     return tf.reduce_sum(weighted) / tf.cast(tf.shape(logits)[0], tf.float32)
+
+
+def ramp(view: View, burn_in: float) -> float:
+    """A term's weight factor: rising linearly from 0 to 1 over the first ``burn_in`` of
+    training (1 throughout when ``burn_in`` is 0)."""
+    return min(1.0, view.progress / burn_in) if burn_in > 0 else 1.0

@@ -23,6 +23,7 @@ from carls.trainers.paradigms.base import (
     Source,
     View,
     mean_over_batch,
+    ramp,
 )
 
 
@@ -55,11 +56,10 @@ class Codistillation:
     def prepare(self, view: View, rows: I64, step: int) -> Arrays:
         assert self._source is not None, "bind() first"
         peer = view.get(self._source, rows, step)
-        ramp = min(1.0, view.progress / self.burn_in) if self.burn_in > 0 else 1.0
         view.note("peer_usable", float(peer.usable.mean()))
         return {
             "peer_p": peer.values.astype(np.float32),
-            "peer_w": (peer.usable * ramp).astype(np.float32),
+            "peer_w": (peer.usable * ramp(view, self.burn_in)).astype(np.float32),
         }
 
     def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from carls.trainers.paradigms.base import (
     Source,
     View,
     mean_over_batch,
+    ramp,
 )
 
 DEFAULT_K = 8
@@ -47,6 +48,8 @@ class Graph:
     graph: Path | None = None
     """A user-given graph (.npz with ``ids`` and ``neighbours``, or JSON {id: [ids]})."""
     target: Literal["embedding", "probabilities"] = "embedding"
+    burn_in: float = 0.0
+    """Fraction of training over which the term's weight ramps up from 0 (0: off)."""
     name: ClassVar[str] = "graph"
     _neighbours: Source | None = field(default=None, init=False, repr=False)
     _values: Source | None = field(default=None, init=False, repr=False)
@@ -113,10 +116,11 @@ class Graph:
         w = np.divide(w, total, out=np.zeros_like(w), where=total > 0).astype(np.float32)
         row = (total[:, 0] > 0).astype(np.float32)
         view.note("graph_usable", float(row.mean()))
+        scale = np.float32(ramp(view, self.burn_in))
         if self.target == "probabilities":
-            q = np.einsum("bk,bkc->bc", w, values).astype(np.float32)
-            return {"g_q": q, "g_w": row}
-        return {"g_emb": values.astype(np.float32), "g_nw": w}
+            q = np.matmul(w[:, None, :], values)[:, 0].astype(np.float32)
+            return {"g_q": q, "g_w": row * scale}
+        return {"g_emb": values.astype(np.float32), "g_nw": w * scale}
 
     def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]:
         import tensorflow as tf

@@ -23,6 +23,7 @@ from carls.trainers.paradigms.base import (
     Source,
     View,
     mean_over_batch,
+    ramp,
 )
 
 MAX_CLASS_WEIGHT = 3.0
@@ -38,6 +39,8 @@ class PseudoLabel:
     class_balance: bool = True
     refresh_every: int = 50
     """Steps between recomputations of the class weights."""
+    burn_in: float = 0.0
+    """Fraction of training over which the term's weight ramps up from 0 (0: off)."""
     name: ClassVar[str] = "pseudo_label"
     _source: Source | None = field(default=None, init=False, repr=False)
     _class_weights: Any = field(default=None, init=False, repr=False)
@@ -75,7 +78,9 @@ class PseudoLabel:
         view.note("pseudo_used", float(ok.mean()))
         return {
             "pl_class": np.where(ok, pl.classes, 0).astype(np.int32),
-            "pl_w": (ok * self._class_weights[np.maximum(pl.classes, 0)]).astype(np.float32),
+            "pl_w": (
+                ok * self._class_weights[np.maximum(pl.classes, 0)] * ramp(view, self.burn_in)
+            ).astype(np.float32),
         }
 
     def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]:
