@@ -1,6 +1,6 @@
 """A Faust worker that only counts records, for ``carls bench makers``.
 
-    python -m makers.bench_faust worker   (BENCH_TOPIC, BENCH_COUNT, BENCH_OUT, BENCH_APP,
+    python -m carls.makers.bench_faust worker   (BENCH_TOPIC, BENCH_COUNT, BENCH_OUT, BENCH_APP,
                                            BENCH_MODE = batches | events)
 
 ``batches`` consumes the way the makers' hot path does (``streams.batches``: a Faust

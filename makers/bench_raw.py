@@ -1,6 +1,6 @@
 """A bare aiokafka consumer that only counts records, for ``carls bench makers``.
 
-    python -m makers.bench_raw BOOTSTRAP TOPIC COUNT PARTITIONS   (prints records/s)
+    python -m carls.makers.bench_raw BOOTSTRAP TOPIC COUNT PARTITIONS   (prints records/s)
 
 It runs in a process of its own, as the Faust bench worker does, so neither pays for the
 other's imports (a large heap slows Python's collector on every allocation-heavy fetch).

@@ -163,7 +163,8 @@ class LoadedModel:
 
     ``function`` is the traced ``tf.function`` (float32 ``(None, feature_dim)`` in,
     ``(embeddings, probabilities)`` out); ``fingerprint`` is computed from the loaded
-    model's config (see ``model_fingerprint``).
+    model's config for a ``keras`` artifact (see ``model_fingerprint``) and read from the
+    ``carls.json`` of a ``tf_saved_model`` one.
     """
 
     manifest: CheckpointManifest
@@ -349,9 +350,14 @@ def _load_saved_model(manifest: CheckpointManifest, path: Path, what: str) -> Lo
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="carls-artifact-") as tmp:
+        # Unpacking: a broken tar is the checkpoint's fault; any other OSError (a full or
+        # unwritable disk) is the worker's and propagates, so nothing is dead-lettered.
         try:
             with tarfile.open(path, mode="r:") as tar:
                 tar.extractall(tmp, filter="data")
+        except tarfile.TarError as exc:
+            raise NotAModelError(f"{what}: {manifest.uri} is not a tar: {exc}") from exc
+        try:
             meta = json.loads((Path(tmp) / ARTIFACT_META).read_text())
             loaded = tf.saved_model.load(str(Path(tmp) / SAVED_MODEL_DIR))
         except Exception as exc:

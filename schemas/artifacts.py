@@ -25,7 +25,8 @@ Two formats; a maker loads either without the trainer's Python code.
 Either is announced by a ``CheckpointManifest`` with its ``format``, a ``file://`` URI, the
 sha256 and size of the file, and ``model_fingerprint``: the first 16 hex digits of the
 sha256 of a JSON description of the model with keys sorted (its Keras config for
-``keras``; its class, signatures and variables' shapes for ``tf_saved_model``).
+``keras``; its class, input shape and dtype, output widths and variables' shapes for
+``tf_saved_model``).
 
 Pure functions only; saving is the trainers' job, loading the makers'.
 """

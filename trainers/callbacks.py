@@ -13,6 +13,7 @@ weights of the moment: a steadier teacher for the knowledge the makers derive.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
         self._average = [np.array(v.numpy()) for v in km.base.trainable_weights] if self.ema else []
         reader = km.knowledge.reader
         if self.demand and reader is not None:
-            reader.demand = demand_publisher(self.publisher, km.namespace, self.producer)
+            run = f"{km.namespace}-{uuid.uuid4().hex[:8]}"
+            reader.demand = demand_publisher(self.publisher, km.namespace, run)
 
     def _step(self) -> tuple[int, int]:
         done = int(self.model.optimizer.iterations.numpy()) - self._first

@@ -3,7 +3,7 @@
 ``SavedModelExporter`` traces the model's forward pass once into three signatures
 (``embed``, ``predict``, ``serving_default``; see ``carls.schemas.artifacts``) over flat
 float32 features, reshaped inside the graph to the model's input shape; each ``write``
-after that only serializes the current weights. The SavedModel and a ``carls.json``
+after that saves with the current weights, reusing those traces. The SavedModel and a ``carls.json``
 description are packed into one deterministic, uncompressed tar, so a checkpoint has one
 sha256 and one size like any other artifact.
 """

@@ -89,6 +89,7 @@ class Knowledge:
         self._weighting = [p for p in self.paradigms if isinstance(p, Weighting)]
         self._refreshing = [p for p in self.paradigms if isinstance(p, Refreshing)]
         self._started = False
+        self._batches = 0
 
     @property
     def started(self) -> bool:
@@ -121,9 +122,10 @@ class Knowledge:
     def batch(self, rows: npt.ArrayLike, step: int) -> dict[str, npt.NDArray[Any]]:
         """Every paradigm's arrays for the batch ``rows`` (indices into ``setup.ids``)."""
         idx = np.asarray(rows, np.int64)
-        for r in self._refreshing:
-            if step % r.refresh_every == 0:
+        for r in self._refreshing:  # on first use, then every ``refresh_every`` batches
+            if self._batches % r.refresh_every == 0:
                 r.refresh(self.view, step)
+        self._batches += 1
         out: dict[str, npt.NDArray[Any]] = {}
         for p in self.paradigms:
             out.update(p.prepare(self.view, idx, step))

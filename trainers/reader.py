@@ -140,8 +140,10 @@ class KnowledgeReader:
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> KnowledgeReader:
         """Start the background refresh (again, after a ``stop``: the cache is kept)."""
-        if self._thread.is_alive():
+        if self._thread.is_alive() and not self._stop.is_set():
             return self
+        if self._thread.is_alive():  # still stopping
+            self._thread.join()
         if self._thread.ident is not None:  # ran before: a thread runs once
             self._thread = threading.Thread(target=self._run, name="knowledge-reader", daemon=True)
         self._stop.clear()
@@ -151,6 +153,8 @@ class KnowledgeReader:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.warning("knowledge reader: still in a bank read after 30 s; it stops after it")
 
     def __enter__(self) -> KnowledgeReader:
         return self.start()

@@ -130,6 +130,26 @@ class JobRun:
         ds = load_dataset(spec.dataset, tr.seed)
         x_train, x_test, raw = _inputs(spec, ds)
         paradigms = from_spec(spec)
+        setup = Setup(
+            spec.namespace,
+            ds.classes,
+            spec.model.embedding_dim,
+            tuple(ds.ids_train),
+            x_train,
+        )
+        demand = (
+            demand_publisher(ctx.publisher, spec.namespace, self.job_id)
+            if ctx.publisher is not None
+            else None
+        )
+        knowledge = Knowledge(
+            paradigms,
+            setup,
+            ctx.bank,
+            ds.labels_for_bank(),
+            max_staleness=tr.max_staleness,
+            demand=demand,
+        )
         prepare_namespace(ctx, spec, ds, x_train)
         self.say(
             f"{self.job_id}: {len(ds.ids_train)} training examples "
@@ -152,26 +172,6 @@ class JobRun:
         opt = keras.optimizers.AdamW(learning_rate=tr.learning_rate, weight_decay=tr.weight_decay)
         opt.build(model.trainable_variables)
 
-        setup = Setup(
-            spec.namespace,
-            ds.classes,
-            spec.model.embedding_dim,
-            tuple(ds.ids_train),
-            x_train,
-        )
-        demand = (
-            demand_publisher(ctx.publisher, spec.namespace, self.job_id)
-            if ctx.publisher is not None
-            else None
-        )
-        knowledge = Knowledge(
-            paradigms,
-            setup,
-            ctx.bank,
-            ds.labels_for_bank(),
-            max_staleness=tr.max_staleness,
-            demand=demand,
-        )
         with knowledge:
             self._loop(knowledge, model, ema, artifact, opt, ds, views, x_train, x_test, raw)
 

@@ -18,6 +18,7 @@ paradigms' terms build on them, and the ids, labels and features agree.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,10 +35,11 @@ from carls.schemas.errors import SchemaError
 from carls.trainers.errors import DatasetError, ModelError
 from carls.trainers.knowledge import Knowledge
 from carls.trainers.outputs import ModelHeads, OutputName
-from carls.trainers.paradigms import Graph, Paradigm, Setup
+from carls.trainers.paradigms import Graph, Multimodal, Paradigm, Setup
+from carls.trainers.paradigms.graph import DEFAULT_K
 
-DEFAULT_K = 8
 REGISTER_CHUNK = 5000
+log = logging.getLogger(__name__)
 JOINED = "carls_knowledge"
 """The key under which ``join`` adds a batch's knowledge to its inputs."""
 SUPERVISED_WEIGHT = "carls_supervised_weight"
@@ -101,6 +103,7 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         self.knowledge = Knowledge(paradigms, setup, bank, self.labels, max_staleness=max_staleness)
         self._names = sorted(self.knowledge.signature)
         self._term_names = self._check_terms()
+        self._terms = _TermMeans(self._term_names)
         self._rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(self.ids), tf.range(len(self.ids), dtype=tf.int64)
@@ -121,7 +124,13 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         for src in self.knowledge.sources:
             if src.namespace == self.namespace:
                 out[src.kind] = max(out.get(src.kind, 0), src.dim)
+        if (m := self._multimodal()) is not None:  # the makers write this modality's kind
+            for modality in (m.modality, *m.others):
+                out[f"embedding/{modality}"] = s.embedding_dim
         return out
+
+    def _multimodal(self) -> Multimodal | None:
+        return next((p for p in self.knowledge.paradigms if isinstance(p, Multimodal)), None)
 
     def register_examples(self, buckets: int = 8) -> int:
         """Create the namespace (or check the existing one fits) and register the
@@ -144,11 +153,17 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
                         f"this model needs {dim}: use a new namespace or drop the old one"
                     )
         flat = self.features.reshape(len(self.ids), -1)
+        m = self._multimodal()
+        modality = m.modality if m is not None else None
         written = 0
         for s in range(0, len(self.ids), REGISTER_CHUNK):
             part = slice(s, s + REGISTER_CHUNK)
             written += self.bank.register_examples(
-                self.namespace, self.ids[part], flat[part], self.labels[part].tolist()
+                self.namespace,
+                self.ids[part],
+                flat[part],
+                self.labels[part].tolist(),
+                modality=modality,
             )
         return written
 
@@ -234,10 +249,13 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
+        self._loss_tracker.update_state(total, sample_weight=tf.shape(y)[0])
+        for name, value in terms.items():
+            self._terms.means[name].update_state(value)
         logs: dict[str, Any] = self.compute_metrics(features, y_safe, logits, sample_weight=labeled)
-        # The knowledge terms of this step (not metrics, so evaluate() reports only the
-        # compiled loss and metrics, as for any Keras model).
-        return {**logs, **terms}
+        # The knowledge terms' means over the epoch; kept out of ``self.metrics`` so that
+        # evaluate() reports only the compiled loss and metrics, as for any Keras model.
+        return {**logs, **{n: m.result() for n, m in self._terms.means.items()}}
 
     def _join_ids(self, ids: Any) -> dict[str, Any]:
         """The paradigms' arrays for a batch of ids, gathered on the host."""
@@ -260,8 +278,8 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         training by the pipeline's prefetch, a few steps."""
 
         def add(x: Any, *rest: Any) -> Any:
-            if not isinstance(x, Mapping) or "id" not in x:
-                return (x, *rest)  # train_step explains what is missing
+            if not isinstance(x, Mapping) or "id" not in x or JOINED in x:
+                return (x, *rest)  # not ours to join (train_step explains), or joined already
             return ({**x, JOINED: self._join_ids(x["id"])}, *rest)
 
         return dataset.map(add, num_parallel_calls=1, deterministic=True).prefetch(2)
@@ -310,6 +328,23 @@ class _Progress(keras.callbacks.Callback):  # type: ignore[misc]
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         self._km.total_steps = epochs * steps if epochs and steps else None
         self._km._host_steps = 0
+        if self._km.total_steps is None:
+            log.warning(
+                "fit does not know how many steps it will run (give steps_per_epoch): "
+                "paradigms that ramp or pace over training see it as finished"
+            )
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        for mean in self._km._terms.means.values():
+            mean.reset_state()
+
+
+class _TermMeans:
+    """Running means of the knowledge terms, held outside Keras' tracking (so they are
+    not model metrics) and reset at each epoch."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.means = {n: keras.metrics.Mean(name=n) for n in names}
 
 
 # Input checks --------------------------------------------------------------------------------

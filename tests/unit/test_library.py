@@ -180,10 +180,13 @@ def test_fit_adds_the_paradigms_terms_and_skips_unlabeled_rows_in_the_supervised
     assert not km.knowledge.reader._thread.is_alive()
     assert history.history["pseudo"][-1] > 0
     assert km.knowledge.view.stats["pseudo_used"] > 0
-    # evaluate and predict see the logits
+    assert history.history["loss"][-1] > history.history["pseudo"][-1] > 0
+    # evaluate and predict see the logits, and report only what was compiled
     assert km.predict(x[:4], verbose=0).shape == (4, CLASSES)
-    _, acc = km.evaluate(x, np.maximum(labels, 0), verbose=0)
-    assert 0.0 <= acc <= 1.0
+    assert set(km.evaluate(x, np.maximum(labels, 0), verbose=0, return_dict=True)) == {
+        "loss",
+        "accuracy",
+    }
 
 
 def test_examples_put_the_labeled_rows_first_and_carry_ids() -> None:
@@ -297,6 +300,7 @@ def test_graph_prepares_neighbours_distributions_for_the_batch() -> None:
     arrays = km.knowledge.batch(np.arange(10), step=1)  # bootstrap graph, labeled neighbours
     assert arrays["g_q"].shape == (10, CLASSES)
     usable = arrays["g_w"] > 0
+    assert usable.any()
     np.testing.assert_allclose(arrays["g_q"][usable].sum(1), 1.0, rtol=1e-5)
 
 
@@ -336,13 +340,13 @@ def test_publish_checkpoints_serves_the_averaged_weights_and_trains_on(
     with km:
         km.fit(
             examples(ids, x, labels, batch_size=8),
-            steps_per_epoch=5,
-            epochs=2,
+            steps_per_epoch=11,
+            epochs=1,
             verbose=0,
             callbacks=[cb],
         )
     # never the untrained model; steps continue the namespace's numbering; one at the end
-    assert [m.step for m in pub.manifests] == [1006, 1010]
+    assert [m.step for m in pub.manifests] == [1006, 1010, 1011]
     assert {m.format for m in pub.manifests} == {"tf_saved_model"}
     served = load_model(pub.manifests[-1]).infer(x)[1]
     trained = keras.ops.softmax(km.base(x)["logits"]).numpy()
@@ -415,3 +419,37 @@ def test_fit_can_be_called_again_and_the_reader_restarts() -> None:
         assert km.knowledge.reader._thread.is_alive()  # the with block keeps it
     assert not km.knowledge.reader._thread.is_alive()
     assert int(km.optimizer.iterations.numpy()) == 6
+
+
+def test_a_dataset_joined_by_hand_is_not_joined_again() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels
+    )
+    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    joins = []
+    real = km._join_ids
+    km._join_ids = lambda i: joins.append(1) or real(i)  # type: ignore[method-assign]
+    km.fit(km.join(examples(ids, x, labels, batch_size=8)), steps_per_epoch=3, epochs=1, verbose=0)
+    assert len(joins) == 1  # fit saw the knowledge already joined and left it
+
+
+def test_a_multimodal_model_declares_and_registers_its_modality() -> None:
+    from carls.trainers.paradigms import Multimodal
+
+    bank = MemoryBank()
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(),
+        [Multimodal("left", ("right",))],
+        bank=bank,
+        namespace="task_left",
+        ids=ids,
+        labels=labels,
+        features=x,
+    )
+    assert km.kinds()["embedding/left"] == km.kinds()["embedding/right"] == 4
+    km.register_examples()
+    assert bank.namespace("task_left").kinds["embedding/left"] == 4
+    assert bank.fetch_examples("task_left", ids[:1]).modalities == ["left"]

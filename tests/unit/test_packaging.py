@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "trainers": {"schemas", "bank", "streams"},
     "infra": set(),
 }
-"""``ARCHITECTURE.md``'s table: what each layer may import of ours (besides itself)."""
+"""The house plan's table of folders: what each layer may import of ours (besides itself)."""
 
 
 def _carls_imports(path: Path) -> set[str]:

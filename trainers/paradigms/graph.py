@@ -75,7 +75,7 @@ class Graph:
             and 1 < len(setup.features) <= BOOTSTRAP_MAX_EXAMPLES
         ):
             self._fallback = feature_graph(setup.features.reshape(len(setup.features), -1), self.k)
-        return [self._values, self._neighbours]
+        return [self._neighbours, self._values]
 
     def signature(self) -> dict[str, ArraySpec]:
         if self.target == "probabilities":
