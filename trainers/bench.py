@@ -101,9 +101,9 @@ def run(
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
 
-        knowledge = Knowledge(
-            paradigms, setup, bank, bank_labels, reader=KnowledgeReader(bank, ids, src)
-        )
+        # The same knowledge three ways; each step's loss terms come from ``knowledge``.
+        memory = KnowledgeReader(bank, ids, src)
+        knowledge = Knowledge(paradigms, setup, bank, bank_labels, reader=memory)
 
         def timed(reader: KnowledgeReader, n: int) -> list[float]:
             ready = Knowledge(paradigms, setup, bank, bank_labels, reader=reader)
@@ -125,7 +125,6 @@ def run(
 
         # The three take turns, ROUNDS times, so a slow spell of this machine (a
         # compaction, another process) falls on all of them rather than on one.
-        memory = KnowledgeReader(bank, ids, src)
         memory.refresh(np.arange(N))
         t_mem: list[float] = []
         t_reader: list[float] = []

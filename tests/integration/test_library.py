@@ -5,7 +5,6 @@ the bank while it trains."""
 from __future__ import annotations
 
 import importlib.util
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from carls.settings import Settings
 from carls.streams.manifests import latest_manifest
 from carls.trainers import KnowledgeModel, PublishCheckpoints, examples
 from carls.trainers.paradigms import PseudoLabel
+from tests.custom_layer_support import user_module
 from tests.stack_support import StackEnv
 
 pytestmark = pytest.mark.integration
@@ -74,31 +74,12 @@ def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(
     assert np.mean([r["test_accuracy"] for r in results]) >= 0.91, summary
 
 
-CUSTOM_LAYER = textwrap.dedent(
-    """
-    import keras
-
-    @keras.saving.register_keras_serializable(package="carls_test_gates")
-    class Gate(keras.layers.Layer):
-        def build(self, shape):
-            self.g = self.add_weight(shape=(shape[-1],), initializer="ones")
-
-        def call(self, x):
-            return x * keras.ops.sigmoid(self.g)
-    """
-)
-
-
 def test_a_model_with_a_custom_layer_is_served_by_a_worker_without_its_code(
     env: StackEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The layer's module lives in a folder only this process has on its path; the worker
     # runs in env.tmp, where ``import carls_test_gates`` finds nothing.
-    user = env.tmp / "user_code"
-    user.mkdir()
-    (user / "carls_test_gates.py").write_text(CUSTOM_LAYER)
-    monkeypatch.syspath_prepend(str(user))
-    import carls_test_gates  # type: ignore[import-not-found]
+    carls_test_gates = user_module(env.tmp / "user_code", "carls_test_gates", monkeypatch)
 
     rng = np.random.default_rng(0)
     n, classes = 300, 3

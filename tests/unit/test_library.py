@@ -22,6 +22,7 @@ from carls.trainers.checkpoints import save_artifact
 from carls.trainers.export import SavedModelExporter
 from carls.trainers.outputs import ModelHeads
 from carls.trainers.paradigms import Graph, PseudoLabel
+from tests.custom_layer_support import user_module
 
 CLASSES = 3
 
@@ -50,6 +51,16 @@ def data(n: int = 40, dim: int = 6, labeled: int = 9) -> tuple[list[str], Any, A
     labels = np.full(n, -1, np.int32)
     labels[:labeled] = y[:labeled]
     return [f"e{i}" for i in range(n)], x, labels
+
+
+def compiled_pseudo_label_model() -> tuple[KnowledgeModel, list[str], Any, Any]:
+    """A compiled ``KnowledgeModel`` with pseudo labels over ``data()`` and an empty bank."""
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [PseudoLabel()], bank=MemoryBank(), namespace="ns", ids=ids, labels=labels
+    )
+    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return km, ids, x, labels
 
 
 # Which outputs ------------------------------------------------------------------------------
@@ -210,28 +221,12 @@ def test_batches_without_ids_are_refused() -> None:
 
 
 # The artifact -------------------------------------------------------------------------------
-CUSTOM_LAYER = textwrap.dedent(
-    """
-    import keras
-
-    @keras.saving.register_keras_serializable(package="test_user_layers")
-    class Gate(keras.layers.Layer):
-        def build(self, shape):
-            self.g = self.add_weight(shape=(shape[-1],), initializer="ones")
-
-        def call(self, x):
-            return x * keras.ops.sigmoid(self.g)
-    """
-)
 
 
 def test_an_exported_model_with_a_custom_layer_serves_where_its_code_is_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "user_code").mkdir()
-    (tmp_path / "user_code" / "user_layers.py").write_text(CUSTOM_LAYER)
-    monkeypatch.syspath_prepend(str(tmp_path / "user_code"))
-    import user_layers  # type: ignore[import-not-found]
+    user_layers = user_module(tmp_path / "user_code", "user_layers", monkeypatch)
 
     inp = keras.Input((4, 4, 1))
     h = keras.layers.Conv2D(3, 2, padding="same")(inp)
@@ -388,12 +383,7 @@ def test_a_tar_that_is_not_a_saved_model_is_not_a_model(tmp_path: Path) -> None:
 
 
 def test_a_failing_fit_stops_the_knowledge_reader() -> None:
-    bank = MemoryBank()
-    ids, x, labels = data()
-    km = KnowledgeModel(
-        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels
-    )
-    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    km, ids, x, labels = compiled_pseudo_label_model()
     strangers = examples([f"other-{i}" for i in ids], x, labels, batch_size=8)
     with pytest.raises(Exception, match="not among the ids given to KnowledgeModel"):
         km.fit(strangers, steps_per_epoch=2, epochs=1, verbose=0)
@@ -402,12 +392,7 @@ def test_a_failing_fit_stops_the_knowledge_reader() -> None:
 
 
 def test_fit_can_be_called_again_and_the_reader_restarts() -> None:
-    bank = MemoryBank()
-    ids, x, labels = data()
-    km = KnowledgeModel(
-        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels
-    )
-    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    km, ids, x, labels = compiled_pseudo_label_model()
     batches = examples(ids, x, labels, batch_size=8)
     for _ in range(2):
         km.fit(batches, steps_per_epoch=2, epochs=1, verbose=0)
@@ -422,12 +407,7 @@ def test_fit_can_be_called_again_and_the_reader_restarts() -> None:
 
 
 def test_a_dataset_joined_by_hand_is_not_joined_again() -> None:
-    bank = MemoryBank()
-    ids, x, labels = data()
-    km = KnowledgeModel(
-        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels
-    )
-    km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    km, ids, x, labels = compiled_pseudo_label_model()
     joins = []
     real = km._join_ids
     km._join_ids = lambda i: joins.append(1) or real(i)  # type: ignore[method-assign]
