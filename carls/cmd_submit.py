@@ -38,11 +38,25 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
 
     spec = load_spec(job)
     data = load_dataset(spec.dataset, spec.train.seed)
+    shape = (
+        f"{data.feature_dim} features"
+        if len(data.input_shape) == 1
+        else f"{' x '.join(map(str, data.input_shape))} inputs"
+    )
     progress(
         f"dataset {data.name}: {len(data.ids_train):,} train ({int(data.labeled.sum()):,} "
-        f"labeled) + {len(data.ids_test):,} test examples, {data.feature_dim} features, "
-        f"{data.classes} classes"
+        f"labeled) + {len(data.ids_test):,} test examples, {shape}, {data.classes} classes"
     )
+    embedding_dim = None
+    if spec.model.builder is not None or spec.model.path is not None:
+        from carls.trainers.runner import check_model
+
+        shapes = check_model(spec, data)  # a model that does not fit fails here, not later
+        embedding_dim = shapes.embedding_dim
+        progress(
+            f"model {spec.model.builder or spec.model.path}: embedding of "
+            f"{shapes.embedding_dim}, {shapes.classes} logits"
+        )
     settings = settings_of(ctx)
     if not dry_run:
         from carls.bank.cassandra import CassandraBank
@@ -59,7 +73,7 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
                 hint="start the stack (`carls infra up`), or validate only with --dry-run",
             )
             return
-        validate_against_namespace(spec, data, existing)
+        validate_against_namespace(spec, data, existing, embedding_dim)
         progress(
             f"namespace {spec.namespace}: "
             f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"

@@ -4,7 +4,7 @@ Wrap any Keras 3 model, keep ``compile``/``fit``/``evaluate``, and add knowledge
 ``carls worker`` processes compute from your checkpoints::
 
     import carls
-    from carls.trainers import KnowledgeModel, PublishCheckpoints, examples
+    from carls.trainers import KnowledgeModel, PublishCheckpoints, example_batches
     from carls.trainers.paradigms import Graph, PseudoLabel
 
     conn = carls.connect()                      # bank, Kafka publisher, checkpoint store
@@ -17,7 +17,7 @@ Wrap any Keras 3 model, keep ``compile``/``fit``/``evaluate``, and add knowledge
     km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), metrics=["accuracy"])
     with km:                                    # stops the knowledge reader afterwards
-        km.fit(examples(ids, x, labels, labeled_batch_size=50), steps_per_epoch=100,
+        km.fit(example_batches(ids, x, labels, labeled_batch_size=50), steps_per_epoch=100,
                epochs=30, callbacks=[PublishCheckpoints(conn.publisher, conn.store)])
 
 Names are loaded on first use, so ``import carls.trainers`` does not start TensorFlow.
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from carls.trainers.callbacks import PublishCheckpoints
     from carls.trainers.errors import DatasetError, ModelError, SpecError, TrainerError
     from carls.trainers.export import SavedModelExporter
-    from carls.trainers.feed import examples
+    from carls.trainers.feed import example_batches
     from carls.trainers.knowledge import Knowledge
     from carls.trainers.outputs import ModelHeads
     from carls.trainers.paradigms import (
@@ -61,13 +61,13 @@ __all__ = [
     "SavedModelExporter",
     "SpecError",
     "TrainerError",
-    "examples",
+    "example_batches",
 ]
 
 _WHERE = {
     "KnowledgeModel": "wrapper",
     "PublishCheckpoints": "callbacks",
-    "examples": "feed",
+    "example_batches": "feed",
     "Knowledge": "knowledge",
     "ModelHeads": "outputs",
     "SavedModelExporter": "export",

@@ -198,7 +198,7 @@ def fit_overhead(
     medians of the per-step times."""
     import keras
 
-    from carls.trainers.feed import examples
+    from carls.trainers.feed import example_batches
     from carls.trainers.model import build
     from carls.trainers.wrapper import KnowledgeModel
 
@@ -246,7 +246,7 @@ def fit_overhead(
             logits=1,
         )
         km.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-        data = examples(ids, features, labels, batch_size=batch, labeled_batch_size=lab)
+        data = example_batches(ids, features, labels, batch_size=batch, labeled_batch_size=lab)
         plain_data = data.map(lambda f, y: (f["features"], keras.ops.maximum(y, 0)))
         t_plain, t_wrap = StepTimes(), StepTimes()
         with km:

@@ -1,17 +1,23 @@
 """Datasets for trainers: scikit-learn's bundled sets, .npz and .csv files, split one way.
 
 The protocol, so every trainer of a job (and every peer with the same seed) sees the same
-data: a stratified train/test split with the seed; a ``StandardScaler`` fit on the training
-split and applied to both, values clipped to +-``CLIP`` (a pixel that is almost constant
-in training would otherwise become a huge outlier); a stratified labeled subset of the
-training split chosen with the seed (or the .npz file's own ``labeled`` mask). Example ids
-are ``<dataset>-<row>`` with the row of the source, so an example keeps its id whatever the
+data: a stratified train/test split with the seed; unless the spec says
+``standardize: false``, a ``StandardScaler`` fit per flat feature on the training split and
+applied to both, values clipped to +-``CLIP`` (a pixel that is almost constant in training
+would otherwise become a huge outlier); a stratified labeled subset of the training split
+chosen with the seed (or the .npz file's own ``labeled`` mask). Example ids are
+``<dataset>-<row>`` with the row of the source, so an example keeps its id whatever the
 seed or trainer.
+
+Examples keep their shape: an .npz ``X`` may be N x D features, N x H x W x C images,
+N x T sequences, any rank >= 2; ``Dataset.input_shape`` is the shape of one example and
+``feature_dim`` its flat size. CSV files and the bundled sets are N x D.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -23,7 +29,8 @@ import numpy.typing as npt
 
 from carls.bank.types import NO_LABEL, NamespaceSpec
 from carls.trainers.errors import DatasetError, SpecError
-from carls.trainers.spec import DatasetSpec, GraphParams, JobSpec, PseudoLabelGraphParams
+from carls.trainers.paradigms.graph import Graph
+from carls.trainers.spec import DatasetSpec, JobSpec
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -38,7 +45,8 @@ _INT_LABEL = re.compile(r"[-+]?[0-9]+")
 @dataclass(eq=False, slots=True)
 class Dataset:
     """A split, standardised dataset; ``y_*`` hold every true label, ``labeled`` says which
-    training labels the trainer may use (``labels_for_bank`` hides the others)."""
+    training labels the trainer may use (``labels_for_bank`` hides the others). ``x_*``
+    are float32 of shape ``(N, *input_shape)``."""
 
     ids_train: list[str]
     x_train: F32
@@ -49,20 +57,25 @@ class Dataset:
     y_test: I32
     classes: int
     feature_dim: int
+    """The flat size of one example (the product of ``input_shape``)."""
     name: str
+    input_shape: tuple[int, ...]
+    """The shape of one example: ``(D,)`` for features, e.g. ``(H, W, C)`` for images."""
     modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    """The source's label of each class index (classes are the sorted distinct labels)."""
     x_train_raw: npt.NDArray[np.float64] | None = None
-    """Training features before standardization (for augmentations in input space)."""
+    """Training examples before standardization, in the example shape (for augmentations
+    in input space)."""
     mean: npt.NDArray[np.float64] | None = None
+    """Per flat feature training mean; ``None`` when the spec does not standardize."""
     scale: npt.NDArray[np.float64] | None = None
 
     def standardize(self, raw: npt.ArrayLike) -> F32:
-        """Raw features -> the model's input space (standardized, clipped to +-CLIP)."""
-        assert self.mean is not None and self.scale is not None
+        """Raw examples -> the model's input space (standardized per flat feature, clipped
+        to +-CLIP; only cast to float32 when the spec does not standardize). Any shape
+        whose trailing dimensions hold whole examples, flat or not, keeps its shape."""
         return _standardize(raw, self.mean, self.scale)
-
-    """The source's label of each class index (classes are the sorted distinct labels)."""
 
     def labels_for_bank(self) -> I32:
         """The training labels with ``NO_LABEL`` (-1) where the example is unlabeled."""
@@ -74,7 +87,8 @@ class _Raw:
     x: F64
     labels: npt.NDArray[Any]
     mask: Bool | None
-    columns: list[str]
+    columns: list[str] | None
+    """Names of the feature columns of flat data (``None``: a position names a value)."""
     where: str
     """The spec field that names the source (``dataset.name`` or ``dataset.path``)."""
 
@@ -91,7 +105,13 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
     classes = len(values)
     if classes < 2:
         raise DatasetError(raw.where, f"needs at least 2 classes, found {classes}")
-    n, dim = raw.x.shape
+    n, input_shape = raw.x.shape[0], tuple(int(d) for d in raw.x.shape[1:])
+    dim = math.prod(input_shape)
+    if spec.modalities and len(input_shape) != 1:
+        raise DatasetError(
+            "dataset.modalities",
+            f"only flat (N x D) data has column modalities; the examples are {input_shape}",
+        )
     for modality, (start, stop) in spec.modalities.items():
         if stop > dim:
             raise DatasetError(
@@ -108,7 +128,6 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
             f"cannot split {n} examples of {classes} classes stratified: {exc}",
         ) from exc
     rows_train, rows_test = np.sort(rows_train), np.sort(rows_test)
-    scaler = StandardScaler().fit(raw.x[rows_train])
     y_train = y[rows_train]
     if raw.mask is not None:
         labeled = raw.mask[rows_train].copy()
@@ -119,8 +138,12 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
     else:
         labeled = _choose_labeled(y_train, classes, spec.labeled, np.random.default_rng(seed))
     name = spec.display_name
-    mean = scaler.mean_.astype(np.float64)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float64)
+    mean: F64 | None = None
+    scale: F64 | None = None
+    if spec.standardize:
+        scaler = StandardScaler().fit(raw.x[rows_train].reshape(len(rows_train), dim))
+        mean = scaler.mean_.astype(np.float64)
+        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float64)
     return Dataset(
         ids_train=[f"{name}-{row:06d}" for row in rows_train],
         x_train=_standardize(raw.x[rows_train], mean, scale),
@@ -132,6 +155,7 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
         classes=classes,
         feature_dim=dim,
         name=name,
+        input_shape=input_shape,
         modalities=dict(spec.modalities),
         class_names=[str(v) for v in values],
         x_train_raw=raw.x[rows_train].astype(np.float64),
@@ -140,10 +164,15 @@ def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
     )
 
 
-def _standardize(raw: npt.ArrayLike, mean: F64, scale: F64) -> F32:
-    """Raw features -> standardized, clipped to +-CLIP, float32."""
-    z = (np.asarray(raw, np.float64) - mean) / scale
-    return np.clip(z, -CLIP, CLIP).astype(np.float32)
+def _standardize(raw: npt.ArrayLike, mean: F64 | None, scale: F64 | None) -> F32:
+    """Raw examples -> standardized per flat feature, clipped to +-CLIP, float32, in the
+    shape they came in (the trailing dimensions hold whole examples); without ``mean``
+    and ``scale`` only cast to float32."""
+    if mean is None or scale is None:
+        return np.asarray(raw, np.float32)
+    x = np.asarray(raw, np.float64)
+    z = (x.reshape(-1, mean.size) - mean) / scale
+    return np.clip(z, -CLIP, CLIP).astype(np.float32).reshape(x.shape)
 
 
 def _choose_labeled(y: I32, classes: int, count: int, rng: np.random.Generator) -> Bool:
@@ -218,9 +247,11 @@ def _load_npz(path: Path) -> _Raw:
                 where, f"{path.name} has no array {key!r}; it holds {', '.join(arrays) or 'none'}"
             )
     x, y, mask = arrays["X"], arrays["y"], arrays.get("labeled")
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype.kind not in "iuf":
+    if x.ndim < 2 or 0 in x.shape or x.dtype.kind not in "iuf":
         raise DatasetError(
-            where, f"{path.name}: X must be a non-empty 2-D numeric array, got {x.dtype} {x.shape}"
+            where,
+            f"{path.name}: X must be a numeric array of N examples of any shape (N x D, "
+            f"N x H x W x C, ...: rank >= 2, no empty dimension), got {x.dtype} {x.shape}",
         )
     if y.shape != (x.shape[0],):
         raise DatasetError(
@@ -237,7 +268,8 @@ def _load_npz(path: Path) -> _Raw:
             f"got {mask.dtype} {mask.shape}",
         )
     labels = y.astype(np.int64) if y.dtype.kind in "bf" else y
-    return _Raw(x.astype(np.float64), labels, mask, _numbered(x.shape[1]), where)
+    columns = _numbered(x.shape[1]) if x.ndim == 2 else None
+    return _Raw(x.astype(np.float64), labels, mask, columns, where)
 
 
 def _load_csv(path: Path, label_column: str) -> _Raw:
@@ -304,11 +336,11 @@ def _load_csv(path: Path, label_column: str) -> _Raw:
 def _check_finite(raw: _Raw) -> None:
     bad = ~np.isfinite(raw.x)
     if bad.any():
-        row, column = (int(i) for i in np.argwhere(bad)[0])
+        row, *at = (int(i) for i in np.argwhere(bad)[0])
+        feature = repr(raw.columns[at[0]]) if raw.columns is not None else f"at {tuple(at)}"
         raise DatasetError(
             raw.where,
-            f"{raw.x[row, column]} in feature {raw.columns[column]!r}, row {row}; "
-            "features must be finite",
+            f"{raw.x[(row, *at)]} in feature {feature}, row {row}; features must be finite",
         )
 
 
@@ -317,13 +349,17 @@ def _check_finite(raw: _Raw) -> None:
 
 
 def validate_against_namespace(
-    spec: JobSpec, dataset: Dataset, existing: NamespaceSpec | None
+    spec: JobSpec,
+    dataset: Dataset,
+    existing: NamespaceSpec | None,
+    embedding_dim: int | None = None,
 ) -> None:
     """Raise ``SpecError`` if ``existing`` (the namespace in the bank, if any) declares
-    dimensions that disagree with what the job will write and read."""
+    dimensions that disagree with what the job will write and read (``embedding_dim``:
+    the model's, when it is not the built-in MLP)."""
     if existing is None:
         return
-    needed = spec.kinds(dataset.classes)
+    needed = spec.kinds(dataset.classes, embedding_dim)
     name = existing.name
     for kind, dim in needed.items():
         have = existing.kinds.get(kind)
@@ -337,7 +373,7 @@ def validate_against_namespace(
             continue
         if kind == "embedding" or kind.startswith("embedding/"):
             raise SpecError(
-                "model.embedding_dim",
+                "model.embedding_dim" if embedding_dim is None else "model",
                 f"the namespace {name} declares {have} for {kind}, the job {dim}",
             )
         if kind in ("pseudo_label", "prediction"):
@@ -345,7 +381,7 @@ def validate_against_namespace(
                 "dataset",
                 f"the namespace {name} declares {have} classes for {kind}, the dataset has {dim}",
             )
-        graph = isinstance(spec.paradigm.params, GraphParams | PseudoLabelGraphParams)
+        graph = any(isinstance(p, Graph) for p in spec.paradigm.params.plugins())
         if kind == "neighbours" and graph and have < dim:
             raise SpecError(
                 "paradigm.params.k",

@@ -1,6 +1,6 @@
 """Feeding examples with their ids: the batches ``KnowledgeModel.fit`` trains on.
 
-``examples`` turns arrays into an endless, shuffled ``tf.data.Dataset`` of
+``example_batches`` turns arrays into an endless, shuffled ``tf.data.Dataset`` of
 ``({"id": ids, "features": x}, labels)`` batches. With ``labeled_batch_size`` each batch
 is that many labeled examples (drawn again and again, as they are usually few) followed by
 ``batch_size`` unlabeled ones, the usual semi-supervised mix. A pipeline of one's own
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from carls.trainers.errors import DatasetError
 
 
-def examples(
+def example_batches(
     ids: Sequence[str],
     features: npt.ArrayLike,
     labels: npt.ArrayLike,

@@ -7,8 +7,9 @@ from typing import Any
 from carls.trainers.spec import ModelSpec
 
 
-def build(feature_dim: int, classes: int, spec: ModelSpec) -> tuple[Any, Any]:
-    """``(train_model, artifact_model)`` sharing weights.
+def build(input_shape: int | tuple[int, ...], classes: int, spec: ModelSpec) -> tuple[Any, Any]:
+    """``(train_model, artifact_model)`` sharing weights, for examples of ``input_shape``
+    (a feature width, or any shape: it is flattened first).
 
     ``train_model`` maps features to ``(embedding, logits)``; ``artifact_model`` to
     ``(embedding, probabilities)``, the contract of ``schemas.artifacts``. Only standard
@@ -16,8 +17,9 @@ def build(feature_dim: int, classes: int, spec: ModelSpec) -> tuple[Any, Any]:
     """
     import keras
 
-    inp = keras.Input((feature_dim,), name="features")
-    h = inp
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    inp = keras.Input(shape, name="features")
+    h = keras.layers.Flatten(name="flatten")(inp) if len(shape) > 1 else inp
     for i, units in enumerate(spec.hidden):
         h = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(h)
         if spec.dropout:

@@ -1,10 +1,20 @@
-"""Running one training job: data into the bank, a Keras loop that reads knowledge without
-waiting, checkpoints out to the makers, and the job's state kept where ``carls job status``
-finds it."""
+"""Running one training job through the public library API: the job's dataset and model
+become a ``KnowledgeModel``, batches come from ``examples``, checkpoints go out through
+``PublishCheckpoints``, and ``fit`` trains; the job's state is kept where
+``carls job status`` finds it.
+
+The steps, each a small method of ``JobRun``: load the data (``_data``), build the
+user's model or the built-in one (``_base_model``), wrap it (``_wrap``: every check runs
+here, before anything is written), register the examples, make the batches (``_batches``:
+augmented views and cutout inside the input pipeline), then ``fit`` with the callbacks
+that record progress (``_JobLog``) and publish checkpoints. The knowledge reader is closed
+whatever happens.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -13,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from carls.bank.errors import NamespaceError
@@ -21,10 +32,10 @@ from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import NamespaceSpec
 from carls.streams.producer import Publisher
 from carls.trainers import augment
-from carls.trainers.checkpoints import CheckpointPublisher, demand_publisher, namespace_step
 from carls.trainers.datasets import Dataset, load_dataset, validate_against_namespace
-from carls.trainers.knowledge import Knowledge
-from carls.trainers.paradigms import Curriculum, Setup, from_spec
+from carls.trainers.errors import ModelError, SpecError
+from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
+from carls.trainers.paradigms import Multimodal, from_spec
 from carls.trainers.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -49,38 +60,65 @@ def new_job_id(namespace: str) -> str:
     return f"{namespace}-{uuid.uuid4().hex[:8]}"
 
 
-def prepare_namespace(ctx: Context, spec: JobSpec, ds: Dataset, x: np.ndarray) -> None:
-    """Create the namespace if needed (checking an existing one agrees) and register the
-    training examples with their features, labels (-1 = unlabeled) and modality."""
-    try:
-        existing: NamespaceSpec | None = ctx.bank.namespace(spec.namespace)
-    except NamespaceError:
-        existing = None
-    validate_against_namespace(spec, ds, existing)
-    if existing is None:
-        ctx.bank.create_namespace(
-            NamespaceSpec(spec.namespace, spec.kinds(ds.classes), buckets=ctx.buckets)
-        )
-    modality = None
-    if spec.paradigm.name == "multimodal":
-        modality = spec.paradigm.params.modality  # type: ignore[union-attr]
-    labels = ds.labels_for_bank()
-    for s in range(0, len(ds.ids_train), 5000):
-        ctx.bank.register_examples(
-            spec.namespace,
-            ds.ids_train[s : s + 5000],
-            x[s : s + 5000],
-            labels[s : s + 5000].tolist(),
-            modality=modality,
-        )
+def build_model(
+    spec: JobSpec, input_shape: tuple[int, ...], classes: int
+) -> tuple[Any, OutputName, OutputName]:
+    """``(model, embedding, logits)``: the spec's builder's model, its saved Keras model, or
+    the built-in MLP, with the names of its embedding and logits outputs."""
+    m = spec.model
+    if m.builder is not None:
+        build = m.load_builder()
+        try:
+            model = build(input_shape=input_shape, classes=classes, **m.params)
+        except Exception as exc:
+            raise ModelError(f"model.builder: {m.builder} failed: {exc}") from exc
+        return model, m.embedding, m.logits
+    if m.path is not None:
+        try:
+            model = keras.models.load_model(m.path, compile=False)
+        except Exception as exc:
+            raise ModelError(f"model.path: {m.path} does not load: {exc}") from exc
+        return model, m.embedding, m.logits
+    from carls.trainers.model import build as build_mlp
+
+    model, _ = build_mlp(input_shape, classes, m)
+    return model, 0, 1
 
 
-def _inputs(spec: JobSpec, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(train, test, raw train) features this trainer sees (a modality's columns)."""
-    if spec.paradigm.name == "multimodal":
-        lo, hi = ds.modalities[spec.paradigm.params.modality]  # type: ignore[union-attr]
-        return ds.x_train[:, lo:hi], ds.x_test[:, lo:hi], None
-    return ds.x_train, ds.x_test, ds.x_train_raw
+def check_model(spec: JobSpec, dataset: Dataset) -> HeadShapes:
+    """Build the job's model and check its outputs on a zero batch (``ModelError`` naming
+    what to fix); what ``carls submit`` checks before queueing a job with a user model."""
+    model, embedding, logits = build_model(spec, dataset.input_shape, dataset.classes)
+    shapes = ModelHeads(model, embedding, logits).shapes
+    if shapes.classes != dataset.classes:
+        raise ModelError(
+            f"the model has {shapes.classes} logits; the dataset has {dataset.classes} classes"
+        )
+    return shapes
+
+
+@dataclass(slots=True)
+class _Inputs:
+    """The features this trainer sees (a modality's columns for a multimodal job)."""
+
+    x_train: Any
+    x_test: Any
+    raw: Any
+    """Raw training features for augmentations in input space (None: not augmentable)."""
+
+
+def _inputs(spec: JobSpec, ds: Dataset) -> _Inputs:
+    if isinstance(p := spec.paradigm.params, Multimodal):
+        lo, hi = ds.modalities[p.modality]
+        return _Inputs(ds.x_train[:, lo:hi], ds.x_test[:, lo:hi], None)
+    return _Inputs(ds.x_train, ds.x_test, ds.x_train_raw)
+
+
+def _square_image(shape: tuple[int, ...]) -> bool:
+    """Is an example of this shape one square, one-channel image (flat or not)?"""
+    if len(shape) == 1:
+        return math.isqrt(shape[0]) ** 2 == shape[0]
+    return len(shape) in (2, 3) and shape[0] == shape[1] and shape[2:] in ((), (1,))
 
 
 class JobRun:
@@ -122,217 +160,204 @@ class JobRun:
 
     # ------------------------------------------------------------------------------------
     def _train(self) -> None:
-        import keras
-
-        spec, ctx, tr = self.spec, self.ctx, self.spec.train
+        spec, tr = self.spec, self.spec.train
         np.random.seed(tr.seed)
         keras.utils.set_random_seed(tr.seed)
         ds = load_dataset(spec.dataset, tr.seed)
-        x_train, x_test, raw = _inputs(spec, ds)
-        paradigms = from_spec(spec)
-        setup = Setup(
-            spec.namespace,
-            ds.classes,
-            spec.model.embedding_dim,
-            tuple(ds.ids_train),
-            x_train,
-        )
-        demand = (
-            demand_publisher(ctx.publisher, spec.namespace, self.job_id)
-            if ctx.publisher is not None
-            else None
-        )
-        knowledge = Knowledge(
-            paradigms,
-            setup,
-            ctx.bank,
-            ds.labels_for_bank(),
-            max_staleness=tr.max_staleness,
-            demand=demand,
-        )
-        prepare_namespace(ctx, spec, ds, x_train)
+        inputs = _inputs(spec, ds)
+        km = self._wrap(ds, inputs)
+        self._register(ds, km)
         self.say(
             f"{self.job_id}: {len(ds.ids_train)} training examples "
             f"({int(ds.labeled.sum())} labeled), {ds.classes} classes, paradigm "
             f"{spec.paradigm.name}"
         )
+        batches = self._batches(ds, inputs, km)
+        callbacks: list[Any] = []
+        publish = self._publish_checkpoints()
+        if publish is not None:
+            callbacks.append(publish)
+        job_log = _JobLog(self, km, inputs.x_test, ds.y_test)
+        callbacks.append(job_log)
+        every = min(tr.eval_every, tr.steps)
+        with km:  # the reader stops whatever happens
+            km.fit(
+                batches,
+                steps_per_epoch=every,
+                epochs=math.ceil(tr.steps / every),
+                callbacks=callbacks,
+                verbose=0,
+            )
+            reader = km.knowledge.reader
+            self.save_state(  # test_accuracy: the last step's eval, recorded by _JobLog
+                step=job_log.done,
+                checkpoints=(
+                    len(publish.checkpoints.published)
+                    if publish is not None and publish.checkpoints is not None
+                    else 0
+                ),
+                staleness=reader.staleness.as_dict() if reader is not None else None,
+                knowledge_coverage=reader.coverage() if reader is not None else None,
+                train_seconds=round(time.monotonic() - job_log.t0, 2),
+            )
 
-        if tr.augment != "none" and raw is not None:
-            views = augment.views(tr.augment, raw, ds.standardize, tr.augment_views, tr.seed)
-        else:
-            views = x_train[:, None, :]
+    def _wrap(self, ds: Dataset, inputs: _Inputs) -> Any:
+        """The ``KnowledgeModel``, with the job's optimizer compiled in; the model, its
+        outputs and the paradigms are all checked here, before anything is written."""
+        from carls.trainers.wrapper import KnowledgeModel
 
-        from carls.trainers.model import build
+        spec, tr = self.spec, self.spec.train
+        model, embedding, logits = build_model(spec, tuple(inputs.x_train.shape[1:]), ds.classes)
+        km = KnowledgeModel(
+            model,
+            from_spec(spec),
+            bank=self.ctx.bank,
+            namespace=spec.namespace,
+            ids=ds.ids_train,
+            labels=ds.labels_for_bank(),
+            features=inputs.x_train,
+            embedding=embedding,
+            logits=logits,
+            max_staleness=tr.max_staleness,
+        )
+        if km.heads.shapes.classes != ds.classes:
+            raise ModelError(
+                f"the model has {km.heads.shapes.classes} logits; the dataset has "
+                f"{ds.classes} classes"
+            )
+        km.compile(
+            optimizer=keras.optimizers.AdamW(
+                learning_rate=tr.learning_rate,
+                weight_decay=tr.weight_decay,
+                use_ema=tr.ema > 0,
+                ema_momentum=tr.ema or 0.99,
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return km
 
-        model, artifact = build(x_train.shape[1], ds.classes, spec.model)
-        ema = None
-        if tr.ema:
-            ema, _ = build(x_train.shape[1], ds.classes, spec.model)
-            ema.set_weights(model.get_weights())
-        opt = keras.optimizers.AdamW(learning_rate=tr.learning_rate, weight_decay=tr.weight_decay)
-        opt.build(model.trainable_variables)
+    def _register(self, ds: Dataset, km: Any) -> None:
+        """Create the namespace (or check the existing one fits the job) and register the
+        training examples, with their labels (-1: unlabeled) and modality."""
+        spec = self.spec
+        try:
+            existing: NamespaceSpec | None = self.ctx.bank.namespace(spec.namespace)
+        except NamespaceError:
+            existing = None
+        # errors that name the spec's fields, before register_examples checks the kinds
+        user_model = spec.model.builder is not None or spec.model.path is not None
+        emb = km.heads.shapes.embedding_dim if user_model else None
+        validate_against_namespace(spec, ds, existing, emb)
+        km.register_examples(buckets=self.ctx.buckets)
 
-        with knowledge:
-            self._loop(knowledge, model, ema, artifact, opt, ds, views, x_train, x_test, raw)
-
-    def _loop(
-        self,
-        knowledge: Knowledge,
-        model: Any,
-        ema: Any,
-        artifact: Any,
-        opt: Any,
-        ds: Dataset,
-        views: np.ndarray,
-        x_train: np.ndarray,
-        x_test: np.ndarray,
-        raw: np.ndarray | None,
-    ) -> None:
+    def _batches(self, ds: Dataset, inputs: _Inputs, km: Any) -> Any:
+        """Endless batches of ``labeled_batch_size`` labeled examples and ``batch_size``
+        unlabeled ones (labeled only when no paradigm reads unlabeled examples), with a
+        random augmented view of each image and cutout on the unlabeled ones."""
         import tensorflow as tf
 
-        spec, ctx, tr = self.spec, self.ctx, self.spec.train
-        reader = knowledge.reader
-        v_all = tf.constant(views)
-        n_views = views.shape[1]
-        labeled = np.flatnonzero(ds.labeled)
-        unlabeled = np.flatnonzero(~ds.labeled)
-        pool_u = unlabeled if len(unlabeled) else np.arange(len(ds.ids_train))
-        curriculum = next((p for p in knowledge.paradigms if isinstance(p, Curriculum)), None)
+        from carls.trainers.feed import example_batches
 
-        cut = tr.cutout if raw is not None else 0
-        side = augment.image_side(x_train.shape[1]) if cut else 0
-        blank = tf.constant(
-            ds.standardize(np.zeros((1, x_train.shape[1])))[0]
-            if cut
-            else np.zeros(x_train.shape[1], np.float32)
-        )
+        tr = self.spec.train
+        labels = ds.labels_for_bank()
+        n_labeled = int(ds.labeled.sum())
+        lab_bs = min(tr.labeled_batch_size, n_labeled)
+        x = inputs.x_train
+        shape = tuple(x.shape[1:])
+        image = inputs.raw is not None and _square_image(shape)
+        for key, on in (("augment", tr.augment != "none"), ("cutout", tr.cutout > 0)):
+            if on and not image:
+                raise SpecError(
+                    f"train.{key}",
+                    f"works on square one-channel images (side², side x side or side x "
+                    f"side x 1 per example); this job's examples have shape {shape}",
+                )
+        n = len(x)
+        if tr.augment != "none":
+            flat = augment.views(
+                tr.augment, inputs.raw.reshape(n, -1), ds.standardize, tr.augment_views, tr.seed
+            )
+            x = flat.reshape((n, flat.shape[1], *shape))
+        if not km.knowledge.reads_unlabeled:
+            rows = np.flatnonzero(ds.labeled)
+            ids = [ds.ids_train[i] for i in rows]
+            batches = example_batches(ids, x[rows], labels[rows], batch_size=lab_bs, seed=tr.seed)
+        else:
+            unlabeled = len(labels) - n_labeled
+            batch_size = min(tr.batch_size, unlabeled or len(labels))
+            batches = example_batches(
+                ds.ids_train,
+                x,
+                labels,
+                batch_size=batch_size,
+                labeled_batch_size=lab_bs,
+                seed=tr.seed,
+            )
+        views = x.shape[1] if x.ndim > inputs.x_train.ndim else 0
+        cut = tr.cutout
+        if not views and not cut:
+            return batches
+        pixels = math.prod(shape)
+        side = augment.image_side(pixels) if cut else 0
+        blank = tf.constant(ds.standardize(np.zeros((1, pixels)))[0], tf.float32)
 
-        def cutout(x: Any) -> Any:
-            """Blank a random ``cut`` x ``cut`` square of each image (unlabeled views)."""
-            if not cut:
-                return x
-            b = tf.shape(x)[0]
+        def cutout(f: Any) -> Any:
+            """Blank a random ``cut`` x ``cut`` square of each image."""
+            b = tf.shape(f)[0]
             grid = tf.range(side)[None, :]
             y0 = tf.random.uniform([b, 1], 0, side - cut + 1, dtype=tf.int32)
             x0 = tf.random.uniform([b, 1], 0, side - cut + 1, dtype=tf.int32)
             in_y = (grid >= y0) & (grid < y0 + cut)
             in_x = (grid >= x0) & (grid < x0 + cut)
-            mask = tf.reshape(in_y[:, :, None] & in_x[:, None, :], (b, side * side))
-            return tf.where(mask, blank[None, :], x)
+            mask = tf.reshape(in_y[:, :, None] & in_x[:, None, :], (b, pixels))
+            flat = tf.reshape(f, (b, pixels))
+            return tf.reshape(tf.where(mask, blank[None, :], flat), tf.shape(f))
 
-        def pick(idx: Any) -> Any:
-            v = tf.random.uniform(tf.shape(idx), 0, n_views, dtype=tf.int32)
-            return tf.gather_nd(v_all, tf.stack([idx, v], 1))
+        def augment_batch(features: dict[str, Any], y: Any) -> Any:
+            f = features["features"]
+            if views:
+                pick = tf.random.uniform(tf.shape(f)[:1], 0, views, dtype=tf.int32)
+                f = tf.gather(f, pick, batch_dims=1)
+            if cut:  # the unlabeled rows only
+                unlabeled = tf.reshape(y < 0, (-1, *([1] * len(shape))))
+                f = tf.where(unlabeled, cutout(f), f)
+            return {**features, "features": f}, y
 
-        def ema_update() -> None:
-            if ema is not None:
-                for a, b in zip(ema.weights, model.weights, strict=True):
-                    a.assign(tr.ema * a + (1 - tr.ema) * b)
+        return batches.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
-        @tf.function(reduce_retracing=True)
-        def step_fn(lab_idx: Any, lab_y: Any, batch: dict[str, Any]) -> dict[str, Any]:
-            with tf.GradientTape() as tape:
-                _, logits_l = model(pick(lab_idx), training=True)
-                sup = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(lab_y, logits_l)
-                )
-                parts = {"supervised": sup}
-                if "u_idx" in batch:
-                    emb_u, logits_u = model(cutout(pick(batch["u_idx"])), training=True)
-                    parts.update(knowledge.loss(batch, emb_u, logits_u))
-                loss = tf.add_n(list(parts.values()))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            ema_update()
-            return parts
+    def _publish_checkpoints(self) -> Any:
+        """The checkpoint callback (None without Kafka: nothing is published)."""
+        from carls.trainers.callbacks import PublishCheckpoints
 
-        x_test_t = tf.constant(x_test)
-
-        @tf.function
-        def predict(m_weights_model: Any) -> Any:
-            return m_weights_model(x_test_t, training=False)[1]
-
-        def accuracy() -> float:
-            m = ema if ema is not None else model
-            return float((np.argmax(predict(m).numpy(), 1) == ds.y_test).mean())
-
-        base = self._step_base()
-        view = knowledge.view
-        ckpt = (
-            CheckpointPublisher(
-                ctx.publisher,
-                ctx.store,
-                spec.namespace,
-                ctx.producer,
-                tr.checkpoint_every,
-                tr.checkpoint_every_s,
-                start_step=base,
-            )
-            if ctx.publisher is not None
-            else None
-        )
-        y = ds.y_train.astype(np.int32)
-        rng = np.random.default_rng(tr.seed)
-        lab_bs = min(tr.labeled_batch_size, len(labeled))
-        term_sums: dict[str, float] = {}
-        summed = 0  # steps in term_sums
-        staleness_before = 0.0, 0
-        t0 = time.monotonic()
-        for step in range(1, tr.steps + 1):
-            gstep = base + step  # the namespace's step: checkpoints and staleness use it
-            view.progress = step / tr.steps
-            if curriculum is not None:
-                pool = curriculum.pool(view, labeled, gstep)
-                lab_idx = rng.choice(pool, min(lab_bs, len(pool)), replace=len(pool) < lab_bs)
-            else:
-                lab_idx = rng.choice(labeled, lab_bs, replace=False)
-            batch: dict[str, Any] = {}
-            warm = step <= tr.warmup_steps
-            if knowledge.reads_unlabeled and not warm:
-                u_idx = rng.choice(pool_u, min(tr.batch_size, len(pool_u)), replace=False)
-                batch = knowledge.batch(u_idx, gstep)
-                batch["u_idx"] = u_idx.astype(np.int32)
-                if step % 10 == 0:
-                    knowledge.hint(rng.choice(pool_u, min(4 * tr.batch_size, len(pool_u))))
-            parts = step_fn(
-                tf.constant(lab_idx.astype(np.int32)),
-                tf.constant(y[lab_idx]),
-                {k: tf.constant(v) for k, v in batch.items()},
-            )
-            for k, v in parts.items():
-                term_sums[k] = term_sums.get(k, 0.0) + float(v)
-            summed += 1
-            if ckpt is not None and step >= tr.warmup_steps and ckpt.due(gstep):
-                ckpt.publish(artifact, gstep)
-            if step % tr.eval_every == 0 or step == tr.steps:
-                staleness_before = self._record(
-                    step, accuracy(), knowledge, term_sums, summed, staleness_before, t0
-                )
-                term_sums, summed = {}, 0
-        if ckpt is not None and ckpt.last_step != base + tr.steps:
-            ckpt.publish(artifact, base + tr.steps)
-        self.save_state(  # test_accuracy: the last step's eval, recorded above
-            step=tr.steps,
-            checkpoints=len(ckpt.published) if ckpt is not None else 0,
-            staleness=reader.staleness.as_dict() if reader is not None else None,
-            knowledge_coverage=reader.coverage() if reader is not None else None,
-            train_seconds=round(time.monotonic() - t0, 2),
+        ctx, tr = self.ctx, self.spec.train
+        if ctx.publisher is None:
+            return None
+        return PublishCheckpoints(
+            ctx.publisher,
+            ctx.store,
+            every_steps=tr.checkpoint_every,
+            every_s=tr.checkpoint_every_s,
+            warmup_steps=tr.warmup_steps,
+            producer=ctx.producer,
         )
 
-    def _record(
+    def record(
         self,
         step: int,
         acc: float,
-        knowledge: Knowledge,
-        term_sums: dict[str, float],
-        summed: int,
+        km: Any,
+        losses: dict[str, float],
         before: tuple[float, int],
         t0: float,
     ) -> tuple[float, int]:
-        reader = knowledge.reader
+        """One history entry: test accuracy, the knowledge's mean staleness since the
+        previous entry (``before``: the staleness sums then), coverage, the mean loss terms
+        and what the paradigms used; returns the staleness sums now."""
+        reader = km.knowledge.reader
         st = reader.staleness if reader is not None else None
-        mean = None
         now = (st.sum, st.total - st.missing) if st is not None else (0.0, 0)
+        mean = None
         if st is not None and now[1] > before[1]:
             mean = (now[0] - before[0]) / (now[1] - before[1])
         coverage = reader.coverage() if reader is not None else {}
@@ -341,8 +366,8 @@ class JobRun:
             "test_accuracy": acc,
             "staleness_mean": mean,
             "knowledge_coverage": min(coverage.values()) if coverage else None,
-            "loss": {k: v / max(1, summed) for k, v in term_sums.items()},
-            "knowledge_use": dict(knowledge.view.stats),
+            "loss": losses,
+            "knowledge_use": dict(km.knowledge.view.stats),
             "seconds": time.monotonic() - t0,
         }
         self.state["history"].append(entry)
@@ -353,16 +378,51 @@ class JobRun:
         )
         return now
 
-    def _step_base(self) -> int:
-        """The namespace's newest checkpoint step: this job's steps follow on from it."""
-        pub = self.ctx.publisher
-        if pub is None:
-            return 0
-        base = namespace_step(pub, self.ctx.bank, self.spec.namespace)
+
+class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """Stops ``fit`` after the job's steps and, every ``eval_every`` steps (an epoch),
+    records the test accuracy (of the averaged weights when the job keeps an average) and
+    the epoch's mean loss terms in the job's history."""
+
+    def __init__(self, job: JobRun, km: Any, x_test: Any, y_test: Any) -> None:
+        super().__init__()
+        self.job, self.km, self.x_test, self.y_test = job, km, x_test, y_test
+        self.done = 0
+        self.t0 = time.monotonic()
+        self._before: tuple[float, int] = (0.0, 0)
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.t0 = time.monotonic()
+        base = self.km.step_base  # set by PublishCheckpoints, which runs first
         if base:
-            self.say(
-                f"{self.job_id}: namespace {self.spec.namespace} has checkpoints up to "
-                f"step {base}; this job's steps follow on"
+            self.job.say(
+                f"{self.job.job_id}: namespace {self.job.spec.namespace} has checkpoints up "
+                f"to step {base}; this job's steps follow on"
             )
-        self.save_state(step_base=base)
-        return base
+        self.job.save_state(step_base=base)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.done += 1
+        if self.done >= self.job.spec.train.steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        logs = dict(logs or {})
+        terms = {n: float(logs[n]) for n in self.km._term_names if n in logs}
+        losses = {"supervised": float(logs.get("loss", 0.0)) - sum(terms.values()), **terms}
+        self._before = self.job.record(
+            self.done, self.accuracy(), self.km, losses, self._before, self.t0
+        )
+
+    def accuracy(self) -> float:
+        swap = None
+        if getattr(self.km.optimizer, "use_ema", False):
+            swap = keras.callbacks.SwapEMAWeights()
+            swap.set_model(self.km)
+            swap.on_test_begin()  # the averaged weights in, for the evaluation
+        try:
+            logits = self.km.predict(self.x_test, batch_size=1024, verbose=0)
+        finally:
+            if swap is not None:
+                swap.on_test_end()
+        return float((np.argmax(logits, 1) == self.y_test).mean())

@@ -1,249 +1,356 @@
 """Job specs: what ``carls submit`` sends and a trainer runs, read from YAML, JSON or a dict.
 
 Only ``namespace``, ``dataset`` (``name`` or ``path``) and ``paradigm.name`` are required;
-every other key has the default of the dataclasses below::
+every other key has the default declared on the models below::
 
     namespace: digits_ssl
     dataset: {name: digits, labeled: 50, test_size: 0.3}   # or path: data.npz / data.csv
-    model: {hidden: [256], embedding_dim: 64, dropout: 0.1}
+    model: {hidden: [256], embedding_dim: 64, dropout: 0.1} # or builder: pkg.mod:fn / path: m.keras
     paradigm: {name: pseudo_label_graph, params: {threshold: 0.9, k: 8}}
     train: {steps: 2000, batch_size: 128, learning_rate: 0.003, checkpoint_every: 200}
 
-Every key is checked: unknown keys, wrong types and out-of-range values raise ``SpecError``
-naming the dotted field. Relative file paths are resolved against the spec file's folder,
-so ``JobSpec.to_dict()`` carries absolute paths and reads back into an equal spec.
+The sections are pydantic models; each field carries its own type and bounds. ``paradigm``
+is a union discriminated by ``name`` over ``carls.trainers.paradigms.registry.PARADIGMS``:
+its ``params`` are validated by the registered entry, which for a plug-in is the plug-in
+class itself, so a library user's ``PseudoLabel(threshold=...)`` and a spec's
+``threshold:`` are one declaration. ``load_spec`` reports the first problem as a
+``SpecError`` naming the dotted field (``paradigm.params.threshold: must be <= 1, got
+1.5``). Relative file paths are resolved against the spec file's folder (passed to the
+validators as the ``base_dir`` of the validation context), so ``JobSpec.to_dict()`` carries
+absolute paths and reads back into an equal spec.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import math
 import re
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self, Union, get_args, get_origin
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from carls.bank.types import default_kinds
-from carls.schemas import names
-from carls.schemas.errors import SchemaError
 from carls.trainers.errors import SpecError
+from carls.trainers.fields import (
+    FieldProblem,
+    Flag,
+    Int,
+    Modality,
+    Name,
+    Number,
+    Text,
+    check_file,
+    existing_file,
+    kind_of,
+    resolved_path,
+)
+from carls.trainers.paradigms.base import ParadigmParams
+from carls.trainers.paradigms.graph import DEFAULT_K, Graph
+from carls.trainers.paradigms.multimodal import Multimodal
+from carls.trainers.paradigms.registry import PARADIGMS as REGISTRY
 
-DATASETS: Final = ("digits", "breast_cancer", "wine", "iris")
+__all__ = [
+    "BUILDER_PATTERN",
+    "DATASETS",
+    "DEFAULT_K",
+    "PARADIGMS",
+    "DatasetSpec",
+    "JobSpec",
+    "ModelSpec",
+    "ParadigmSpec",
+    "TrainSpec",
+    "load_spec",
+    "spec_error",
+]
+
+DatasetName = Literal["digits", "breast_cancer", "wine", "iris"]
+DATASETS: Final[tuple[str, ...]] = get_args(DatasetName)
 """The scikit-learn bundled datasets a spec may name (they need no network)."""
 
-PARADIGMS: Final = (
-    "supervised",
-    "pseudo_label",
-    "graph",
-    "pseudo_label_graph",
-    "curriculum",
-    "codistillation",
-    "multimodal",
-)
-GRAPH_TARGETS: Final = ("embedding", "probabilities")
-PACINGS: Final = ("linear", "root", "step")
-DEFAULT_K: Final = 8
-"""Neighbours per example, for paradigms that do not set ``k`` themselves."""
+PARADIGMS: Final[tuple[str, ...]] = tuple(REGISTRY)
+"""The paradigm names a spec may use, in registration order."""
 
-Paradigm = Literal[
-    "supervised",
-    "pseudo_label",
-    "graph",
-    "pseudo_label_graph",
-    "curriculum",
-    "codistillation",
-    "multimodal",
-]
+BUILDER_PATTERN: Final = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*"
+"""``package.module:function``, the form of ``model.builder``."""
 
 # ---------------------------------------------------------------------------------------
 # The spec
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetSpec:
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def _empty_if_null(value: object) -> object:
+    """An optional section given as ``key:`` with nothing after it reads as ``{}``."""
+    return {} if value is None else value
+
+
+def _columns(value: tuple[int, int]) -> tuple[int, int]:
+    start, stop = value
+    if not 0 <= start < stop:
+        raise ValueError(
+            f"expected [start, stop) column indices with 0 <= start < stop, got {list(value)}"
+        )
+    return value
+
+
+Columns = Annotated[tuple[Int, Int], AfterValidator(_columns)]
+"""``[start, stop)`` feature columns."""
+
+
+class DatasetSpec(_Spec):
     """A bundled dataset (``name``) or a file (``path``: .npz or .csv)."""
 
-    name: str | None = None
-    path: Path | None = None
-    label_column: str | None = None
-    labeled: int | None = None
+    name: DatasetName | None = None
+    """A scikit-learn bundled dataset (one of ``DATASETS``)."""
+    path: Annotated[Path | None, resolved_path] = None
+    """An .npz file (``X``: N examples of any shape, N x D features or N x H x W x C
+    images or N x T sequences; ``y``: N labels; optional ``labeled``: N booleans), or a
+    .csv file with a header row. Relative to the spec file."""
+    label_column: Text | None = None
+    """The label column of a .csv file (required for a .csv, and only for one)."""
+    labeled: Annotated[Int, Field(ge=1)] | None = None
     """Labeled training examples to keep, stratified; ``None``: all (or the npz mask)."""
-    test_size: float = 0.3
-    modalities: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    """Modality name -> ``[start, stop)`` feature columns."""
+    test_size: Number = Field(0.3, gt=0, lt=1)
+    """Fraction of the examples held out for testing, stratified."""
+    standardize: Flag = True
+    """Standardize each feature on the training split (clipped to +-5); false keeps the
+    values as they are (token ids, or inputs the model scales itself)."""
+    modalities: dict[Modality, Columns] = Field(default_factory=dict)
+    """Modality name -> ``[start, stop)`` feature columns (flat N x D data only)."""
+
+    _null_is_empty = field_validator("modalities", mode="before")(_empty_if_null)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.name is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of name (a bundled dataset) or path (an .npz or .csv file)"
+            )
+        csv = self.path is not None and self.path.suffix.lower() == ".csv"
+        if self.path is not None:
+            try:
+                check_file(self.path, (".npz", ".csv"))
+            except ValueError as exc:
+                raise FieldProblem(("path",), str(exc)) from exc
+            if csv and self.label_column is None:
+                raise FieldProblem(("label_column",), "required for a .csv dataset")
+        if self.label_column is not None and not csv:
+            raise FieldProblem(("label_column",), "only a .csv dataset has a label column")
+        return self
 
     @property
     def display_name(self) -> str:
+        """The bundled dataset's name, or the file's stem."""
         return self.name if self.name is not None else Path(str(self.path)).stem
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    hidden: tuple[int, ...] = (256,)
-    embedding_dim: int = 64
-    dropout: float = 0.1
+def _import_builder(ref: str) -> Callable[..., Any]:
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may fail in any way while importing
+        reason = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"cannot import {module_name!r}: {reason}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{module_name} has no callable {attr!r}")
+    return fn  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True, slots=True)
-class SupervisedParams:
-    pass
+def _builder(ref: str) -> str:
+    if re.fullmatch(BUILDER_PATTERN, ref) is None:
+        raise ValueError(f"expected package.module:function, got {ref!r}")
+    _import_builder(ref)
+    return ref
 
 
-@dataclass(frozen=True, slots=True)
-class PseudoLabelParams:
-    threshold: float = 0.9
-    weight: float = 1.0
-    class_balance: bool = True
+def _output(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise ValueError(f"expected an output name or index, got {kind_of(value)}")
+    return value
 
 
-@dataclass(frozen=True, slots=True)
-class GraphParams:
-    weight: float = 0.5
-    k: int = DEFAULT_K
-    temperature: float = 0.1
-    """Neighbour weights are softmax(score / temperature) over an example's neighbours."""
-    bootstrap: bool = True
-    """Until the makers' neighbours arrive, use a kNN graph of the input features."""
-    graph: Path | None = None
-    """A user-given graph (.npz with ``ids`` and ``neighbours``, or JSON {id: [ids]})."""
-    target: Literal["embedding", "probabilities"] = "embedding"
+Output = Annotated[str | int, BeforeValidator(_output)]
+"""One of a model's outputs: a dict key or layer name, or an index into its outputs."""
 
 
-@dataclass(frozen=True, slots=True)
-class PseudoLabelGraphParams:
-    pseudo_weight: float = 1.0
-    threshold: float = 0.9
-    class_balance: bool = True
-    graph_weight: float = 0.5
-    k: int = DEFAULT_K
-    temperature: float = 0.1
-    bootstrap: bool = True
-    graph: Path | None = None
-    target: Literal["embedding", "probabilities"] = "embedding"
+class ModelSpec(_Spec):
+    """The trainer's model: the built-in MLP (``hidden``, ``embedding_dim``, ``dropout``),
+    a user's ``builder`` function, or a saved Keras model at ``path``.
+
+    A builder is called as ``builder(input_shape=<tuple per example>, classes=<int>,
+    **params)`` and returns a Keras model whose outputs include the embedding and the
+    logits, found by ``embedding`` and ``logits``: a key of a dict of outputs, an index
+    into a list of outputs, or a layer name. A saved model (``.keras``) is loaded as it is
+    and its outputs are found the same way.
+    """
+
+    hidden: tuple[Annotated[Int, Field(ge=1)], ...] = (256,)
+    """Widths of the MLP's hidden layers."""
+    embedding_dim: Int = Field(64, ge=1, le=65536)
+    """Width of the MLP's embedding (the bank's ``embedding`` kind)."""
+    dropout: Number = Field(0.1, ge=0, lt=1)
+    """The MLP's dropout rate after each hidden layer and the embedding."""
+    builder: Annotated[str | None, AfterValidator(lambda v: v if v is None else _builder(v))] = None
+    """``package.module:function`` that builds the model; imported when the spec is read."""
+    path: Annotated[Path | None, existing_file(".keras")] = None
+    """A saved Keras model (a ``.keras`` file), relative to the spec file."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the builder (only with ``builder``)."""
+    embedding: Output = "embedding"
+    """Which output is the embedding."""
+    logits: Output = "logits"
+    """Which output is the logits."""
+
+    @model_validator(mode="after")
+    def _one_model(self) -> Self:
+        if self.builder is not None and self.path is not None:
+            raise ValueError(
+                "give builder (a function that builds the model) or path (a saved .keras "
+                "model), not both"
+            )
+        if self.params and self.builder is None:
+            raise FieldProblem(("params",), "only a builder takes params")
+        return self
+
+    def load_builder(self) -> Callable[..., Any]:
+        """The ``builder`` function, imported; ``SpecError`` naming ``model.builder`` if the
+        spec has none or it cannot be imported here."""
+        if self.builder is None:
+            raise SpecError("model.builder", "this spec has no builder")
+        try:
+            return _import_builder(self.builder)
+        except ValueError as exc:
+            raise SpecError("model.builder", str(exc)) from exc
 
 
-@dataclass(frozen=True, slots=True)
-class CurriculumParams:
-    pacing: Literal["linear", "root", "step"] = "linear"
-    start_fraction: float = 0.3
-    """Fraction of the data (easiest first) available at step 0."""
-    full_at: float = 0.7
-    """Fraction of the steps after which all the data is available."""
+class TrainSpec(_Spec):
+    """The training loop: length, batches, optimizer, checkpoints, augmentation."""
 
-
-@dataclass(frozen=True, slots=True)
-class CodistillationParams:
-    peer: str
-    """The peer trainer's namespace, whose predictions this trainer distils."""
-    weight: float = 0.5
-    temperature: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class MultimodalParams:
-    modality: str
-    """This trainer's modality: a key of ``dataset.modalities``."""
-    others: tuple[str, ...]
-    """The modalities whose embeddings this trainer aligns with."""
-    weight: float = 1.0
-
-
-ParadigmParams = (
-    SupervisedParams
-    | PseudoLabelParams
-    | GraphParams
-    | PseudoLabelGraphParams
-    | CurriculumParams
-    | CodistillationParams
-    | MultimodalParams
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ParadigmSpec:
-    name: Paradigm
-    params: ParadigmParams = field(default_factory=SupervisedParams)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainSpec:
-    steps: int = 2000
-    batch_size: int = 128
-    learning_rate: float = 0.003
-    checkpoint_every: int = 200
-    checkpoint_every_s: float | None = None
-    eval_every: int = 100
-    max_staleness: int = 1000
-    seed: int = 0
-    warmup_steps: int = 0
-    """Supervised steps on the labeled examples before the first checkpoint (which comes
-    after ``max(warmup_steps, checkpoint_every)`` steps: an untrained model is never
-    published)."""
-    labeled_batch_size: int = 64
+    steps: Int = Field(2000, ge=1)
+    batch_size: Int = Field(128, ge=1)
+    """Unlabeled examples per step."""
+    learning_rate: Number = Field(0.003, gt=0)
+    checkpoint_every: Int = Field(200, ge=1)
+    """Steps between checkpoints published to the makers."""
+    checkpoint_every_s: Annotated[Number, Field(gt=0)] | None = None
+    """Also publish a checkpoint when this many seconds passed since the last one."""
+    eval_every: Int = Field(100, ge=1)
+    max_staleness: Int = Field(1000, ge=0)
+    """Knowledge older than this many steps gets weight 0."""
+    seed: Int = Field(0, ge=0, le=2**32 - 1)
+    warmup_steps: Int = Field(0, ge=0)
+    """Steps before the first checkpoint, which comes after ``max(warmup_steps,
+    checkpoint_every)`` steps: an untrained model is never published. Until the makers
+    answer it, the knowledge terms have nothing from the bank (a bootstrap graph aside)."""
+    labeled_batch_size: Int = Field(64, ge=1)
+    """Labeled examples per step (drawn again and again: they are usually few)."""
     augment: Literal["none", "shift", "affine"] = "none"
     """Input-space augmentation for square images: 1-pixel shifts, or random affine views."""
-    augment_views: int = 16
-    cutout: int = 0
+    augment_views: Int = Field(16, ge=2, le=256)
+    cutout: Int = Field(0, ge=0, le=64)
     """Blank a random square of this side in each unlabeled example (square images; 0: off)."""
-    ema: float = 0.0
-    """Evaluate an exponential moving average of the weights with this decay (0: off)."""
-    weight_decay: float = 0.0
+    ema: Number = Field(0.0, ge=0, lt=1)
+    """Keep an exponential moving average of the weights with this decay (0: off): the
+    evaluations use it, and it is the job's final model."""
+    weight_decay: Number = Field(0.0, ge=0)
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    namespace: str
+class ParadigmSpec(_Spec):
+    """The job's paradigm: a registered ``name`` and its ``params``, that entry's model.
+
+    Reading a spec picks the member of the union (one subclass per registered name) whose
+    ``name`` matches; in code, ``ParadigmSpec.of(PseudoLabel(threshold=0.8))``.
+    """
+
+    name: str
+    """A key of ``carls.trainers.paradigms.registry.PARADIGMS``."""
+    params: ParadigmParams
+    """The entry's parameters; ``plugins()`` makes the plug-ins a trainer runs."""
+
+    _null_is_empty = field_validator("params", mode="before")(_empty_if_null)
+
+    @classmethod
+    def of(cls, params: ParadigmParams) -> ParadigmSpec:
+        """The spec of the paradigm ``params`` is registered as."""
+        return MEMBERS[params.name](name=params.name, params=params)
+
+
+def _member(name: str, entry: type[ParadigmParams]) -> type[ParadigmSpec]:
+    tag: Any = Literal[name]
+    return create_model(
+        f"{entry.__name__}Spec",
+        __base__=ParadigmSpec,
+        __module__=__name__,
+        name=(tag, ...),
+        params=(entry, Field(default_factory=entry)),
+    )
+
+
+MEMBERS: Final[dict[str, type[ParadigmSpec]]] = {
+    name: _member(name, entry) for name, entry in REGISTRY.items()
+}
+"""Paradigm name -> its ``ParadigmSpec`` subclass, the members of the union."""
+
+if TYPE_CHECKING:
+    AnyParadigm = ParadigmSpec
+else:
+    AnyParadigm = Annotated[Union[tuple(MEMBERS.values())], Field(discriminator="name")]  # noqa: UP007
+
+
+class JobSpec(_Spec):
+    """A training job: the namespace it writes, its data, model, paradigm and loop."""
+
+    namespace: Name
+    """The bank namespace of the job's examples and knowledge."""
     dataset: DatasetSpec
-    paradigm: ParadigmSpec
-    model: ModelSpec = field(default_factory=ModelSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    paradigm: AnyParadigm
+    train: TrainSpec = Field(default_factory=TrainSpec)
 
-    def kinds(self, classes: int) -> dict[str, int]:
-        """The bank kinds (with dimensions) the namespace needs for ``classes`` classes."""
-        params = self.paradigm.params
-        k = params.k if isinstance(params, GraphParams | PseudoLabelGraphParams) else DEFAULT_K
-        out = default_kinds(self.model.embedding_dim, classes, k)
-        if isinstance(params, MultimodalParams):
-            for modality in (params.modality, *params.others):
-                out[f"embedding/{modality}"] = self.model.embedding_dim
+    _null_is_empty = field_validator("model", "train", mode="before")(_empty_if_null)
+
+    @model_validator(mode="after")
+    def _paradigm_fits_the_job(self) -> Self:
+        try:
+            self.paradigm.params.check_against(self.namespace, self.dataset.modalities)
+        except FieldProblem as p:
+            raise FieldProblem(("paradigm", "params", *p.loc), p.problem) from None
+        return self
+
+    def kinds(self, classes: int, embedding_dim: int | None = None) -> dict[str, int]:
+        """The bank kinds (with dimensions) the namespace needs for ``classes`` classes;
+        ``embedding_dim``: the model's embedding width (default: the built-in MLP's)."""
+        dim = self.model.embedding_dim if embedding_dim is None else embedding_dim
+        plugins = self.paradigm.params.plugins()
+        k = max([p.k for p in plugins if isinstance(p, Graph)], default=DEFAULT_K)
+        out = default_kinds(dim, classes, k)
+        for p in plugins:
+            if isinstance(p, Multimodal):
+                for modality in (p.modality, *p.others):
+                    out[f"embedding/{modality}"] = dim
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with every default spelled out; ``load_spec`` reads it back."""
-        dataset: dict[str, Any] = (
-            {"name": self.dataset.name}
-            if self.dataset.name is not None
-            else {"path": str(self.dataset.path)}
-        )
-        if self.dataset.label_column is not None:
-            dataset["label_column"] = self.dataset.label_column
-        dataset.update(
-            labeled=self.dataset.labeled,
-            test_size=self.dataset.test_size,
-            modalities={m: list(r) for m, r in self.dataset.modalities.items()},
-        )
-        return {
-            "namespace": self.namespace,
-            "dataset": dataset,
-            "model": _plain(self.model),
-            "paradigm": {"name": self.paradigm.name, "params": _plain(self.paradigm.params)},
-            "train": _plain(self.train),
-        }
-
-
-def _plain(obj: object) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(cast(Any, obj)):
-        value = getattr(obj, f.name)
-        if isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, Path):
-            value = str(value)
-        out[f.name] = value
-    return out
+        """A JSON-ready dict with every default spelled out and absolute paths;
+        ``load_spec`` reads it back into an equal spec."""
+        return self.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,8 +373,11 @@ def load_spec(source: Path | str | Mapping[str, Any], *, base_dir: Path | None =
         origin = str(path)
         base = base_dir if base_dir is not None else path.resolve().parent
     if not isinstance(data, Mapping):
-        raise SpecError(origin, f"expected a mapping of sections, got {_kind_of(data)}")
-    return _parse(data, base)
+        raise SpecError(origin, f"expected a mapping of sections, got {kind_of(data)}")
+    try:
+        return JobSpec.model_validate(data, context={"base_dir": base})
+    except ValidationError as exc:
+        raise spec_error(exc) from exc
 
 
 def _read_file(path: Path) -> object:
@@ -328,362 +438,134 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any,
 _YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _parse(data: Mapping[str, Any], base: Path) -> JobSpec:
-    top = _Section(data, "", ("namespace", "dataset", "model", "paradigm", "train"))
-    namespace = top.name("namespace")
-    dataset = _parse_dataset(top.section("dataset", required=True), base)
-    model = _parse_model(top.section("model"))
-    paradigm = _parse_paradigm(top.section("paradigm", required=True), namespace, dataset, base)
-    train = _parse_train(top.section("train"))
-    return JobSpec(namespace, dataset, paradigm, model, train)
-
-
-def _parse_dataset(s: _Section, base: Path) -> DatasetSpec:
-    s.declared_by(DatasetSpec)
-    name = s.opt_str("name")
-    raw_path = s.opt_str("path")
-    if (name is None) == (raw_path is None):
-        raise SpecError(
-            s.path,
-            "give exactly one of name (a bundled dataset) or path (an .npz or .csv file)",
-        )
-    path = None
-    if name is not None and name not in DATASETS:
-        raise SpecError(
-            s.field("name"), f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}"
-        )
-    label_column = s.opt_str("label_column")
-    if raw_path is not None:
-        path = _existing_file(s.field("path"), raw_path, base, (".npz", ".csv"))
-        if path.suffix.lower() == ".csv" and label_column is None:
-            raise SpecError(s.field("label_column"), "required for a .csv dataset")
-    if label_column is not None and (path is None or path.suffix.lower() != ".csv"):
-        raise SpecError(s.field("label_column"), "only a .csv dataset has a label column")
-    labeled = s.opt_int("labeled", ge=1)
-    test_size = s.float_("test_size", gt=0.0, lt=1.0)
-    modalities: dict[str, tuple[int, int]] = {}
-    mods = s.section("modalities")
-    for key, value in mods.data.items():
-        where = mods.field(key)
-        if not isinstance(key, str) or re.fullmatch(names.MODALITY_PATTERN, key) is None:
-            raise SpecError(where, f"modality names must match {names.MODALITY_PATTERN}")
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or not all(_is_int(v) for v in value)
-            or not 0 <= value[0] < value[1]
-        ):
-            raise SpecError(
-                where,
-                f"expected [start, stop) column indices with 0 <= start < stop, got {value!r}",
-            )
-        modalities[key] = (int(value[0]), int(value[1]))
-    return DatasetSpec(name, path, label_column, labeled, test_size, modalities)
-
-
-def _parse_model(s: _Section) -> ModelSpec:
-    s.declared_by(ModelSpec)
-    hidden = s.get("hidden")
-    if not isinstance(hidden, list | tuple) or not all(_is_int(h) and h >= 1 for h in hidden):
-        raise SpecError(s.field("hidden"), f"expected a list of positive ints, got {hidden!r}")
-    return ModelSpec(
-        hidden=tuple(hidden),
-        embedding_dim=s.int_("embedding_dim", ge=1, le=65536),
-        dropout=s.float_("dropout", ge=0.0, lt=1.0),
-    )
-
-
-def _parse_train(s: _Section) -> TrainSpec:
-    s.declared_by(TrainSpec)
-    every_s = s.opt_float("checkpoint_every_s", gt=0.0)
-    return TrainSpec(
-        steps=s.int_("steps", ge=1),
-        batch_size=s.int_("batch_size", ge=1),
-        learning_rate=s.float_("learning_rate", gt=0.0),
-        checkpoint_every=s.int_("checkpoint_every", ge=1),
-        checkpoint_every_s=every_s,
-        eval_every=s.int_("eval_every", ge=1),
-        max_staleness=s.int_("max_staleness", ge=0),
-        seed=s.int_("seed", ge=0, le=2**32 - 1),
-        warmup_steps=s.int_("warmup_steps", ge=0),
-        labeled_batch_size=s.int_("labeled_batch_size", ge=1),
-        augment=cast(Any, s.choice("augment", ("none", "shift", "affine"))),
-        augment_views=s.int_("augment_views", ge=2, le=256),
-        cutout=s.int_("cutout", ge=0, le=64),
-        ema=s.float_("ema", ge=0.0, lt=1.0),
-        weight_decay=s.float_("weight_decay", ge=0.0),
-    )
-
-
-def _parse_paradigm(s: _Section, namespace: str, dataset: DatasetSpec, base: Path) -> ParadigmSpec:
-    s.check_keys(("name", "params"))
-    name = s.choice("name", PARADIGMS)
-    p = s.section("params")
-    params: ParadigmParams
-    if name == "supervised":
-        p.declared_by(SupervisedParams)
-        params = SupervisedParams()
-    elif name == "pseudo_label":
-        p.declared_by(PseudoLabelParams)
-        params = PseudoLabelParams(
-            threshold=p.float_("threshold", ge=0.0, le=1.0),
-            weight=p.float_("weight", ge=0.0),
-            class_balance=p.bool_("class_balance"),
-        )
-    elif name == "graph":
-        p.declared_by(GraphParams)
-        params = GraphParams(
-            weight=p.float_("weight", ge=0.0),
-            k=p.int_("k", ge=1, le=1024),
-            temperature=p.float_("temperature", gt=0.0),
-            bootstrap=p.bool_("bootstrap"),
-            graph=_graph_file(p, "graph", base),
-            target=cast(Any, p.choice("target", GRAPH_TARGETS)),
-        )
-    elif name == "pseudo_label_graph":
-        p.declared_by(PseudoLabelGraphParams)
-        params = PseudoLabelGraphParams(
-            pseudo_weight=p.float_("pseudo_weight", ge=0.0),
-            threshold=p.float_("threshold", ge=0.0, le=1.0),
-            class_balance=p.bool_("class_balance"),
-            graph_weight=p.float_("graph_weight", ge=0.0),
-            k=p.int_("k", ge=1, le=1024),
-            temperature=p.float_("temperature", gt=0.0),
-            bootstrap=p.bool_("bootstrap"),
-            graph=_graph_file(p, "graph", base),
-            target=cast(Any, p.choice("target", GRAPH_TARGETS)),
-        )
-    elif name == "curriculum":
-        p.declared_by(CurriculumParams)
-        params = CurriculumParams(
-            pacing=cast(Any, p.choice("pacing", PACINGS)),
-            start_fraction=p.float_("start_fraction", gt=0.0, le=1.0),
-            full_at=p.float_("full_at", gt=0.0, le=1.0),
-        )
-    elif name == "codistillation":
-        p.declared_by(CodistillationParams)
-        peer = p.name("peer")
-        if peer == namespace:
-            raise SpecError(
-                p.field("peer"), "the peer is another trainer's namespace, not this one"
-            )
-        params = CodistillationParams(
-            peer=peer,
-            weight=p.float_("weight", ge=0.0),
-            temperature=p.float_("temperature", gt=0.0),
-        )
-    else:
-        params = _parse_multimodal(p, dataset)
-    return ParadigmSpec(cast(Paradigm, name), params)
-
-
-def _parse_multimodal(p: _Section, dataset: DatasetSpec) -> MultimodalParams:
-    p.declared_by(MultimodalParams)
-    known = sorted(dataset.modalities)
-    declared = (
-        f"dataset.modalities declares {', '.join(known)}"
-        if known
-        else "dataset.modalities declares none"
-    )
-    modality = p.str_("modality")
-    if modality not in dataset.modalities:
-        raise SpecError(p.field("modality"), f"unknown modality {modality!r}; {declared}")
-    others = p.get("others")
-    if not isinstance(others, list) or not others:
-        raise SpecError(
-            p.field("others"), f"expected a non-empty list of modalities, got {others!r}"
-        )
-    for i, other in enumerate(others):
-        where = f"{p.field('others')}[{i}]"
-        if not isinstance(other, str):
-            raise SpecError(where, f"expected a string, got {_kind_of(other)}")
-        if other not in dataset.modalities:
-            raise SpecError(where, f"unknown modality {other!r}; {declared}")
-        if other == modality:
-            raise SpecError(where, f"{other!r} is this trainer's own modality")
-        if other in others[:i]:
-            raise SpecError(where, f"{other!r} is listed twice")
-    return MultimodalParams(
-        modality=modality, others=tuple(others), weight=p.float_("weight", ge=0.0)
-    )
-
-
-def _graph_file(p: _Section, key: str, base: Path) -> Path | None:
-    raw = p.opt_str(key)
-    return None if raw is None else _existing_file(p.field(key), raw, base, (".npz", ".json"))
-
-
-def _existing_file(where: str, raw: str, base: Path, suffixes: Collection[str]) -> Path:
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    path = path.resolve()
-    if path.suffix.lower() not in suffixes:
-        raise SpecError(where, f"{raw}: expected a {' or '.join(suffixes)} file")
-    if not path.is_file():
-        raise SpecError(where, f"no such file: {path}")
-    return path
-
-
 # ---------------------------------------------------------------------------------------
-# Typed, range-checked access to one mapping of the spec
+# Validation errors -> SpecError
 
-_MISSING: Final = object()
+_EXPECTED: Final = {
+    "int_type": "an int",
+    "int_parsing": "an int",
+    "int_from_float": "an int",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "string_too_short": "a non-empty string",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "mapping_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "iterable_type": "a list",
+    "path_type": "a file path",
+}
+_BOUNDS: Final = {
+    "greater_than_equal": (">=", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("<=", "le"),
+    "less_than": ("<", "lt"),
+}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def spec_error(exc: ValidationError) -> SpecError:
+    """A ``JobSpec`` validation error as a ``SpecError``: the first problem at its dotted
+    field (``model.hidden[1]``), with a count of the others."""
+    errors = exc.errors(include_url=False)
+    field, problem = _describe(errors[0])
+    if len(errors) > 1:
+        more = len(errors) - 1
+        problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return SpecError(field, problem)
 
 
-def _kind_of(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({value!r})"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
+def _describe(err: ErrorDetails) -> tuple[str, str]:
+    """``(dotted field, problem)`` for one pydantic error of ``JobSpec``."""
+    raw = tuple(err["loc"])
+    loc: list[str | int] = [
+        part
+        for i, part in enumerate(raw)
+        if part != "[key]" and not (i == 1 and raw[0] == "paradigm" and part in MEMBERS)
+    ]
+    kind, value = err["type"], err["input"]
+    ctx: dict[str, Any] = dict(err.get("ctx") or {})
+    error = ctx.get("error")
+    if isinstance(error, FieldProblem):
+        loc.extend(error.loc)
+        problem = error.problem
+    elif kind in ("value_error", "assertion_error"):
+        problem = str(error) if error is not None else err["msg"].removeprefix("Value error, ")
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("name")
+        name = value.get("name") if isinstance(value, Mapping) else None
+        head = "required" if name is None else f"unknown paradigm {name!r}"
+        problem = f"{head}; expected one of {', '.join(PARADIGMS)}"
+    elif kind == "missing":
+        problem = "required"
+    elif kind == "extra_forbidden":
+        model = _model_at(raw[:-1])
+        known = list(model.model_fields) if model is not None else []
+        problem = f"unknown key; expected {'one of ' + ', '.join(known) if known else 'none'}"
+    elif kind in _EXPECTED:
+        problem = f"expected {_EXPECTED[kind]}, got {kind_of(value)}"
+    elif kind in _BOUNDS:
+        op, key = _BOUNDS[kind]
+        problem = f"must be {op} {_number(ctx[key])}, got {value!r}"
+    elif kind == "literal_error":
+        choices = _literal_at(raw)
+        expected = ", ".join(map(str, choices)) if choices else str(ctx.get("expected"))
+        problem = f"unknown value {value!r}; expected one of {expected}"
+    elif kind in ("too_short", "too_long"):
+        n = ctx["min_length" if kind == "too_short" else "max_length"]
+        least = "at least" if kind == "too_short" else "at most"
+        problem = f"expected {least} {n} item{'s' if n != 1 else ''}, got {ctx['actual_length']}"
+    else:
+        problem = err["msg"]
+    return _dotted(loc), problem
 
 
-class _Section:
-    """One mapping of the spec at dotted ``path``; every getter names its field on error."""
-
-    def __init__(self, data: object, path: str, known: Collection[str] | None = None) -> None:
-        if not isinstance(data, Mapping):
-            raise SpecError(path or "spec", f"expected a mapping, got {_kind_of(data)}")
-        self.data: Mapping[Any, Any] = data
-        self.path = path
-        self.defaults: dict[str, Any] = {}
-        if known is not None:
-            self.check_keys(known)
-
-    def declared_by(self, cls: type) -> _Section:
-        """This mapping's keys are the fields of the dataclass ``cls``; an absent key takes
-        the field's default, so each default is written once, where the field is declared."""
-        self.check_keys([f.name for f in fields(cls)])
-        self.defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-        return self
-
-    def field(self, key: object) -> str:
-        return f"{self.path}.{key}" if self.path else str(key)
-
-    def check_keys(self, known: Collection[str]) -> None:
-        for key in self.data:
-            if key not in known:
-                expected = f"expected one of {', '.join(known)}" if known else "expected none"
-                raise SpecError(self.field(key), f"unknown key; {expected}")
-
-    def get(self, key: str, default: object = _MISSING) -> Any:
-        if key in self.data:
-            return self.data[key]
-        if default is _MISSING:
-            default = self.defaults.get(key, _MISSING)
-        if default is _MISSING:
-            raise SpecError(self.field(key), "required")
-        return default
-
-    def section(self, key: str, required: bool = False) -> _Section:
-        value = self.get(key, _MISSING if required else None)
-        if value is None:
-            if required:
-                raise SpecError(self.field(key), "required")
-            value = {}
-        return _Section(value, self.field(key))
-
-    def _typed(self, key: str, default: object, check: Callable[[object], bool], what: str) -> Any:
-        value = self.get(key, default)
-        if value is None and default is None:
-            return None
-        if not check(value):
-            raise SpecError(self.field(key), f"expected {what}, got {_kind_of(value)}")
-        return value
-
-    def str_(self, key: str) -> str:
-        value: str = self._typed(
-            key, _MISSING, lambda v: isinstance(v, str) and v != "", "a string"
-        )
-        return value
-
-    def opt_str(self, key: str) -> str | None:
-        value: str | None = self._typed(
-            key, None, lambda v: isinstance(v, str) and v != "", "a non-empty string"
-        )
-        return value
-
-    def name(self, key: str) -> str:
-        value = self.str_(key)
-        try:
-            return names.validate_name(value, self.field(key))
-        except SchemaError as exc:
-            raise SpecError(self.field(key), str(exc).removeprefix(f"{self.field(key)}: ")) from exc
-
-    def choice(self, key: str, choices: Collection[str]) -> str:
-        value = self.data.get(key, self.defaults.get(key, _MISSING))
-        if value not in choices:
-            problem = "required" if value is _MISSING else f"unknown value {value!r}"
-            raise SpecError(self.field(key), f"{problem}; expected one of {', '.join(choices)}")
-        return cast(str, value)
-
-    def bool_(self, key: str) -> bool:
-        value: bool = self._typed(key, _MISSING, lambda v: isinstance(v, bool), "true or false")
-        return value
-
-    def int_(self, key: str, *, ge: int | None = None, le: int | None = None) -> int:
-        value: int = self._typed(key, _MISSING, _is_int, "an int")
-        self._range(key, value, ge=ge, le=le)
-        return value
-
-    def opt_int(self, key: str, *, ge: int | None = None) -> int | None:
-        value: int | None = self._typed(key, None, _is_int, "an int or null")
-        if value is not None:
-            self._range(key, value, ge=ge)
-        return value
-
-    def float_(
-        self,
-        key: str,
-        *,
-        ge: float | None = None,
-        gt: float | None = None,
-        le: float | None = None,
-        lt: float | None = None,
-    ) -> float:
-        value = self._typed(key, _MISSING, _is_number, "a number")
-        self._range(key, value, ge=ge, gt=gt, le=le, lt=lt)
-        return float(value)
-
-    def opt_float(self, key: str, *, gt: float | None = None) -> float | None:
-        value = self._typed(key, None, _is_number, "a number or null")
-        if value is None:
-            return None
-        self._range(key, value, gt=gt)
-        return float(value)
-
-    def _range(
-        self,
-        key: str,
-        value: float,
-        *,
-        ge: float | None = None,
-        gt: float | None = None,
-        le: float | None = None,
-        lt: float | None = None,
-    ) -> None:
-        low = (ge is None or value >= ge) and (gt is None or value > gt)
-        high = (le is None or value <= le) and (lt is None or value < lt)
-        if low and high:
-            return
-        lo, hi = (ge if gt is None else gt), (le if lt is None else lt)
-        if lo is not None and hi is not None:
-            rng = f"in {'(' if gt is not None else '['}{lo}, {hi}{')' if lt is not None else ']'}"
-        elif lo is not None:
-            rng = f"{'>' if gt is not None else '>='} {lo}"
+def _dotted(loc: list[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
         else:
-            rng = f"{'<' if lt is not None else '<='} {hi}"
-        raise SpecError(self.field(key), f"must be {rng}, got {value!r}")
+            out += f".{part}" if out else part
+    return out or "spec"
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(bound: object) -> object:
+    return int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model validating the value at ``loc`` of a ``JobSpec`` (union tags included)."""
+    current: Any = JobSpec
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif isinstance(part, str) and part in MEMBERS:
+            current = MEMBERS[part]
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _literal_at(loc: tuple[str | int, ...]) -> tuple[object, ...]:
+    """The choices of the ``Literal`` field at ``loc``, if that is what it is."""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
+    return _literal_values(field.annotation) if field is not None else ()
+
+
+def _literal_values(annotation: object) -> tuple[object, ...]:
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if values := _literal_values(arg):
+            return values
+    return ()

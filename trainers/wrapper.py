@@ -221,7 +221,7 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         if not isinstance(x, Mapping) or "id" not in x or "features" not in x:
             raise ModelError(
                 "KnowledgeModel trains on batches of ({'id': ids, 'features': x}, labels); "
-                "carls.trainers.examples(...) makes them"
+                "carls.trainers.example_batches(...) makes them"
             )
         features = x["features"]
         joined = x.get(JOINED)

@@ -117,7 +117,7 @@ def _csv(env: Env, name: str, rows: list[str]) -> Path:
 @pytest.mark.parametrize(
     ("case", "field", "problem"),
     [
-        ("unknown paradigm", "paradigm.name", "unknown value 'telepathy'"),
+        ("unknown paradigm", "paradigm.name", "unknown paradigm 'telepathy'"),
         ("missing dataset file", "dataset.path", "no such file"),
         ("absent csv label column", "dataset.label_column", "'target' is not a column"),
         ("non-numeric csv feature", "dataset.path", "'abc' is not a number"),

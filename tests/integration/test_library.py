@@ -4,20 +4,24 @@ the bank while it trains."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import keras
 import numpy as np
 import pytest
+import yaml
 
 import carls
 from carls.settings import Settings
 from carls.streams.manifests import latest_manifest
-from carls.trainers import KnowledgeModel, PublishCheckpoints, examples
+from carls.trainers import KnowledgeModel, PublishCheckpoints, example_batches
+from carls.trainers.examples import digits_cnn
 from carls.trainers.paradigms import PseudoLabel
 from tests.custom_layer_support import user_module
 from tests.stack_support import StackEnv
@@ -42,26 +46,17 @@ def connection(env: StackEnv) -> carls.Connection:
     return carls.Connection(env.bank, env.publisher, env.tmp / "checkpoints", env.settings)
 
 
-def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "trainers/examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(
     env: StackEnv,
 ) -> None:
     """The README's example: digits' 8x8 images, 50 labels, seeds 0, 1, 2; the worker
     serves the exported SavedModel and the trainer reads what it makes."""
-    cnn = example("digits_cnn")
     conn = connection(env)
     results = []
     for seed in (0, 1, 2):
         ns = f"{env.prefix}_cnn_s{seed}"
         env.namespaces.append(ns)
-        results.append(cnn.train(conn, ns, seed))
+        results.append(digits_cnn.train(conn, ns, seed))
         manifest = latest_manifest(env.settings.kafka, env.settings.topics.checkpoints, ns)
         assert manifest is not None and manifest.format == "tf_saved_model"
     summary = [(r["seed"], r["test_accuracy"], r["knowledge_use"]) for r in results]
@@ -72,6 +67,57 @@ def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(
     # (two runs of the three seeds, seeds between 0.909 and 0.932), where the same CNN on
     # its 50 labels alone measured 0.913 (seed 0) and 0.883 (seed 2).
     assert np.mean([r["test_accuracy"] for r in results]) >= 0.91, summary
+
+
+def test_the_cnn_as_a_job_names_its_builder_and_runs_through_submit_and_trainer(
+    env: StackEnv,
+) -> None:
+    """``trainers/examples/digits_cnn.yaml``: the same CNN, named by its builder, on an
+    .npz of 8x8x1 images, submitted with ``carls submit`` and run by ``carls trainer``
+    (shortened to 600 steps) with knowledge the worker makes from its SavedModels."""
+    images = env.tmp / "digits_images.npz"
+    digits_cnn.write_images(images)
+    spec = yaml.safe_load((ROOT / "trainers/examples/digits_cnn.yaml").read_text())
+    ns = f"{env.prefix}_cnn_job"
+    env.namespaces.append(ns)
+    spec["namespace"] = ns
+    spec["dataset"]["path"] = str(images)
+    spec["train"].update(steps=600, eval_every=300)
+    job = env.tmp / "job.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    run_env = {
+        **os.environ,
+        "CARLS_TOPIC_PREFIX": env.prefix,
+        "CARLS_CHECKPOINT_ROOT": str(env.tmp / "ckpt"),
+    }
+
+    def carls_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "carls", *args],
+            env=run_env,
+            cwd=env.tmp,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    submitted = carls_cli("submit", str(job))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    trainer = carls_cli("trainer", "--once")
+    assert trainer.returncode == 0 and f"job {job_id} succeeded" in trainer.stderr, trainer.stderr[
+        -3000:
+    ]
+    state = json.loads(carls_cli("job", "status", job_id, "--json").stdout)
+    last = state["history"][-1]
+    why = f"{last}\n{env.worker_logs()}"
+    assert state["state"] == "succeeded" and state["step"] == 600, why
+    manifest = latest_manifest(env.settings.kafka, env.settings.topics.checkpoints, ns)
+    assert manifest is not None and manifest.format == "tf_saved_model", manifest
+    assert state["checkpoints"] >= 3, why  # steps 300 (after warm-up), 400, 500, 600
+    assert last["knowledge_coverage"] > 0.5 and last["knowledge_use"]["pseudo_used"] > 0.1, why
+    assert state["test_accuracy"] > 0.85, why
 
 
 def test_a_model_with_a_custom_layer_is_served_by_a_worker_without_its_code(
@@ -108,7 +154,7 @@ def test_a_model_with_a_custom_layer_is_served_by_a_worker_without_its_code(
     publish = PublishCheckpoints(env.publisher, env.tmp / "checkpoints", every_steps=20)
     with km:
         km.fit(
-            examples(ids, x, labels, batch_size=32, labeled_batch_size=16),
+            example_batches(ids, x, labels, batch_size=32, labeled_batch_size=16),
             steps_per_epoch=20,
             epochs=3,
             callbacks=[publish],

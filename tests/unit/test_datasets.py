@@ -44,6 +44,7 @@ def test_digits_split_is_stratified_70_30(digits: Dataset) -> None:
     assert np.abs(np.bincount(digits.y_train) / len(digits.y_train) - overall).max() < 0.01
     assert np.abs(np.bincount(digits.y_test) / len(digits.y_test) - overall).max() < 0.01
     assert digits.classes == 10 and digits.feature_dim == 64 and digits.name == "digits"
+    assert digits.input_shape == (64,) and digits.x_train.shape == (len(digits.ids_train), 64)
     # the ids carry the source row: the label of an id is the label of that row
     assert (digits.y_train == y_all[rows(digits.ids_train)]).all()
     assert (digits.y_test == y_all[rows(digits.ids_test)]).all()
@@ -144,6 +145,79 @@ def test_npz_nan_feature_is_named(tmp_path: Path) -> None:
     assert "column 2" in str(err) and "row 7" in str(err)
 
 
+def images(tmp_path: Path, n: int = 90) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An .npz of ``n`` 8x8x1 images in [0, 16] with three classes."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 3
+    x = rng.integers(0, 17, size=(n, 8, 8, 1)).astype(np.float64)
+    x[:, 0, 0, 0] = 0.0  # a constant pixel: scale 1, not a division by zero
+    path = tmp_path / "images.npz"
+    np.savez(path, X=x, y=y)
+    return path, x, y
+
+
+def test_npz_images_keep_their_shape_and_are_standardised_per_pixel(tmp_path: Path) -> None:
+    path, x, _ = images(tmp_path)
+    data = load_dataset(DatasetSpec(path=path, labeled=9), seed=0)
+    assert data.input_shape == (8, 8, 1) and data.feature_dim == 64
+    assert data.x_train.shape == (len(data.ids_train), 8, 8, 1)
+    assert data.x_test.shape == (len(data.ids_test), 8, 8, 1)
+    assert data.x_train.dtype == np.float32 and data.x_test.dtype == np.float32
+    flat = data.x_train.reshape(len(data.x_train), -1)
+    assert np.abs(flat.mean(axis=0)).max() < 1e-4
+    assert np.allclose(flat.std(axis=0)[1:], 1.0, atol=1e-3) and flat[:, 0].std() == 0
+    raw = data.x_train_raw
+    assert raw is not None and raw.shape == data.x_train.shape
+    assert np.array_equal(raw, x[rows(data.ids_train)])
+    assert np.allclose(data.standardize(raw), data.x_train, atol=1e-5)
+    assert data.standardize(raw[:1, :, :, :]).shape == (1, 8, 8, 1)
+
+
+def test_npz_images_without_standardisation_keep_their_values(tmp_path: Path) -> None:
+    path, x, _ = images(tmp_path)
+    data = load_dataset(DatasetSpec(path=path, standardize=False), seed=0)
+    assert data.input_shape == (8, 8, 1) and data.mean is None and data.scale is None
+    assert data.x_train.dtype == np.float32
+    assert np.array_equal(data.x_train, x[rows(data.ids_train)].astype(np.float32))
+    assert np.array_equal(data.x_test, x[rows(data.ids_test)].astype(np.float32))
+    assert data.x_train.max() == 16.0
+    assert data.x_train_raw is not None
+    assert np.array_equal(data.standardize(data.x_train_raw), data.x_train)
+
+
+def test_npz_sequences_are_flat_examples(tmp_path: Path) -> None:
+    tokens = np.random.default_rng(1).integers(0, 1000, size=(40, 12))
+    path = tmp_path / "tokens.npz"
+    np.savez(path, X=tokens, y=np.arange(40) % 2)
+    data = load_dataset(DatasetSpec(path=path, standardize=False), seed=0)
+    assert data.input_shape == (12,) and data.feature_dim == 12
+    assert np.array_equal(data.x_train, tokens[rows(data.ids_train)])
+
+
+@pytest.mark.parametrize(
+    "x", [np.zeros(6), np.zeros((6, 0)), np.zeros((6, 2, 0)), np.array([["a"] * 2] * 6)]
+)
+def test_npz_x_needs_examples_of_some_shape(tmp_path: Path, x: np.ndarray) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, X=x, y=np.arange(6) % 2)
+    err = dataset_error(DatasetSpec(path=path), "dataset.path")
+    assert "rank >= 2" in str(err)
+
+
+def test_npz_image_nan_is_named_by_position(tmp_path: Path) -> None:
+    path, x, y = images(tmp_path)
+    x[5, 2, 3, 0] = np.nan
+    np.savez(path, X=x, y=y)
+    err = dataset_error(DatasetSpec(path=path), "dataset.path")
+    assert "at (2, 3, 0), row 5" in str(err) and "finite" in str(err)
+
+
+def test_modalities_need_flat_data(tmp_path: Path) -> None:
+    path, _, _ = images(tmp_path)
+    err = dataset_error(DatasetSpec(path=path, modalities={"a": (0, 8)}), "dataset.modalities")
+    assert "only flat (N x D) data has column modalities" in str(err)
+
+
 def write_csv(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "data.csv"
     path.write_text(body)
@@ -161,7 +235,7 @@ def csv_body(n: int = 30, bad: tuple[int, str] | None = None) -> str:
 def test_csv_with_string_labels(tmp_path: Path) -> None:
     path = write_csv(tmp_path, csv_body())
     data = load_dataset(DatasetSpec(path=path, label_column="species", labeled=6), seed=0)
-    assert data.feature_dim == 2 and data.classes == 3
+    assert data.feature_dim == 2 and data.classes == 3 and data.input_shape == (2,)
     assert data.class_names == ["cat", "dog", "eel"]
     assert (data.y_train == rows(data.ids_train) % 3).all()
     assert np.bincount(data.y_train[data.labeled]).tolist() == [2, 2, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,24 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from carls.cli import main
 from carls.trainers.errors import DatasetError, SpecError
+from carls.trainers.paradigms import (
+    Codistillation,
+    Graph,
+    Multimodal,
+    PseudoLabel,
+    PseudoLabelGraph,
+    from_spec,
+)
 from carls.trainers.spec import (
     PARADIGMS,
-    CodistillationParams,
     DatasetSpec,
     JobSpec,
     ModelSpec,
-    MultimodalParams,
     ParadigmSpec,
-    PseudoLabelGraphParams,
     TrainSpec,
     load_spec,
 )
@@ -81,9 +88,8 @@ def test_yaml_spec_loads_with_the_defaults(tmp_path: Path) -> None:
     assert spec.namespace == "digits_ssl"
     assert spec.dataset == DatasetSpec(name="digits", labeled=50)
     assert spec.model == ModelSpec(hidden=(256,), embedding_dim=64, dropout=0.1)
-    assert spec.paradigm == ParadigmSpec(
-        "pseudo_label_graph", PseudoLabelGraphParams(threshold=0.8)
-    )
+    assert spec.paradigm == ParadigmSpec.of(PseudoLabelGraph(threshold=0.8))
+    assert spec.paradigm.name == "pseudo_label_graph"
     assert spec.train == TrainSpec(learning_rate=0.001)
     assert spec.train.steps == 2000 and spec.train.checkpoint_every_s is None
 
@@ -110,6 +116,7 @@ def test_json_spec_loads_like_the_same_yaml(tmp_path: Path) -> None:
             "paradigm": {"name": "multimodal", "params": {"modality": "left", "others": ["right"]}},
         },
         {"train.checkpoint_every_s": 30, "dataset.labeled": 20, "dataset.test_size": 0.25},
+        {"dataset.standardize": False, "model.hidden": [], "model.logits": 0},
     ],
 )
 def test_to_dict_round_trips_and_is_json(changes: dict[str, Any]) -> None:
@@ -154,7 +161,7 @@ def test_kinds_are_the_standard_five_plus_the_modalities() -> None:
             }
         )
     )
-    assert isinstance(multi.paradigm.params, MultimodalParams)
+    assert isinstance(multi.paradigm.params, Multimodal)
     kinds = multi.kinds(3)
     assert kinds["embedding/a"] == kinds["embedding/b"] == 64
     assert "embedding/c" not in kinds
@@ -167,6 +174,10 @@ def test_kinds_are_the_standard_five_plus_the_modalities() -> None:
 def test_unknown_paradigm_lists_the_valid_ones() -> None:
     err = spec_error(spec_dict({"paradigm.name": "magic"}), "paradigm.name")
     assert all(name in str(err) for name in PARADIGMS)
+    assert err.problem == f"unknown paradigm 'magic'; expected one of {', '.join(PARADIGMS)}"
+    assert PARADIGMS[:2] == ("supervised", "pseudo_label") and len(PARADIGMS) == 7
+    err = spec_error(spec_dict({"paradigm.name": DELETE}), "paradigm.name")
+    assert err.problem.startswith("required; expected one of supervised, pseudo_label")
 
 
 @pytest.mark.parametrize(
@@ -183,16 +194,29 @@ def test_unknown_paradigm_lists_the_valid_ones() -> None:
         ({"train.steps": "many"}, "train.steps", "expected an int"),
         ({"train.batch_size": True}, "train.batch_size", "expected an int"),
         ({"train.steps": 2.0}, "train.steps", "expected an int"),
-        ({"model.hidden": [64, 0]}, "model.hidden", "positive ints"),
+        ({"train.seed": "3"}, "train.seed", "expected an int, got str '3'"),
+        ({"train.ema": True}, "train.ema", "expected a number, got a boolean (True)"),
+        ({"train.learning_rate": float("nan")}, "train.learning_rate", "a finite number"),
+        (
+            {"paradigm": {"name": "pseudo_label", "params": {"class_balance": "yes"}}},
+            "paradigm.params.class_balance",
+            "expected true or false, got str 'yes'",
+        ),
+        ({"train.augment": "flip"}, "train.augment", "unknown value 'flip'; expected one of none,"),
+        ({"dataset.label_column": ""}, "dataset.label_column", "a non-empty string"),
+        ({"dataset.standardize": 1}, "dataset.standardize", "expected true or false, got int 1"),
+        ({"dataset.modalities": {"A": [0, 2]}}, "dataset.modalities.A", "must match"),
+        ({"dataset.modalities": {"a": [0, 2, 4]}}, "dataset.modalities.a", "at most 2 items"),
+        ({"model.hidden": [64, 0]}, "model.hidden[1]", "must be >= 1, got 0"),
         ({"model": [1]}, "model", "expected a mapping"),
-        ({"train.steps": 0}, "train.steps", ">= 1"),
-        ({"dataset.test_size": 1.0}, "dataset.test_size", "in (0.0, 1.0)"),
-        ({"model.dropout": 1}, "model.dropout", "in [0.0, 1.0)"),
-        ({"train.learning_rate": 0}, "train.learning_rate", "> 0.0"),
+        ({"train.steps": 0}, "train.steps", "must be >= 1, got 0"),
+        ({"dataset.test_size": 1.0}, "dataset.test_size", "must be < 1, got 1.0"),
+        ({"model.dropout": 1}, "model.dropout", "must be < 1, got 1"),
+        ({"train.learning_rate": 0}, "train.learning_rate", "must be > 0, got 0"),
         (
             {"paradigm": {"name": "pseudo_label", "params": {"threshold": 1.5}}},
             "paradigm.params.threshold",
-            "in [0.0, 1.0]",
+            "must be <= 1, got 1.5",
         ),
         (
             {"paradigm": {"name": "graph", "params": {"target": "logits"}}},
@@ -204,7 +228,7 @@ def test_unknown_paradigm_lists_the_valid_ones() -> None:
         ({"paradigm": DELETE}, "paradigm", "required"),
         ({"dataset.name": "mnist"}, "dataset.name", "digits, breast_cancer, wine, iris"),
         ({"dataset.path": "x.npz"}, "dataset", "exactly one of name"),
-        ({"dataset.labeled": 0}, "dataset.labeled", ">= 1"),
+        ({"dataset.labeled": 0}, "dataset.labeled", "must be >= 1, got 0"),
         ({"dataset.modalities": {"a": [4, 2]}}, "dataset.modalities.a", "start < stop"),
         (
             {"paradigm": {"name": "codistillation", "params": {}}},
@@ -233,9 +257,14 @@ def test_unknown_paradigm_lists_the_valid_ones() -> None:
             "own modality",
         ),
         (
-            {"paradigm": {"name": "multimodal", "params": {"modality": "a", "others": []}}},
+            {"paradigm": {"name": "multimodal", "params": {"modality": "a", "others": ["b"]}}},
             "paradigm.params.modality",
             "declares none",
+        ),
+        (
+            {"paradigm": {"name": "multimodal", "params": {"modality": "a", "others": []}}},
+            "paradigm.params.others",
+            "expected at least 1 item, got 0",
         ),
     ],
 )
@@ -244,9 +273,27 @@ def test_bad_values_are_named(changes: dict[str, Any], field: str, words: str) -
     assert words in err.problem
 
 
+def test_several_problems_report_the_first_and_count_the_others() -> None:
+    bad = {"train.steps": 0, "train.seed": -1, "train.ema": 2}
+    err = spec_error(spec_dict(bad), "train.steps")
+    assert err.problem == "must be >= 1, got 0 (and 2 more problems)"
+    err = spec_error(spec_dict({"train.steps": 0, "train.seed": -1}), "train.steps")
+    assert err.problem.endswith(" (and 1 more problem)")
+
+
+def test_empty_optional_sections_take_the_defaults() -> None:
+    spec = load_spec(
+        spec_dict(
+            {"model": None, "train": None, "dataset.modalities": None, "paradigm.params": None}
+        )
+    )
+    assert spec.model == ModelSpec() and spec.train == TrainSpec()
+    assert spec.dataset.modalities == {}
+
+
 def test_codistillation_reads_its_peer() -> None:
     spec = load_spec(spec_dict({"paradigm": {"name": "codistillation", "params": {"peer": "b"}}}))
-    assert spec.paradigm.params == CodistillationParams(peer="b")
+    assert spec.paradigm.params == Codistillation(peer="b")
 
 
 def test_missing_files_say_their_path(tmp_path: Path) -> None:
@@ -287,6 +334,169 @@ def test_unreadable_files_are_named(tmp_path: Path, name: str, text: str, words:
 
 
 # ---------------------------------------------------------------------------------------
+# The model: the built-in MLP, a user's builder, or a saved Keras model
+
+BUILDERS = "carls_test_builders"
+
+
+@pytest.fixture
+def builders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable module of model builders, as a user's package would be."""
+    (tmp_path / f"{BUILDERS}.py").write_text(
+        "def build(input_shape, classes, **params):\n"
+        "    return ('model', input_shape, classes, params)\n"
+        "not_callable = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, BUILDERS, raising=False)
+    return BUILDERS
+
+
+def test_a_builder_is_imported_and_loads(builders: str) -> None:
+    spec = load_spec(spec_dict({"model": {"builder": f"{builders}:build", "params": {"width": 8}}}))
+    assert spec.model.builder == f"{builders}:build" and spec.model.params == {"width": 8}
+    assert (spec.model.embedding, spec.model.logits) == ("embedding", "logits")
+    build = spec.model.load_builder()
+    assert build(input_shape=(8, 8, 1), classes=10, **spec.model.params) == (
+        "model",
+        (8, 8, 1),
+        10,
+        {"width": 8},
+    )
+    with pytest.raises(SpecError) as info:
+        ModelSpec().load_builder()
+    assert info.value.field == "model.builder"
+
+
+@pytest.mark.parametrize(
+    ("builder", "words"),
+    [
+        ("no_colon", "expected package.module:function, got 'no_colon'"),
+        ("pkg.mod:fn:extra", "expected package.module:function"),
+        ("carls_no_such_module.models:build", "cannot import 'carls_no_such_module.models': No "),
+        (f"{BUILDERS}:absent", f"{BUILDERS} has no callable 'absent'"),
+        (f"{BUILDERS}:not_callable", f"{BUILDERS} has no callable 'not_callable'"),
+    ],
+)
+def test_bad_builders_name_model_builder(builders: str, builder: str, words: str) -> None:
+    err = spec_error(spec_dict({"model": {"builder": builder}}), "model.builder")
+    assert words in err.problem
+
+
+def test_a_saved_model_must_exist_and_excludes_a_builder(tmp_path: Path, builders: str) -> None:
+    err = spec_error(spec_dict({"model.path": str(tmp_path / "m.keras")}), "model.path")
+    assert "no such file" in err.problem
+    (tmp_path / "m.h5").write_text("")
+    err = spec_error(spec_dict({"model.path": str(tmp_path / "m.h5")}), "model.path")
+    assert "expected a .keras file" in err.problem
+    saved = tmp_path / "m.keras"
+    saved.write_text("")
+    err = spec_error(
+        spec_dict({"model": {"path": str(saved), "builder": f"{builders}:build"}}), "model"
+    )
+    assert "not both" in err.problem
+
+
+def test_params_only_with_a_builder(tmp_path: Path) -> None:
+    err = spec_error(spec_dict({"model.params": {"width": 8}}), "model.params")
+    assert err.problem == "only a builder takes params"
+    saved = tmp_path / "m.keras"
+    saved.write_text("")
+    spec_error(spec_dict({"model": {"path": str(saved), "params": {"a": 1}}}), "model.params")
+
+
+@pytest.mark.parametrize("value", [True, "", 1.5, None, [0]])
+def test_outputs_are_names_or_indices(value: object) -> None:
+    err = spec_error(spec_dict({"model.logits": value}), "model.logits")
+    assert "expected an output name or index" in err.problem
+    assert load_spec(spec_dict({"model.logits": 1, "model.embedding": "emb"})).model.logits == 1
+
+
+def test_round_trip_with_a_user_model(tmp_path: Path, builders: str) -> None:
+    job = tmp_path / "jobs" / "job.yaml"
+    job.parent.mkdir()
+    (job.parent / "m.keras").write_text("")
+    for model in (
+        {"builder": f"{builders}:build", "params": {"width": 8, "acts": ["relu"]}, "logits": 1},
+        {"path": "m.keras", "embedding": "emb", "logits": "out"},
+    ):
+        job.write_text(yaml.safe_dump(spec_dict({"model": model})))
+        spec = load_spec(job)
+        as_dict = spec.to_dict()
+        assert load_spec(as_dict) == spec
+        assert load_spec(json.loads(json.dumps(as_dict))) == spec
+    assert spec.model.path == (job.parent / "m.keras").resolve()
+    assert as_dict["model"]["path"] == str(spec.model.path)
+
+
+# ---------------------------------------------------------------------------------------
+# The paradigms: one declaration per parameter, shared with the library
+
+
+def test_library_plugins_validate_like_the_spec() -> None:
+    with pytest.raises(ValidationError) as info:
+        PseudoLabel(threshold=1.5)
+    assert info.value.errors()[0]["loc"] == ("threshold",)
+    with pytest.raises(ValidationError):
+        Graph(k=2.0)
+    with pytest.raises(ValidationError):
+        Graph(target="logits")
+    with pytest.raises(ValidationError):
+        PseudoLabel(treshold=0.5)
+    with pytest.raises(ValidationError):
+        Multimodal(modality="a", others=("a",))
+    assert PseudoLabel(threshold=1) == PseudoLabel(threshold=1.0)
+
+
+def test_the_spec_params_are_the_plugin_classes() -> None:
+    spec = load_spec(spec_dict({"paradigm": {"name": "graph", "params": {"k": 4}}}))
+    assert type(spec.paradigm.params) is Graph
+    assert spec.paradigm == ParadigmSpec.of(Graph(k=4))
+    assert spec.kinds(10)["neighbours"] == 4
+
+
+def test_from_spec_returns_fresh_plugins() -> None:
+    spec = load_spec(spec_dict({"paradigm": {"name": "pseudo_label", "params": {"weight": 2}}}))
+    first, second = from_spec(spec), from_spec(spec)
+    assert first == second == [PseudoLabel(weight=2.0)]
+    assert first[0] is not second[0] and first[0] is not spec.paradigm.params
+    assert isinstance(first[0], PseudoLabel)
+    first[0].threshold = 0.1
+    assert spec.paradigm.params == PseudoLabel(weight=2.0)
+    assert from_spec(spec)[0] == PseudoLabel(weight=2.0)
+    assert from_spec(load_spec(BASE)) == []
+
+
+def test_pseudo_label_graph_is_both_plugins_with_their_declarations() -> None:
+    spec = load_spec(
+        spec_dict(
+            {"paradigm": {"name": "pseudo_label_graph", "params": {"pseudo_weight": 2, "k": 3}}}
+        )
+    )
+    assert from_spec(spec) == [PseudoLabel(weight=2.0), Graph(k=3)]
+    own = {
+        "pseudo_weight": (PseudoLabel, "weight"),
+        "threshold": (PseudoLabel, "threshold"),
+        "class_balance": (PseudoLabel, "class_balance"),
+        "graph_weight": (Graph, "weight"),
+        "k": (Graph, "k"),
+        "temperature": (Graph, "temperature"),
+        "bootstrap": (Graph, "bootstrap"),
+        "graph": (Graph, "graph"),
+        "target": (Graph, "target"),
+    }
+    assert list(PseudoLabelGraph.model_fields) == list(own)
+    for name, (plugin, field) in own.items():
+        mine, theirs = PseudoLabelGraph.model_fields[name], plugin.model_fields[field]
+        assert mine.rebuild_annotation() == theirs.rebuild_annotation(), name
+        assert mine.default == theirs.default and mine.description == theirs.description
+    spec_error(
+        spec_dict({"paradigm": {"name": "pseudo_label_graph", "params": {"k": 0}}}),
+        "paradigm.params.k",
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # carls submit --dry-run
 
 
@@ -306,10 +516,18 @@ def test_submit_dry_run_validates_without_servers(tmp_path: Path) -> None:
     assert "105 train (6 labeled) + 45 test examples, 4 features, 3 classes" in result.stderr
 
 
+def test_submit_dry_run_describes_image_inputs(tmp_path: Path) -> None:
+    np.savez(tmp_path / "images.npz", X=np.ones((20, 8, 8, 1)), y=np.arange(20) % 2)
+    job = write_job(tmp_path, {"dataset": {"path": "images.npz", "standardize": False}})
+    result = CliRunner().invoke(main, ["submit", str(job), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "14 train (14 labeled) + 6 test examples, 8 x 8 x 1 inputs, 2 classes" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"paradigm.name": "magic"}, "error: paradigm.name: unknown value 'magic'"),
+        ({"paradigm.name": "magic"}, "error: paradigm.name: unknown paradigm 'magic'"),
         ({"dataset": {"name": "iris", "labeled": 2}}, "error: dataset.labeled: 2 labeled"),
     ],
 )

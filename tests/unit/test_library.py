@@ -17,7 +17,7 @@ import pytest
 from carls.bank.memory import MemoryBank
 from carls.bank.types import KnowledgeBatch, Lineage
 from carls.makers.checkpoints import load_model
-from carls.trainers import DatasetError, KnowledgeModel, ModelError, examples
+from carls.trainers import DatasetError, KnowledgeModel, ModelError, example_batches
 from carls.trainers.checkpoints import save_artifact
 from carls.trainers.export import SavedModelExporter
 from carls.trainers.outputs import ModelHeads
@@ -183,7 +183,7 @@ def test_fit_adds_the_paradigms_terms_and_skips_unlabeled_rows_in_the_supervised
     km.knowledge.reader.refresh(np.arange(len(ids)))  # as the background sweep would
     with km:
         history = km.fit(
-            examples(ids, x, labels, batch_size=16, labeled_batch_size=8),
+            example_batches(ids, x, labels, batch_size=16, labeled_batch_size=8),
             steps_per_epoch=5,
             epochs=2,
             verbose=0,
@@ -202,14 +202,14 @@ def test_fit_adds_the_paradigms_terms_and_skips_unlabeled_rows_in_the_supervised
 
 def test_examples_put_the_labeled_rows_first_and_carry_ids() -> None:
     ids, x, labels = data()
-    ((batch, y),) = examples(ids, x, labels, batch_size=16, labeled_batch_size=8).take(1)
+    ((batch, y),) = example_batches(ids, x, labels, batch_size=16, labeled_batch_size=8).take(1)
     assert batch["features"].shape == (24, 6) and batch["id"].shape == (24,)
     assert (y.numpy()[:8] >= 0).all() and (y.numpy()[8:] == -1).all()
     index = {i: n for n, i in enumerate(ids)}
     rows = [index[i.decode()] for i in batch["id"].numpy()]
     np.testing.assert_array_equal(x[rows], batch["features"].numpy())
     with pytest.raises(DatasetError, match="features: 39 rows for 40 ids"):
-        examples(ids, x[:-1], labels)
+        example_batches(ids, x[:-1], labels)
 
 
 def test_batches_without_ids_are_refused() -> None:
@@ -309,7 +309,7 @@ class _Publisher:
     def manifest(self, m: Any) -> None:
         self.manifests.append(m)
 
-    def examples(self, batch: Any) -> None:
+    def example_batches(self, batch: Any) -> None:
         self.batches.append(batch)
 
 
@@ -334,7 +334,7 @@ def test_publish_checkpoints_serves_the_averaged_weights_and_trains_on(
     cb = PublishCheckpoints(pub, tmp_path, every_steps=4, warmup_steps=6, ema=0.5)  # type: ignore[arg-type]
     with km:
         km.fit(
-            examples(ids, x, labels, batch_size=8),
+            example_batches(ids, x, labels, batch_size=8),
             steps_per_epoch=11,
             epochs=1,
             verbose=0,
@@ -384,7 +384,7 @@ def test_a_tar_that_is_not_a_saved_model_is_not_a_model(tmp_path: Path) -> None:
 
 def test_a_failing_fit_stops_the_knowledge_reader() -> None:
     km, ids, x, labels = compiled_pseudo_label_model()
-    strangers = examples([f"other-{i}" for i in ids], x, labels, batch_size=8)
+    strangers = example_batches([f"other-{i}" for i in ids], x, labels, batch_size=8)
     with pytest.raises(Exception, match="not among the ids given to KnowledgeModel"):
         km.fit(strangers, steps_per_epoch=2, epochs=1, verbose=0)
     assert km.knowledge.reader is not None
@@ -393,7 +393,7 @@ def test_a_failing_fit_stops_the_knowledge_reader() -> None:
 
 def test_fit_can_be_called_again_and_the_reader_restarts() -> None:
     km, ids, x, labels = compiled_pseudo_label_model()
-    batches = examples(ids, x, labels, batch_size=8)
+    batches = example_batches(ids, x, labels, batch_size=8)
     for _ in range(2):
         km.fit(batches, steps_per_epoch=2, epochs=1, verbose=0)
         assert km.knowledge.reader is not None
@@ -411,7 +411,12 @@ def test_a_dataset_joined_by_hand_is_not_joined_again() -> None:
     joins = []
     real = km._join_ids
     km._join_ids = lambda i: joins.append(1) or real(i)  # type: ignore[method-assign]
-    km.fit(km.join(examples(ids, x, labels, batch_size=8)), steps_per_epoch=3, epochs=1, verbose=0)
+    km.fit(
+        km.join(example_batches(ids, x, labels, batch_size=8)),
+        steps_per_epoch=3,
+        epochs=1,
+        verbose=0,
+    )
     assert len(joins) == 1  # fit saw the knowledge already joined and left it
 
 
@@ -422,7 +427,7 @@ def test_a_multimodal_model_declares_and_registers_its_modality() -> None:
     ids, x, labels = data()
     km = KnowledgeModel(
         functional(),
-        [Multimodal("left", ("right",))],
+        [Multimodal(modality="left", others=("right",))],
         bank=bank,
         namespace="task_left",
         ids=ids,

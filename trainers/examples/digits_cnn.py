@@ -29,7 +29,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import carls
-from carls.trainers import KnowledgeModel, PublishCheckpoints, examples
+from carls.trainers import KnowledgeModel, PublishCheckpoints, example_batches
 from carls.trainers.paradigms import Graph, Paradigm, PseudoLabel
 
 LABELED = 50
@@ -57,9 +57,12 @@ def digits(seed: int) -> dict[str, Any]:
     }
 
 
-def build_cnn(classes: int = 10, embedding_dim: int = 64) -> keras.Model:
-    """The user's model: any Keras model that returns an embedding and logits."""
-    inp = keras.Input((8, 8, 1), name="image")
+def build_cnn(
+    input_shape: tuple[int, ...] = (8, 8, 1), classes: int = 10, embedding_dim: int = 64
+) -> keras.Model:
+    """The user's model: any Keras model that returns an embedding and logits. Also a
+    job spec's model builder (``carls.trainers.examples.digits_cnn:build_cnn``)."""
+    inp = keras.Input(input_shape, name="image")
     x = keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant")(inp)
     x = keras.layers.RandomRotation(0.04, fill_mode="constant")(x)
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
@@ -70,6 +73,14 @@ def build_cnn(classes: int = 10, embedding_dim: int = 64) -> keras.Model:
     emb = keras.layers.Dense(embedding_dim, activation="relu", name="embedding")(x)
     logits = keras.layers.Dense(classes, name="logits")(keras.layers.Dropout(0.3)(emb))
     return keras.Model(inp, {"embedding": emb, "logits": logits}, name="digits_cnn")
+
+
+def write_images(path: str | os.PathLike[str]) -> None:
+    """Digits as a job spec's dataset file: ``X`` the 1,797 images (N x 8 x 8 x 1, pixels
+    in [0, 1]) and ``y`` their labels (see ``digits_cnn.yaml``)."""
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    np.savez_compressed(path, X=x, y=data.target.astype(np.int64))
 
 
 def train(
@@ -116,7 +127,7 @@ def train(
         if knowledge
         else []
     )
-    batches = examples(
+    batches = example_batches(
         d["ids"], d["x"], d["labels"], batch_size=256, labeled_batch_size=50, seed=seed
     )
     started = time.monotonic()
@@ -150,7 +161,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--namespace", default=None, help="default: digits_cnn_<random>")
     parser.add_argument("--supervised", action="store_true", help="no knowledge terms")
+    parser.add_argument(
+        "--write-images",
+        metavar="PATH",
+        help="only write digits' images as an .npz dataset for a job spec, then exit",
+    )
     args = parser.parse_args()
+    if args.write_images:
+        write_images(args.write_images)
+        print(f"wrote {args.write_images}")
+        return
     with carls.connect() as conn:
         for seed in args.seed:
             ns = args.namespace or f"digits_cnn_{uuid.uuid4().hex[:6]}"

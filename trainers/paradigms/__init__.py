@@ -6,8 +6,11 @@
 * ``Codistillation`` (``codistillation``) — a peer trainer's stale predictions;
 * ``Multimodal`` (``multimodal``) — alignment with the other modalities' embeddings.
 
-A job spec's paradigm becomes a list of them with ``from_spec`` (``pseudo_label_graph``
-is ``[PseudoLabel, Graph]``; ``supervised`` is none).
+Each is a pydantic model whose fields are its parameters, so ``PseudoLabel(threshold=1.5)``
+fails as a job spec's ``threshold: 1.5`` does. A job spec's ``paradigm.params`` is one of
+them, or a spec-only entry (``PseudoLabelGraph``, ``Supervised``); ``from_spec`` returns
+fresh plug-ins for it (``pseudo_label_graph`` is ``[PseudoLabel, Graph]``; ``supervised``
+is none).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from carls.trainers.paradigms.base import (
     ArraySpec,
     Outputs,
     Paradigm,
+    ParadigmParams,
+    Plugin,
     Refreshing,
     Setup,
     Source,
@@ -27,7 +32,9 @@ from carls.trainers.paradigms.curriculum import Curriculum
 from carls.trainers.paradigms.graph import Graph, feature_graph, user_graph
 from carls.trainers.paradigms.multimodal import Multimodal, peer_namespace
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
+from carls.trainers.paradigms.pseudo_label_graph import PseudoLabelGraph
 from carls.trainers.paradigms.registry import PARADIGMS, from_spec, paradigm_class
+from carls.trainers.paradigms.supervised import Supervised
 
 __all__ = [
     "PARADIGMS",
@@ -38,10 +45,14 @@ __all__ = [
     "Multimodal",
     "Outputs",
     "Paradigm",
+    "ParadigmParams",
+    "Plugin",
     "PseudoLabel",
+    "PseudoLabelGraph",
     "Refreshing",
     "Setup",
     "Source",
+    "Supervised",
     "View",
     "Weighting",
     "feature_graph",

@@ -16,15 +16,24 @@ Optional abilities are separate small protocols: ``Refreshing`` (host work every
 steps, e.g. class weights) and ``Weighting`` (a per-row weight on the supervised term,
 e.g. a curriculum). Each paradigm is one module of this package; ``registry.py`` maps the
 names job specs use to the classes.
+
+A plug-in is a pydantic model (``Plugin``): its fields are its parameters, validated with
+their bounds whether they come from a job spec's ``paradigm.params`` or from a library
+user's ``PseudoLabel(threshold=0.8)``; what ``bind`` sets up lives in private attributes.
+A job spec's ``paradigm.params`` is a ``ParadigmParams``: a plug-in itself, or a spec-only
+entry (``supervised``, ``pseudo_label_graph``) whose ``plugins()`` are the plug-ins it runs.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
 
 from carls.trainers.reader import KnowledgeReader, Slice
 
@@ -133,6 +142,62 @@ class Weighting(Protocol):
     """A paradigm that weights the supervised term per row (e.g. a curriculum)."""
 
     def supervised_weights(self, view: View, rows: I64, step: int) -> F32: ...
+
+
+class ParadigmParams(BaseModel):
+    """A job spec's ``paradigm.params``: validated parameters, and the plug-ins they make.
+
+    Subclasses register under ``name`` in ``registry.PARADIGMS``; the job spec's paradigm
+    union is built from that registry. Two entries are equal when their type and
+    parameters are (a plug-in's state after ``bind`` is not compared).
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: ClassVar[str]
+    """The name job specs use (``paradigm.name``)."""
+
+    def plugins(self) -> list[Paradigm]:
+        """Fresh plug-ins with these parameters: new objects each call, never ``self``."""
+        raise NotImplementedError
+
+    def check_against(self, namespace: str, modalities: Collection[str]) -> None:
+        """Checks against the rest of a job spec (its namespace, its dataset's modalities);
+        raises ``carls.trainers.fields.FieldProblem`` naming a field of these params."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: plug-ins keep state after bind
+
+
+class Plugin(ParadigmParams):
+    """Base of the plug-ins: parameters as fields (validated on construction, keywords
+    only), state from ``bind`` in private attributes. A plug-in is its own spec params."""
+
+    def plugins(self) -> list[Paradigm]:
+        return [self.fresh()]
+
+    def fresh(self) -> Self:
+        """An unbound copy with the same parameters."""
+        fresh = type(self).model_construct(
+            _fields_set=set(self.model_fields_set), **copy.deepcopy(self.__dict__)
+        )
+        return cast(Self, fresh)
+
+    def bind(self, setup: Setup) -> list[Source]:
+        raise NotImplementedError
+
+    def signature(self) -> dict[str, ArraySpec]:
+        raise NotImplementedError
+
+    def prepare(self, view: View, rows: I64, step: int) -> Arrays:
+        raise NotImplementedError
+
+    def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 def mean_over_batch(tf: Any, weighted: Any, logits: Any) -> Any:

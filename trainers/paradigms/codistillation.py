@@ -8,17 +8,20 @@ training (burn-in), while the peer's predictions are still poor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field, PrivateAttr
 
 from carls.trainers.errors import SpecError
+from carls.trainers.fields import FieldProblem, Name, Number
 from carls.trainers.paradigms.base import (
     I64,
     Arrays,
     ArraySpec,
     Outputs,
+    Plugin,
     Setup,
     Source,
     View,
@@ -26,23 +29,30 @@ from carls.trainers.paradigms.base import (
     ramp,
 )
 
+_NOT_OWN = "the peer is another trainer's namespace, not this one"
 
-@dataclass(slots=True)
-class Codistillation:
+
+class Codistillation(Plugin):
     """Distil a peer trainer's stale predictions."""
 
-    peer: str
-    """The peer trainer's namespace."""
-    weight: float = 0.5
-    temperature: float = 1.0
-    burn_in: float = 0.5
-    """Fraction of training over which the term ramps up from 0 (0: full weight at once)."""
     name: ClassVar[str] = "codistillation"
-    _source: Source | None = field(default=None, init=False, repr=False)
+    peer: Name
+    """The peer trainer's namespace, whose predictions this trainer distils."""
+    weight: Number = Field(0.5, ge=0)
+    """Weight of the distillation term in the loss."""
+    temperature: Number = Field(1.0, gt=0)
+    """Softmax temperature of this model's logits in the KL term."""
+    burn_in: Number = Field(0.5, ge=0, le=1)
+    """Fraction of training over which the term ramps up from 0 (0: full weight at once)."""
+    _source: Source | None = PrivateAttr(None)
+
+    def check_against(self, namespace: str, modalities: Collection[str]) -> None:
+        if self.peer == namespace:
+            raise FieldProblem(("peer",), _NOT_OWN)
 
     def bind(self, setup: Setup) -> list[Source]:
         if self.peer == setup.namespace:
-            raise SpecError("peer", "the peer is another trainer's namespace, not this one")
+            raise SpecError("peer", _NOT_OWN)
         self._source = Source(self.peer, "prediction", setup.classes)
         return [self._source]
 

@@ -10,26 +10,37 @@ paradigm weights the supervised term instead (``supervised_weights``: 1 for elig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field, PrivateAttr
 
-from carls.trainers.paradigms.base import F32, I64, Arrays, ArraySpec, Outputs, Setup, Source, View
+from carls.trainers.fields import Number
+from carls.trainers.paradigms.base import (
+    F32,
+    I64,
+    Arrays,
+    ArraySpec,
+    Outputs,
+    Plugin,
+    Setup,
+    Source,
+    View,
+)
 
 
-@dataclass(slots=True)
-class Curriculum:
+class Curriculum(Plugin):
     """Train on the easiest examples first, admitting harder ones on a schedule."""
 
-    pacing: Literal["linear", "root", "step"] = "linear"
-    start_fraction: float = 0.3
-    """Fraction of the data (easiest first) available at step 0."""
-    full_at: float = 0.7
-    """Fraction of the steps after which all the data is available."""
     name: ClassVar[str] = "curriculum"
-    _source: Source | None = field(default=None, init=False, repr=False)
+    pacing: Literal["linear", "root", "step"] = "linear"
+    """How the eligible fraction grows: linearly, as a square root, or in one step."""
+    start_fraction: Number = Field(0.3, gt=0, le=1)
+    """Fraction of the data (easiest first) available at step 0."""
+    full_at: Number = Field(0.7, gt=0, le=1)
+    """Fraction of the steps after which all the data is available."""
+    _source: Source | None = PrivateAttr(None)
 
     def bind(self, setup: Setup) -> list[Source]:
         self._source = Source(setup.namespace, "difficulty", 1)

@@ -10,19 +10,21 @@ input features (``bootstrap``) or a user-given graph file (``graph``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, PrivateAttr
 
 from carls.bank.similarity import top_k
+from carls.trainers.fields import Flag, Int, Number, existing_file
 from carls.trainers.paradigms.base import (
     F32,
     I64,
     Arrays,
     ArraySpec,
     Outputs,
+    Plugin,
     Setup,
     Source,
     View,
@@ -31,31 +33,39 @@ from carls.trainers.paradigms.base import (
 )
 
 DEFAULT_K = 8
+"""Neighbours per example, for paradigms that do not set ``k`` themselves."""
 BOOTSTRAP_MAX_EXAMPLES = 50_000
 """Above this many examples no exact feature kNN graph is built (it is quadratic)."""
 
 
-@dataclass(slots=True)
-class Graph:
+Target = Literal["embedding", "probabilities"]
+"""What the graph term pulls: the embedding, or the predicted class distribution."""
+
+
+class Graph(Plugin):
     """Pull each example toward its neighbours' stale knowledge."""
 
-    weight: float = 0.5
-    k: int = DEFAULT_K
-    temperature: float = 0.1
-    """Neighbour weights are softmax(score / temperature) over an example's neighbours."""
-    bootstrap: bool = True
-    """Until the makers' neighbours arrive, use a kNN graph of the input features."""
-    graph: Path | None = None
-    """A user-given graph (.npz with ``ids`` and ``neighbours``, or JSON {id: [ids]})."""
-    target: Literal["embedding", "probabilities"] = "embedding"
-    burn_in: float = 0.0
-    """Fraction of training over which the term's weight ramps up from 0 (0: off)."""
     name: ClassVar[str] = "graph"
-    _neighbours: Source | None = field(default=None, init=False, repr=False)
-    _values: Source | None = field(default=None, init=False, repr=False)
-    _fallback: tuple[I64, F32] | None = field(default=None, init=False, repr=False)
-    _onehot: Any = field(default=None, init=False, repr=False)
-    _dim: int = field(default=0, init=False, repr=False)
+    weight: Number = Field(0.5, ge=0)
+    """Weight of the graph term in the loss."""
+    k: Int = Field(DEFAULT_K, ge=1, le=1024)
+    """Neighbours per example (the neighbours maker's ``k``)."""
+    temperature: Number = Field(0.1, gt=0)
+    """Neighbour weights are softmax(score / temperature) over an example's neighbours."""
+    bootstrap: Flag = True
+    """Until the makers' neighbours arrive, use a kNN graph of the input features."""
+    graph: Annotated[Path | None, existing_file(".npz", ".json")] = None
+    """A user-given graph (.npz with ``ids`` and ``neighbours``, or JSON {id: [ids]})."""
+    target: Target = "embedding"
+    """Pull the embedding toward the neighbours' embeddings, or the prediction toward
+    their class distributions (``probabilities``)."""
+    burn_in: Number = Field(0.0, ge=0, le=1)
+    """Fraction of training over which the term's weight ramps up from 0 (0: off)."""
+    _neighbours: Source | None = PrivateAttr(None)
+    _values: Source | None = PrivateAttr(None)
+    _fallback: tuple[I64, F32] | None = PrivateAttr(None)
+    _onehot: Any = PrivateAttr(None)
+    _dim: int = PrivateAttr(0)
 
     def bind(self, setup: Setup) -> list[Source]:
         ns = setup.namespace

@@ -7,24 +7,55 @@ toward the other modalities' ``embedding/<modality>`` knowledge by cosine distan
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from carls.trainers.errors import SpecError
-from carls.trainers.paradigms.base import I64, Arrays, ArraySpec, Outputs, Setup, Source, View
+from carls.trainers.fields import FieldProblem, Modality, Number, unique
+from carls.trainers.paradigms.base import (
+    I64,
+    Arrays,
+    ArraySpec,
+    Outputs,
+    Plugin,
+    Setup,
+    Source,
+    View,
+)
 
 
-@dataclass(slots=True)
-class Multimodal:
+class Multimodal(Plugin):
     """Align this modality's embedding with the other modalities' embeddings."""
 
-    modality: str
-    others: tuple[str, ...]
-    weight: float = 1.0
     name: ClassVar[str] = "multimodal"
-    _sources: list[Source] = field(default_factory=list, init=False, repr=False)
+    modality: Modality
+    """This trainer's modality (in a job spec: a key of ``dataset.modalities``)."""
+    others: tuple[Modality, ...] = Field(min_length=1)
+    """The modalities whose embeddings this trainer aligns with, each once."""
+    weight: Number = Field(1.0, ge=0)
+    """Weight of the alignment term in the loss."""
+    _sources: list[Source] = PrivateAttr(default_factory=list)
+
+    @field_validator("others")
+    @classmethod
+    def _not_own_nor_twice(cls, others: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        own = info.data.get("modality")
+        if own in others:
+            raise FieldProblem((others.index(own),), f"{own!r} is this trainer's own modality")
+        unique(others)
+        return others
+
+    def check_against(self, namespace: str, modalities: Collection[str]) -> None:
+        known = sorted(modalities)
+        declared = f"dataset.modalities declares {', '.join(known) or 'none'}"
+        if self.modality not in modalities:
+            raise FieldProblem(("modality",), f"unknown modality {self.modality!r}; {declared}")
+        for i, other in enumerate(self.others):
+            if other not in modalities:
+                raise FieldProblem(("others", i), f"unknown modality {other!r}; {declared}")
 
     def bind(self, setup: Setup) -> list[Source]:
         self._sources = [

@@ -9,16 +9,18 @@ checkpoints improve: the reader follows the namespace's newest knowledge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field, PrivateAttr
 
+from carls.trainers.fields import Flag, Int, Number
 from carls.trainers.paradigms.base import (
     I64,
     Arrays,
     ArraySpec,
     Outputs,
+    Plugin,
     Setup,
     Source,
     View,
@@ -29,21 +31,22 @@ from carls.trainers.paradigms.base import (
 MAX_CLASS_WEIGHT = 3.0
 
 
-@dataclass(slots=True)
-class PseudoLabel:
+class PseudoLabel(Plugin):
     """Learn from confident pseudo labels of unlabeled examples."""
 
-    threshold: float = 0.9
-    """Confidence a pseudo label needs to be used."""
-    weight: float = 1.0
-    class_balance: bool = True
-    refresh_every: int = 50
-    """Steps between recomputations of the class weights."""
-    burn_in: float = 0.0
-    """Fraction of training over which the term's weight ramps up from 0 (0: off)."""
     name: ClassVar[str] = "pseudo_label"
-    _source: Source | None = field(default=None, init=False, repr=False)
-    _class_weights: Any = field(default=None, init=False, repr=False)
+    threshold: Number = Field(0.9, ge=0, le=1)
+    """Confidence a pseudo label needs to be used."""
+    weight: Number = Field(1.0, ge=0)
+    """Weight of the pseudo-label term in the loss."""
+    class_balance: Flag = True
+    """Weight classes by inverse frequency among the confident pseudo labels."""
+    refresh_every: Int = Field(50, ge=1)
+    """Steps between recomputations of the class weights."""
+    burn_in: Number = Field(0.0, ge=0, le=1)
+    """Fraction of training over which the term's weight ramps up from 0 (0: off)."""
+    _source: Source | None = PrivateAttr(None)
+    _class_weights: Any = PrivateAttr(None)
 
     def bind(self, setup: Setup) -> list[Source]:
         self._source = Source(setup.namespace, "pseudo_label", setup.classes)

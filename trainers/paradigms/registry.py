@@ -1,64 +1,50 @@
-"""Paradigm names -> classes: how a job spec's ``paradigm.name`` finds its plug-in.
+"""Paradigm names -> spec entries: the one place a paradigm is registered.
 
-Adding a paradigm: write its module in this package (a class following
-``base.Paradigm``) and add one line to ``PARADIGMS``.
+A job spec's ``paradigm.name`` picks an entry here; its ``params`` are validated by that
+entry's model (``carls.trainers.spec`` builds its discriminated union from this dict), and
+``from_spec`` turns them into fresh plug-ins. A plug-in is its own entry; ``supervised``
+and ``pseudo_label_graph`` are entries that only job specs use.
+
+Adding a paradigm: write its module in this package (a ``base.Plugin`` subclass) and add
+one line to ``PARADIGMS``.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from carls.trainers.paradigms.base import Paradigm
+from carls.trainers.paradigms.base import Paradigm, ParadigmParams
 from carls.trainers.paradigms.codistillation import Codistillation
 from carls.trainers.paradigms.curriculum import Curriculum
 from carls.trainers.paradigms.graph import Graph
 from carls.trainers.paradigms.multimodal import Multimodal
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
-from carls.trainers.spec import (
-    CodistillationParams,
-    CurriculumParams,
-    GraphParams,
-    JobSpec,
-    MultimodalParams,
-    PseudoLabelGraphParams,
-    PseudoLabelParams,
-)
+from carls.trainers.paradigms.pseudo_label_graph import PseudoLabelGraph
+from carls.trainers.paradigms.supervised import Supervised
 
-PARADIGMS: Final[dict[str, type[Paradigm]]] = {
+if TYPE_CHECKING:
+    from carls.trainers.spec import JobSpec
+
+PARADIGMS: Final[dict[str, type[ParadigmParams]]] = {
+    Supervised.name: Supervised,
     PseudoLabel.name: PseudoLabel,
     Graph.name: Graph,
+    PseudoLabelGraph.name: PseudoLabelGraph,
     Curriculum.name: Curriculum,
     Codistillation.name: Codistillation,
     Multimodal.name: Multimodal,
 }
 
 
-def paradigm_class(name: str) -> type[Paradigm]:
-    """The plug-in registered under ``name``."""
+def paradigm_class(name: str) -> type[ParadigmParams]:
+    """The entry registered under ``name``."""
     try:
         return PARADIGMS[name]
     except KeyError:
-        raise KeyError(
-            f"unknown paradigm {name!r}; registered: {', '.join(sorted(PARADIGMS))}"
-        ) from None
+        raise KeyError(f"unknown paradigm {name!r}; registered: {', '.join(PARADIGMS)}") from None
 
 
 def from_spec(spec: JobSpec) -> list[Paradigm]:
-    """The plug-ins a job spec's ``paradigm`` names, with its parameters."""
-    p = spec.paradigm.params
-    if isinstance(p, PseudoLabelParams):
-        return [PseudoLabel(p.threshold, p.weight, p.class_balance)]
-    if isinstance(p, GraphParams):
-        return [Graph(p.weight, p.k, p.temperature, p.bootstrap, p.graph, p.target)]
-    if isinstance(p, PseudoLabelGraphParams):
-        return [
-            PseudoLabel(p.threshold, p.pseudo_weight, p.class_balance),
-            Graph(p.graph_weight, p.k, p.temperature, p.bootstrap, p.graph, p.target),
-        ]
-    if isinstance(p, CurriculumParams):
-        return [Curriculum(p.pacing, p.start_fraction, p.full_at)]
-    if isinstance(p, CodistillationParams):
-        return [Codistillation(p.peer, p.weight, p.temperature)]
-    if isinstance(p, MultimodalParams):
-        return [Multimodal(p.modality, p.others, p.weight)]
-    return []
+    """Fresh plug-ins for a job spec's ``paradigm`` (none for ``supervised``); the spec's
+    own params objects are never handed out, so binding a plug-in leaves the spec as is."""
+    return spec.paradigm.params.plugins()
