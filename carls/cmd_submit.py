@@ -49,9 +49,9 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
     )
     embedding_dim = None
     if spec.model.builder is not None or spec.model.path is not None:
-        from carls.trainers.runner import check_model
+        from carls.trainers.runner import check_model, input_shape
 
-        shapes = check_model(spec, data)  # a model that does not fit fails here, not later
+        *_, shapes = check_model(spec, input_shape(spec, data), data.classes)  # fails here
         embedding_dim = shapes.embedding_dim
         progress(
             f"model {spec.model.builder or spec.model.path}: embedding of "

@@ -85,16 +85,18 @@ def build_model(
     return model, 0, 1
 
 
-def check_model(spec: JobSpec, dataset: Dataset) -> HeadShapes:
-    """Build the job's model and check its outputs on a zero batch (``ModelError`` naming
-    what to fix); what ``carls submit`` checks before queueing a job with a user model."""
-    model, embedding, logits = build_model(spec, dataset.input_shape, dataset.classes)
+def check_model(
+    spec: JobSpec, input_shape: tuple[int, ...], classes: int
+) -> tuple[Any, OutputName, OutputName, HeadShapes]:
+    """``build_model`` and its outputs checked on a zero batch: ``ModelError`` naming what
+    to fix (also what ``carls submit`` runs before queueing a job with a user model)."""
+    model, embedding, logits = build_model(spec, input_shape, classes)
     shapes = ModelHeads(model, embedding, logits).shapes
-    if shapes.classes != dataset.classes:
+    if shapes.classes != classes:
         raise ModelError(
-            f"the model has {shapes.classes} logits; the dataset has {dataset.classes} classes"
+            f"the model has {shapes.classes} logits; the dataset has {classes} classes"
         )
-    return shapes
+    return model, embedding, logits, shapes
 
 
 @dataclass(slots=True)
@@ -119,6 +121,28 @@ def _square_image(shape: tuple[int, ...]) -> bool:
     if len(shape) == 1:
         return math.isqrt(shape[0]) ** 2 == shape[0]
     return len(shape) in (2, 3) and shape[0] == shape[1] and shape[2:] in ((), (1,))
+
+
+def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
+    """Augmented views and cutout work on square one-channel images only."""
+    tr = spec.train
+    shape = tuple(inputs.x_train.shape[1:])
+    image = inputs.raw is not None and _square_image(shape)
+    for key, on in (("augment", tr.augment != "none"), ("cutout", tr.cutout > 0)):
+        if on and not image:
+            raise SpecError(
+                f"train.{key}",
+                f"works on square one-channel images (side², side x side or side x side x 1 "
+                f"per example); this job's examples have shape {shape}",
+            )
+    side = math.isqrt(math.prod(shape))
+    if tr.cutout and tr.cutout >= side:
+        raise SpecError("train.cutout", f"must be smaller than the images' side, {side}")
+
+
+def input_shape(spec: JobSpec, ds: Dataset) -> tuple[int, ...]:
+    """The shape of one example as the job's model sees it."""
+    return tuple(_inputs(spec, ds).x_train.shape[1:])
 
 
 class JobRun:
@@ -165,6 +189,7 @@ class JobRun:
         keras.utils.set_random_seed(tr.seed)
         ds = load_dataset(spec.dataset, tr.seed)
         inputs = _inputs(spec, ds)
+        _check_augment(spec, inputs)
         km = self._wrap(ds, inputs)
         self._register(ds, km)
         self.say(
@@ -207,7 +232,8 @@ class JobRun:
         from carls.trainers.wrapper import KnowledgeModel
 
         spec, tr = self.spec, self.spec.train
-        model, embedding, logits = build_model(spec, tuple(inputs.x_train.shape[1:]), ds.classes)
+        shape = tuple(inputs.x_train.shape[1:])
+        model, embedding, logits, _ = check_model(spec, shape, ds.classes)
         km = KnowledgeModel(
             model,
             from_spec(spec),
@@ -220,11 +246,6 @@ class JobRun:
             logits=logits,
             max_staleness=tr.max_staleness,
         )
-        if km.heads.shapes.classes != ds.classes:
-            raise ModelError(
-                f"the model has {km.heads.shapes.classes} logits; the dataset has "
-                f"{ds.classes} classes"
-            )
         km.compile(
             optimizer=keras.optimizers.AdamW(
                 learning_rate=tr.learning_rate,
@@ -265,14 +286,6 @@ class JobRun:
         lab_bs = min(tr.labeled_batch_size, n_labeled)
         x = inputs.x_train
         shape = tuple(x.shape[1:])
-        image = inputs.raw is not None and _square_image(shape)
-        for key, on in (("augment", tr.augment != "none"), ("cutout", tr.cutout > 0)):
-            if on and not image:
-                raise SpecError(
-                    f"train.{key}",
-                    f"works on square one-channel images (side², side x side or side x "
-                    f"side x 1 per example); this job's examples have shape {shape}",
-                )
         n = len(x)
         if tr.augment != "none":
             flat = augment.views(

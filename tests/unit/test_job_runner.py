@@ -1,0 +1,157 @@
+"""``JobRun``: a job spec through the library API, on the in-memory bank and without Kafka
+(nothing is published): a user's model named by its builder, images from an .npz,
+augmented views and cutout in the input pipeline, the averaged weights evaluated; and bad
+models or options refused before anything is written."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from sklearn.datasets import load_digits
+
+from carls.bank.errors import NamespaceError
+from carls.bank.jobs import MemoryJobStore
+from carls.bank.memory import MemoryBank
+from carls.cli import main
+from carls.trainers.errors import ModelError, SpecError
+from carls.trainers.runner import Context, JobRun, new_job_id
+from carls.trainers.spec import load_spec
+
+BUILDERS = """
+import keras
+
+
+def no_logits(input_shape, classes):
+    inp = keras.Input(input_shape)
+    h = keras.layers.Dense(8)(keras.layers.Flatten()(inp))
+    return keras.Model(inp, {"embedding": h, "scores": keras.layers.Dense(classes)(h)})
+
+
+def three_classes(input_shape, classes):
+    inp = keras.Input(input_shape)
+    h = keras.layers.Dense(8)(keras.layers.Flatten()(inp))
+    return keras.Model(inp, {"embedding": h, "logits": keras.layers.Dense(3)(h)})
+"""
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    data = load_digits()
+    rows = np.arange(0, len(data.images), 3)  # a third of digits keeps the test short
+    path = tmp_path / "images.npz"
+    np.savez(path, X=(data.images[rows] / 16.0)[..., None], y=data.target[rows])
+    return path
+
+
+@pytest.fixture
+def builders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    folder = tmp_path / "user_code"
+    folder.mkdir()
+    (folder / "carls_test_builders.py").write_text(BUILDERS)
+    monkeypatch.syspath_prepend(str(folder))
+    return "carls_test_builders"
+
+
+def job(images: Path, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "namespace": "images_job",
+        "dataset": {"path": str(images), "standardize": False, "labeled": 30},
+        "model": {
+            "builder": "carls.trainers.examples.digits_cnn:build_cnn",
+            "params": {"embedding_dim": 16},
+        },
+        "paradigm": {"name": "pseudo_label", "params": {"threshold": 0.5}},
+        "train": {"steps": 40, "eval_every": 20, "batch_size": 32, "labeled_batch_size": 16},
+    }
+    for section, values in changes.items():
+        spec[section] = {**spec.get(section, {}), **values}
+    return spec
+
+
+def run(spec: dict[str, Any], bank: MemoryBank) -> dict[str, Any]:
+    s = load_spec(spec)
+    ctx = Context(bank=bank, publisher=None, store=Path("unused"), jobs=MemoryJobStore())
+    return JobRun(new_job_id(s.namespace), s, ctx).run()
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "reader" in t.name.lower()]
+
+
+def test_a_builder_model_trains_on_augmented_images_and_reports_the_average(
+    images: Path,
+) -> None:
+    bank = MemoryBank()
+    before = len(reader_threads())
+    state = run(
+        job(images, train={"augment": "shift", "cutout": 2, "ema": 0.9, "augment_views": 4}),
+        bank,
+    )
+    assert state["state"] == "succeeded" and state["step"] == 40
+    assert [h["step"] for h in state["history"]] == [20, 40]
+    last = state["history"][-1]
+    assert set(last["loss"]) == {"supervised", "pseudo"}
+    assert 0.0 <= state["test_accuracy"] <= 1.0
+    # the examples were registered with their images, flat, for the makers
+    assert bank.namespace("images_job").kinds["embedding"] == 16
+    assert len(reader_threads()) == before  # the knowledge reader is closed
+
+
+@pytest.mark.parametrize(
+    ("builder", "words"),
+    [
+        ("no_logits", "'logits'"),
+        ("three_classes", "3 logits; the dataset has 10 classes"),
+    ],
+)
+def test_a_model_that_does_not_fit_fails_before_anything_is_written(
+    images: Path, builders: str, builder: str, words: str
+) -> None:
+    bank = MemoryBank()
+    spec = job(images, model={"builder": f"{builders}:{builder}", "params": {}})
+    with pytest.raises(ModelError, match=words):
+        run(spec, bank)
+    with pytest.raises(NamespaceError):
+        bank.namespace("images_job")
+
+
+def test_augmenting_examples_that_are_not_square_images_is_refused_before_any_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "seq.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, X=rng.integers(0, 50, (60, 12)), y=np.arange(60) % 2)
+    bank = MemoryBank()
+    spec = job(
+        path,
+        dataset={"labeled": 10},
+        model={"builder": None, "params": {}, "hidden": [8], "embedding_dim": 4},
+        train={"augment": "shift"},
+    )
+    with pytest.raises(SpecError) as info:
+        run(spec, bank)
+    assert info.value.field == "train.augment" and "(12,)" in info.value.problem
+    with pytest.raises(NamespaceError):
+        bank.namespace("images_job")
+
+
+def test_submit_builds_and_checks_a_user_model_before_queueing(
+    images: Path, builders: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "job.yaml"
+    spec = job(images, model={"builder": f"{builders}:no_logits", "params": {}})
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(main, ["submit", str(path), "--dry-run"])
+    assert result.exit_code == 1
+    assert "'logits'" in result.stderr and "Traceback" not in result.stderr
+
+    path.write_text(yaml.safe_dump(job(images)))
+    result = CliRunner().invoke(main, ["submit", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "digits_cnn:build_cnn: embedding of 16, 10 logits" in result.stderr
