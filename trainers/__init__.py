@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from carls.trainers.callbacks import PublishCheckpoints
     from carls.trainers.errors import DatasetError, ModelError, SpecError, TrainerError
     from carls.trainers.export import SavedModelExporter
-    from carls.trainers.feed import example_batches
+    from carls.trainers.feed import augmented, example_batches
     from carls.trainers.knowledge import Knowledge
     from carls.trainers.outputs import ModelHeads
     from carls.trainers.paradigms import (
@@ -61,6 +61,7 @@ __all__ = [
     "SavedModelExporter",
     "SpecError",
     "TrainerError",
+    "augmented",
     "example_batches",
 ]
 
@@ -68,6 +69,7 @@ _WHERE = {
     "KnowledgeModel": "wrapper",
     "PublishCheckpoints": "callbacks",
     "example_batches": "feed",
+    "augmented": "feed",
     "Knowledge": "knowledge",
     "ModelHeads": "outputs",
     "SavedModelExporter": "export",

@@ -74,3 +74,57 @@ def example_batches(
     return both.map(
         lambda a, b: structure(*(tf.concat([u, v], 0) for u, v in zip(a, b, strict=True)))
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def augmented(
+    batches: Any,
+    *,
+    views: bool = True,
+    cutout: int = 0,
+    blank: npt.ArrayLike = 0.0,
+) -> Any:
+    """``batches`` of ``example_batches`` over precomputed views, trained on one view each.
+
+    With ``views``, the features hold ``V`` views of every example (``N x V x ...``, e.g.
+    from ``carls.trainers.augment.views``) and each row of a batch gets one of them at
+    random. With ``cutout``, a random ``cutout`` x ``cutout`` square of each unlabeled
+    row's image (a square, one channel: ``side²``, ``side x side`` or ``side x side x 1``)
+    is set to ``blank`` (the background in the model's input space, a scalar or one
+    value per pixel).
+    """
+    import math
+
+    import tensorflow as tf
+
+    element = batches.element_spec[0]["features"].shape[1:]
+    shape = tuple(element[1:] if views else element)
+    pixels = math.prod(shape)
+    side = math.isqrt(pixels)
+    if cutout and (side * side != pixels or not 0 < cutout < side):
+        raise DatasetError(
+            "cutout", f"needs square images larger than the square; examples are {shape}"
+        )
+    fill = tf.broadcast_to(tf.constant(np.asarray(blank, np.float32).reshape(-1)), (pixels,))
+
+    def blank_square(f: Any) -> Any:
+        b = tf.shape(f)[0]
+        grid = tf.range(side)[None, :]
+        y0 = tf.random.uniform([b, 1], 0, side - cutout + 1, dtype=tf.int32)
+        x0 = tf.random.uniform([b, 1], 0, side - cutout + 1, dtype=tf.int32)
+        in_y = (grid >= y0) & (grid < y0 + cutout)
+        in_x = (grid >= x0) & (grid < x0 + cutout)
+        mask = tf.reshape(in_y[:, :, None] & in_x[:, None, :], (b, pixels))
+        flat = tf.where(mask, fill[None, :], tf.reshape(f, (b, pixels)))
+        return tf.reshape(flat, tf.shape(f))
+
+    def one(features: dict[str, Any], y: Any) -> Any:
+        f = features["features"]
+        if views:
+            pick = tf.random.uniform(tf.shape(f)[:1], 0, tf.shape(f)[1], dtype=tf.int32)
+            f = tf.gather(f, pick, batch_dims=1)
+        if cutout:  # the unlabeled rows only
+            unlabeled = tf.reshape(y < 0, (-1, *([1] * len(shape))))
+            f = tf.where(unlabeled, blank_square(f), f)
+        return {**features, "features": f}, y
+
+    return batches.map(one, num_parallel_calls=tf.data.AUTOTUNE)

@@ -276,9 +276,7 @@ class JobRun:
         """Endless batches of ``labeled_batch_size`` labeled examples and ``batch_size``
         unlabeled ones (labeled only when no paradigm reads unlabeled examples), with a
         random augmented view of each image and cutout on the unlabeled ones."""
-        import tensorflow as tf
-
-        from carls.trainers.feed import example_batches
+        from carls.trainers.feed import augmented, example_batches
 
         tr = self.spec.train
         labels = ds.labels_for_bank()
@@ -307,37 +305,11 @@ class JobRun:
                 labeled_batch_size=lab_bs,
                 seed=tr.seed,
             )
-        views = x.shape[1] if x.ndim > inputs.x_train.ndim else 0
-        cut = tr.cutout
-        if not views and not cut:
+        views = x.ndim > inputs.x_train.ndim
+        if not views and not tr.cutout:
             return batches
-        pixels = math.prod(shape)
-        side = augment.image_side(pixels) if cut else 0
-        blank = tf.constant(ds.standardize(np.zeros((1, pixels)))[0], tf.float32)
-
-        def cutout(f: Any) -> Any:
-            """Blank a random ``cut`` x ``cut`` square of each image."""
-            b = tf.shape(f)[0]
-            grid = tf.range(side)[None, :]
-            y0 = tf.random.uniform([b, 1], 0, side - cut + 1, dtype=tf.int32)
-            x0 = tf.random.uniform([b, 1], 0, side - cut + 1, dtype=tf.int32)
-            in_y = (grid >= y0) & (grid < y0 + cut)
-            in_x = (grid >= x0) & (grid < x0 + cut)
-            mask = tf.reshape(in_y[:, :, None] & in_x[:, None, :], (b, pixels))
-            flat = tf.reshape(f, (b, pixels))
-            return tf.reshape(tf.where(mask, blank[None, :], flat), tf.shape(f))
-
-        def augment_batch(features: dict[str, Any], y: Any) -> Any:
-            f = features["features"]
-            if views:
-                pick = tf.random.uniform(tf.shape(f)[:1], 0, views, dtype=tf.int32)
-                f = tf.gather(f, pick, batch_dims=1)
-            if cut:  # the unlabeled rows only
-                unlabeled = tf.reshape(y < 0, (-1, *([1] * len(shape))))
-                f = tf.where(unlabeled, cutout(f), f)
-            return {**features, "features": f}, y
-
-        return batches.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        blank = ds.standardize(np.zeros((1, math.prod(shape))))[0]  # the background
+        return augmented(batches, views=views, cutout=tr.cutout, blank=blank)
 
     def _publish_checkpoints(self) -> Any:
         """The checkpoint callback (None without Kafka: nothing is published)."""
@@ -353,6 +325,7 @@ class JobRun:
             every_s=tr.checkpoint_every_s,
             warmup_steps=tr.warmup_steps,
             producer=ctx.producer,
+            ema=tr.ema,  # the makers serve the average too: a steadier teacher
         )
 
     def record(

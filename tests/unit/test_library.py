@@ -17,7 +17,13 @@ import pytest
 from carls.bank.memory import MemoryBank
 from carls.bank.types import KnowledgeBatch, Lineage
 from carls.makers.checkpoints import load_model
-from carls.trainers import DatasetError, KnowledgeModel, ModelError, example_batches
+from carls.trainers import (
+    DatasetError,
+    KnowledgeModel,
+    ModelError,
+    augmented,
+    example_batches,
+)
 from carls.trainers.checkpoints import save_artifact
 from carls.trainers.export import SavedModelExporter
 from carls.trainers.outputs import ModelHeads
@@ -210,6 +216,31 @@ def test_examples_put_the_labeled_rows_first_and_carry_ids() -> None:
     np.testing.assert_array_equal(x[rows], batch["features"].numpy())
     with pytest.raises(DatasetError, match="features: 39 rows for 40 ids"):
         example_batches(ids, x[:-1], labels)
+
+
+def test_augmented_batches_pick_one_view_per_row_and_cut_out_unlabeled_images() -> None:
+    ids, _, labels = data(n=40)
+    # 3 views of each 4x4 image: view v of example i is filled with 100 * i + v
+    views = (100 * np.arange(40)[:, None] + np.arange(3)[None, :]).astype(np.float32)
+    views = np.broadcast_to(views[:, :, None, None, None], (40, 3, 4, 4, 1)).copy()
+    batches = augmented(
+        example_batches(ids, views, labels, batch_size=16, labeled_batch_size=8),
+        cutout=2,
+        blank=-1.0,
+    )
+    ((batch, y),) = batches.take(1)
+    f = batch["features"].numpy()
+    assert f.shape == (24, 4, 4, 1)
+    index = {i: n for n, i in enumerate(ids)}
+    for row, id_ in zip(f, batch["id"].numpy(), strict=True):
+        kept = row[row != -1.0]
+        view = kept[0] - 100 * index[id_.decode()]
+        assert view in (0, 1, 2) and (kept == kept[0]).all()
+    blanked = (f == -1.0).reshape(24, -1).sum(1)
+    labeled = y.numpy() >= 0
+    assert (blanked[labeled] == 0).all() and (blanked[~labeled] == 4).all()
+    with pytest.raises(DatasetError, match="cutout"):
+        augmented(example_batches(ids, views, labels, batch_size=16), cutout=4)
 
 
 def test_batches_without_ids_are_refused() -> None:

@@ -5,10 +5,12 @@
     python trainers/examples/digits_cnn.py --seed 0
 
 The model is the user's own: a small CNN returning ``{"embedding", "logits"}``, with
-random shifts and rotations as its first layers (active in training only). carls adds
-pseudo labels and graph regularization read from the bank; the makers load the exported
-SavedModel (no code from this file; an average of the weights, a steadier teacher) and
-write pseudo labels, neighbours and embeddings for every example at each checkpoint.
+random shifts and rotations as its first layers (active in training only). The input
+pipeline is the user's too: standardized pixels, one of 16 random affine views of each
+image per step, and a blanked 3x3 square on the unlabeled ones. carls adds pseudo labels
+and graph regularization read from the bank; the makers load the exported SavedModel (no
+code from this file; an average of the weights, a steadier teacher) and write pseudo
+labels, neighbours and embeddings for every example at each checkpoint.
 ``--supervised`` trains the same model on its 50 labels alone, for comparison.
 """
 
@@ -29,18 +31,21 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import carls
-from carls.trainers import KnowledgeModel, PublishCheckpoints, example_batches
+from carls.trainers import KnowledgeModel, PublishCheckpoints, augment, augmented, example_batches
 from carls.trainers.paradigms import Graph, Paradigm, PseudoLabel
 
 LABELED = 50
+VIEWS = 16
 
 
 def digits(seed: int) -> dict[str, Any]:
-    """Stratified 70/30 split, pixels scaled to [0, 1], ``LABELED`` stratified labels
-    (``-1`` for the rest); ids are ``digits-<row>`` whatever the seed."""
+    """Stratified 70/30 split, ``LABELED`` stratified labels (``-1`` for the rest), pixels
+    standardized on the training split (clipped to +-5), and ``VIEWS`` random affine views
+    of each training image (view 0 the image itself); ids are ``digits-<row>`` whatever
+    the seed."""
     data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    rows = np.arange(len(x))
+    raw = data.images.reshape(len(data.images), -1)
+    rows = np.arange(len(raw))
     r_train, r_test = train_test_split(rows, test_size=0.3, stratify=data.target, random_state=seed)
     y_train = data.target[r_train].astype(np.int32)
     labeled, _ = train_test_split(
@@ -48,12 +53,21 @@ def digits(seed: int) -> dict[str, Any]:
     )
     labels = np.full(len(r_train), -1, np.int32)
     labels[labeled] = y_train[labeled]
+    mean, scale = raw[r_train].mean(0), raw[r_train].std(0) + 1e-3
+
+    def standardize(pixels: Any) -> Any:
+        return np.clip((np.asarray(pixels) - mean) / scale, -5, 5).astype(np.float32)
+
+    image = (-1, 8, 8, 1)
+    views = augment.views("affine", raw[r_train], standardize, VIEWS, seed)
     return {
         "ids": [f"digits-{r}" for r in r_train],
-        "x": x[r_train],
+        "x": standardize(raw[r_train]).reshape(image),
+        "views": views.reshape((len(r_train), VIEWS, 8, 8, 1)),
         "labels": labels,
-        "x_test": x[r_test],
+        "x_test": standardize(raw[r_test]).reshape(image),
         "y_test": data.target[r_test].astype(np.int32),
+        "background": standardize(np.zeros((1, 64)))[0],
     }
 
 
@@ -88,7 +102,7 @@ def train(
     namespace: str,
     seed: int,
     *,
-    steps: int = 1500,
+    steps: int = 4500,
     knowledge: bool = True,
     verbose: int = 0,
 ) -> dict[str, Any]:
@@ -112,7 +126,7 @@ def train(
     )
     model.register_examples()
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3, use_ema=True, ema_momentum=0.99),
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4, use_ema=True, ema_momentum=0.99),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -121,14 +135,20 @@ def train(
         [
             # The makers serve an average of the weights: steadier pseudo labels.
             PublishCheckpoints(
-                conn.publisher, conn.store, every_steps=100, warmup_steps=300, ema=0.99
+                conn.publisher, conn.store, every_steps=100, warmup_steps=500, ema=0.99
             )
         ]
         if knowledge
         else []
     )
-    batches = example_batches(
-        d["ids"], d["x"], d["labels"], batch_size=256, labeled_batch_size=50, seed=seed
+    # One random view of each example per step, and a blanked 3x3 square on the
+    # unlabeled ones: the student sees harder inputs than the makers' teacher.
+    batches = augmented(
+        example_batches(
+            d["ids"], d["views"], d["labels"], batch_size=256, labeled_batch_size=50, seed=seed
+        ),
+        cutout=3,
+        blank=d["background"],
     )
     started = time.monotonic()
     with model:
@@ -138,7 +158,7 @@ def train(
             epochs=steps // per_epoch,
             callbacks=callbacks,
             validation_data=(d["x_test"], d["y_test"]),
-            validation_freq=5,
+            validation_freq=15,
             verbose=verbose,
         )
         coverage = model.knowledge.reader.coverage() if model.knowledge.reader else {}
@@ -147,7 +167,7 @@ def train(
         "namespace": namespace,
         "seed": seed,
         "test_accuracy": round(float(accuracy), 4),
-        # every 500 steps, of the weights of the moment (the final figure is of their average)
+        # every 1,500 steps, of the weights of the moment (the final figure is of their average)
         "test_accuracy_curve": [round(a, 4) for a in history.history["val_accuracy"]],
         "train_seconds": round(time.monotonic() - started, 1),
         "knowledge_coverage": coverage,
@@ -158,7 +178,7 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--namespace", default=None, help="default: digits_cnn_<random>")
     parser.add_argument("--supervised", action="store_true", help="no knowledge terms")
     parser.add_argument(
