@@ -47,15 +47,14 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
         f"dataset {data.name}: {len(data.ids_train):,} train ({int(data.labeled.sum()):,} "
         f"labeled) + {len(data.ids_test):,} test examples, {shape}, {data.classes} classes"
     )
-    embedding_dim = None
-    if spec.model.builder is not None or spec.model.path is not None:
-        from carls.trainers.runner import check_model, input_shape
+    from carls.trainers.runner import check_job
 
-        *_, shapes = check_model(spec, input_shape(spec, data), data.classes)  # fails here
-        embedding_dim = shapes.embedding_dim
+    shapes = check_job(spec, data)  # a model or option that does not fit fails here
+    user_model = spec.model.builder or spec.model.path
+    embedding_dim = shapes.embedding_dim if user_model else None
+    if user_model:
         progress(
-            f"model {spec.model.builder or spec.model.path}: embedding of "
-            f"{shapes.embedding_dim}, {shapes.classes} logits"
+            f"model {user_model}: embedding of {shapes.embedding_dim}, {shapes.classes} logits"
         )
     settings = settings_of(ctx)
     if not dry_run:

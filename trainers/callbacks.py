@@ -8,7 +8,9 @@ namespace's knowledge. The untrained model is never published: the first checkpo
 continue the namespace's numbering (an earlier run's checkpoints stay older). It also
 sends the makers demand for ids the trainer's batches need that have no knowledge yet.
 With ``ema`` it publishes an exponential moving average of the weights instead of the
-weights of the moment: a steadier teacher for the knowledge the makers derive.
+weights of the moment: a steadier teacher for the knowledge the makers derive. When the
+model's optimizer keeps that average itself (``use_ema=True``), its average is published
+(decay: its ``ema_momentum``) and the callback keeps no copy of its own.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
             raise ValueError(f"ema: a decay in [0, 1), got {ema}")
         self.ema = ema
         self._average: list[Any] = []
+        self._from_optimizer = False
         self._first = 0
         self.publisher = publisher
         self.store = Path(store)
@@ -77,7 +80,10 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
             self.every_s,
             start_step=km.step_base,
         )
-        self._average = [np.array(v.numpy()) for v in km.base.trainable_weights] if self.ema else []
+        opt = km.optimizer
+        self._from_optimizer = bool(self.ema and getattr(opt, "use_ema", False))
+        own = self.ema and not self._from_optimizer
+        self._average = [np.array(v.numpy()) for v in km.base.trainable_weights] if own else []
         reader = km.knowledge.reader
         if self.demand and reader is not None:
             run = f"{km.namespace}-{uuid.uuid4().hex[:8]}"
@@ -88,7 +94,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
         return done, self.model.step_base + done
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        if self.ema:
+        if self.ema and not self._from_optimizer:
             decay = self.ema
             for avg, v in zip(self._average, self.model.base.trainable_weights, strict=True):
                 np.multiply(avg, decay, out=avg)
@@ -108,12 +114,19 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
         """Export and announce; with ``ema``, the averaged weights are swapped in for the
         export and the training weights put back after it."""
         assert self.checkpoints is not None and self._exporter is not None
-        variables = self.model.base.trainable_weights
-        kept = [np.array(v.numpy()) for v in variables] if self.ema else []
+        variables: list[Any] = []
+        averages: list[Any] = []
+        if self._from_optimizer:  # the optimizer's own average (built at its first step)
+            opt = self.model.optimizer
+            variables = list(opt._trainable_variables)
+            averages = [np.array(a.numpy()) for a in opt._model_variables_moving_average]
+        elif self.ema:
+            variables, averages = list(self.model.base.trainable_weights), self._average
+        kept = [np.array(v.numpy()) for v in variables]
         try:
-            for v, avg in zip(variables if self.ema else [], self._average, strict=False):
+            for v, avg in zip(variables, averages, strict=True):
                 v.assign(avg)
             self.checkpoints.publish(self._exporter, step)
         finally:
-            for v, value in zip(variables if self.ema else [], kept, strict=False):
+            for v, value in zip(variables, kept, strict=True):
                 v.assign(value)

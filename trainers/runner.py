@@ -1,14 +1,15 @@
 """Running one training job through the public library API: the job's dataset and model
-become a ``KnowledgeModel``, batches come from ``examples``, checkpoints go out through
-``PublishCheckpoints``, and ``fit`` trains; the job's state is kept where
-``carls job status`` finds it.
+become a ``KnowledgeModel``, batches come from ``example_batches`` (and ``augmented``),
+checkpoints go out through ``PublishCheckpoints``, and ``fit`` trains; the job's state is
+kept where ``carls job status`` finds it.
 
-The steps, each a small method of ``JobRun``: load the data (``_data``), build the
-user's model or the built-in one (``_base_model``), wrap it (``_wrap``: every check runs
-here, before anything is written), register the examples, make the batches (``_batches``:
-augmented views and cutout inside the input pipeline), then ``fit`` with the callbacks
-that record progress (``_JobLog``) and publish checkpoints. The knowledge reader is closed
-whatever happens.
+The steps of ``JobRun._train``: load the data; check what can be checked before anything
+is written (``check_job``: the augmentation fits the examples; ``build_model`` and
+``check_model``: the spec's builder, saved model or the built-in MLP builds, takes the
+examples and has the named outputs and one logit per class); wrap and compile
+(``_wrap``); create or check the namespace and register the examples (``_register``);
+make the batches (``_batches``); then ``fit`` with the callbacks that publish checkpoints
+and record the history (``_JobLog``). The knowledge reader is closed whatever happens.
 """
 
 from __future__ import annotations
@@ -91,10 +92,22 @@ def check_model(
     """``build_model`` and its outputs checked on a zero batch: ``ModelError`` naming what
     to fix (also what ``carls submit`` runs before queueing a job with a user model)."""
     model, embedding, logits = build_model(spec, input_shape, classes)
-    shapes = ModelHeads(model, embedding, logits).shapes
+    m = spec.model
+    where = "model.builder" if m.builder else "model.path" if m.path else "model"
+    try:  # a subclassed model declares no inputs: it is given the dataset's shape
+        declared = bool(model.inputs)
+    except (AttributeError, ValueError):
+        declared = False
+    shapes = ModelHeads(model, embedding, logits, None if declared else input_shape).shapes
+    if shapes.feature_dim != math.prod(input_shape):
+        raise ModelError(
+            f"{where}: the model takes examples of shape {shapes.input_shape}; the "
+            f"dataset's examples have shape {input_shape}"
+        )
     if shapes.classes != classes:
         raise ModelError(
-            f"the model has {shapes.classes} logits; the dataset has {classes} classes"
+            f"{where if where != 'model' else 'model.logits'}: the model has "
+            f"{shapes.classes} logits; the dataset has {classes} classes"
         )
     return model, embedding, logits, shapes
 
@@ -129,6 +142,8 @@ def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
     shape = tuple(inputs.x_train.shape[1:])
     image = inputs.raw is not None and _square_image(shape)
     for key, on in (("augment", tr.augment != "none"), ("cutout", tr.cutout > 0)):
+        if on and inputs.raw is None:
+            raise SpecError(f"train.{key}", "a multimodal job's columns are not augmented")
         if on and not image:
             raise SpecError(
                 f"train.{key}",
@@ -140,9 +155,13 @@ def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
         raise SpecError("train.cutout", f"must be smaller than the images' side, {side}")
 
 
-def input_shape(spec: JobSpec, ds: Dataset) -> tuple[int, ...]:
-    """The shape of one example as the job's model sees it."""
-    return tuple(_inputs(spec, ds).x_train.shape[1:])
+def check_job(spec: JobSpec, ds: Dataset) -> HeadShapes:
+    """What a job can check before it writes anything, also run by ``carls submit``: its
+    augmentation fits its examples, and its model builds, fits them and has the named
+    outputs (``SpecError`` / ``ModelError`` naming what to fix)."""
+    inputs = _inputs(spec, ds)
+    _check_augment(spec, inputs)
+    return check_model(spec, tuple(inputs.x_train.shape[1:]), ds.classes)[3]
 
 
 class JobRun:
@@ -189,7 +208,7 @@ class JobRun:
         keras.utils.set_random_seed(tr.seed)
         ds = load_dataset(spec.dataset, tr.seed)
         inputs = _inputs(spec, ds)
-        _check_augment(spec, inputs)
+        _check_augment(spec, inputs)  # check_job's first half; _wrap checks the model
         km = self._wrap(ds, inputs)
         self._register(ds, km)
         self.say(
@@ -233,7 +252,7 @@ class JobRun:
 
         spec, tr = self.spec, self.spec.train
         shape = tuple(inputs.x_train.shape[1:])
-        model, embedding, logits, _ = check_model(spec, shape, ds.classes)
+        model, embedding, logits, shapes = check_model(spec, shape, ds.classes)
         km = KnowledgeModel(
             model,
             from_spec(spec),
@@ -244,6 +263,7 @@ class JobRun:
             features=inputs.x_train,
             embedding=embedding,
             logits=logits,
+            input_shape=shapes.input_shape,
             max_staleness=tr.max_staleness,
         )
         km.compile(
@@ -379,6 +399,9 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
 
     def on_train_begin(self, logs: Any = None) -> None:
         self.t0 = time.monotonic()
+        # fit runs whole epochs of eval_every steps; training is the job's steps, after
+        # which this callback stops it: paradigms that ramp or pace see that length
+        self.km.total_steps = self.job.spec.train.steps
         base = self.km.step_base  # set by PublishCheckpoints, which runs first
         if base:
             self.job.say(
@@ -394,7 +417,7 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         logs = dict(logs or {})
-        terms = {n: float(logs[n]) for n in self.km._term_names if n in logs}
+        terms = {n: float(logs[n]) for n in self.km.term_names if n in logs}
         losses = {"supervised": float(logs.get("loss", 0.0)) - sum(terms.values()), **terms}
         self._before = self.job.record(
             self.done, self.accuracy(), self.km, losses, self._before, self.t0

@@ -5,7 +5,7 @@ The user keeps their model (functional, sequential or subclassed) and names whic
 are the embedding and the logits; the wrapper shares its weights, returns the logits from
 ``call`` (so the compiled loss and metrics see them), and adds each paradigm's loss terms
 in ``train_step``. Training batches carry example ids next to the features
-(``{"id": ..., "features": ...}``, see ``carls.trainers.feed.examples``); the ids are
+(``{"id": ..., "features": ...}``, see ``carls.trainers.feed.example_batches``); the ids are
 looked up in a table inside the graph and the paradigms' knowledge is gathered from the
 knowledge reader's local cache on the host (for a ``tf.data`` pipeline, inside the pipeline,
 overlapping the previous step), so a step never waits on the bank. Labels of
@@ -102,8 +102,9 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         )
         self.knowledge = Knowledge(paradigms, setup, bank, self.labels, max_staleness=max_staleness)
         self._names = sorted(self.knowledge.signature)
-        self._term_names = self._check_terms()
-        self._terms = _TermMeans(self._term_names)
+        self.term_names = self._check_terms()
+        """The paradigms' loss terms, by name (as in ``fit``'s logs)."""
+        self._terms = _TermMeans(self.term_names)
         self._rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(self.ids), tf.range(len(self.ids), dtype=tf.int64)
@@ -203,7 +204,8 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         kwargs["callbacks"] = [_Progress(self), *callbacks]
         data = args[0] if args else kwargs.get("x")
         if isinstance(data, tf.data.Dataset):
-            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself (``examples`` does)
+            # a dataset shuffles itself (``example_batches`` does)
+            kwargs.setdefault("shuffle", False)
             joined = self.join(data)
             args, kwargs = (
                 ((joined, *args[1:]), kwargs) if args else (args, {**kwargs, "x": joined})

@@ -340,7 +340,7 @@ class _Publisher:
     def manifest(self, m: Any) -> None:
         self.manifests.append(m)
 
-    def example_batches(self, batch: Any) -> None:
+    def examples(self, batch: Any) -> None:
         self.batches.append(batch)
 
 
@@ -381,6 +381,39 @@ def test_publish_checkpoints_serves_the_averaged_weights_and_trains_on(
     expected = keras.ops.softmax(averaged(x)["logits"]).numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert not np.allclose(served, trained, atol=1e-4)  # training kept its own weights
+
+
+def test_publish_checkpoints_serves_the_optimizers_own_average(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carls.trainers import PublishCheckpoints
+    from carls.trainers import callbacks as callbacks_module
+
+    monkeypatch.setattr(callbacks_module, "namespace_step", lambda *_: 0)
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [], bank=MemoryBank(), namespace="ns", ids=ids, labels=labels, features=x
+    )
+    km.compile(
+        optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    pub = _Publisher()
+    cb = PublishCheckpoints(pub, tmp_path, every_steps=4, ema=0.5)  # type: ignore[arg-type]
+    with km:
+        km.fit(
+            example_batches(ids, x, labels, batch_size=8),
+            steps_per_epoch=6,
+            epochs=1,
+            verbose=0,
+            callbacks=[cb],
+        )
+    assert [m.step for m in pub.manifests] == [4, 6] and cb._average == []
+    # fit ends with the optimizer's average in the model: the last checkpoint serves it
+    served = load_model(pub.manifests[-1]).infer(x)[1]
+    np.testing.assert_allclose(served, keras.ops.softmax(km.base(x)["logits"]), atol=1e-5)
+    first = load_model(pub.manifests[0]).infer(x)[1]
+    assert not np.allclose(first, served, atol=1e-4)
 
 
 def test_a_tar_that_is_not_a_saved_model_is_not_a_model(tmp_path: Path) -> None:

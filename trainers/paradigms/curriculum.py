@@ -2,10 +2,11 @@
 
 The eligible set is the easiest ``fraction`` of the labeled examples by their latest
 difficulty (unknown difficulty counts as the median), the fraction growing from
-``start_fraction`` to 1 by ``full_at`` of training along a ``pacing`` schedule. A trainer
-that samples its labeled batches itself draws them from ``pool``; inside ``fit`` the
-paradigm weights the supervised term instead (``supervised_weights``: 1 for eligible rows,
-0 for the others), which is the same objective in expectation.
+``start_fraction`` to 1 by ``full_at`` of training along a ``pacing`` schedule. Inside
+``fit`` (the library, and ``carls trainer``) the paradigm weights the supervised term
+(``supervised_weights``: 1 for eligible rows, 0 for the others), the objective of
+sampling batches from the eligible set in expectation; a loop of one's own can draw its
+labeled batches from ``pool`` instead.
 """
 
 from __future__ import annotations
