@@ -63,10 +63,10 @@ def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(
     for r in results:  # the knowledge came from the worker, and the trainer used it
         assert min(r["knowledge_coverage"].values()) > 0.9, summary
         assert r["knowledge_use"]["pseudo_used"] > 0.3, summary
-    # The target is a mean of 0.93; this recipe measured means of 0.924 and 0.927
-    # (two runs of the three seeds, seeds between 0.909 and 0.932), where the same CNN on
-    # its 50 labels alone measured 0.913 (seed 0) and 0.883 (seed 2).
-    assert np.mean([r["test_accuracy"] for r in results]) >= 0.91, summary
+    # Two runs of the three seeds measured means of 0.943 and 0.943 (seeds between 0.932
+    # and 0.954); the same CNN on its 50 labels alone, with the earlier 1,500-step
+    # recipe, 0.913 (seed 0) and 0.883 (seed 2).
+    assert np.mean([r["test_accuracy"] for r in results]) >= 0.93, summary
 
 
 def test_the_cnn_as_a_job_names_its_builder_and_runs_through_submit_and_trainer(
