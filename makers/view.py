@@ -3,8 +3,9 @@
 The checkpoints topic is compacted and keyed by namespace, so reading it from the
 beginning, without a consumer group, on every worker gives each one the full, current
 map; a manifest older than the one already known is ignored, so late arrivals change
-nothing. Records that do not decode are skipped here: the campaign agent, which reads the
-same topic in the worker group, dead-letters them once.
+nothing. A tombstone (a null value, the way to delete a key of a compacted topic) forgets
+the namespace's manifest. Records that do not decode are skipped here: the campaign agent,
+which reads the same topic in the worker group, dead-letters them once.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ class ManifestView:
                 return True
             return False
 
+    def forget(self, namespace: str) -> bool:
+        """Forget the namespace's manifest (a tombstone); return whether one was known."""
+        with self._cond:
+            return self._latest.pop(namespace, None) is not None
+
     def offer(self, manifest: CheckpointManifest) -> bool:
         """Take a manifest if it is newer than the known one; return whether it was."""
         with self._cond:
@@ -115,8 +121,12 @@ class ManifestView:
             while not self._stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
                     for rec in records:
-                        with contextlib.suppress(SchemaError):
-                            self.offer(decode(rec.value, CheckpointManifest))
+                        if rec.value is None:  # a tombstone: forget the key's manifest
+                            if rec.key is not None:
+                                self.forget(rec.key.decode("utf-8", "replace"))
+                        else:
+                            with contextlib.suppress(SchemaError):
+                                self.offer(decode(rec.value, CheckpointManifest))
                         with self._cond:
                             self._positions[rec.partition] = rec.offset + 1
                             self._cond.notify_all()

@@ -235,6 +235,12 @@ class Makers:
 
     # ------------------------------------------------------------------------------------
     async def _on_manifest(self, event: Any) -> None:
+        if event.value is None:  # a tombstone: the view forgets the namespace's manifest
+            key = event.key.decode("utf-8", "replace") if event.key is not None else None
+            log.info("tombstone on the checkpoints topic for namespace %s", key)
+            if key is not None:
+                self.campaigned.pop(key, None)
+            return
         try:
             manifest = decode(bytes(event.value), CheckpointManifest)
         except CarlsError as exc:

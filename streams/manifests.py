@@ -16,7 +16,8 @@ def latest_manifest(
 ) -> CheckpointManifest | None:
     """The highest-step manifest of ``namespace`` made at or after ``since`` (the namespace's
     creation: an older generation of a re-created namespace does not count). Reads the
-    topic from the beginning to its current end; undecodable records are skipped."""
+    topic from the beginning to its current end; undecodable records are skipped, and a
+    tombstone of the namespace (a null value under its key) forgets what came before."""
     consumer = KafkaConsumer(**conn.kafka_python(), enable_auto_commit=False, group_id=None)
     best: CheckpointManifest | None = None
     try:
@@ -32,6 +33,10 @@ def latest_manifest(
                 break
             for records in consumer.poll(timeout_ms=500).values():
                 for rec in records:
+                    if rec.value is None:
+                        if rec.key is not None and rec.key.decode("utf-8", "replace") == namespace:
+                            best = None
+                        continue
                     try:
                         m = decode(rec.value, CheckpointManifest)
                     except SchemaError:

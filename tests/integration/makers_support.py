@@ -88,12 +88,15 @@ class MakerEnv(StackEnv):
             time.sleep(0.5)
         raise AssertionError(f"{topic}[{partition}]@{offset} not processed in {timeout} s")
 
-    def produce_raw(self, topic: str, value: bytes) -> tuple[int, int]:
+    def produce_raw(
+        self, topic: str, value: bytes | None, key: bytes = b"poison"
+    ) -> tuple[int, int]:
+        """Send one record as is (``value=None``: a tombstone); its partition and offset."""
         from kafka import KafkaProducer
 
         producer = KafkaProducer(**self.settings.kafka.kafka_python())
         try:
-            meta = producer.send(topic, key=b"poison", value=value).get(timeout=30)
+            meta = producer.send(topic, key=key, value=value).get(timeout=30)
         finally:
             producer.close()
         return meta.partition, meta.offset

@@ -15,6 +15,7 @@ import pytest
 
 from carls.schemas import CheckpointManifest, ExampleBatch
 from carls.settings import Settings
+from carls.streams.manifests import latest_manifest
 from tests.integration.makers_support import MakerEnv
 
 pytestmark = pytest.mark.integration
@@ -180,3 +181,36 @@ def test_a_namespace_dropped_and_created_again_is_served_from_its_new_checkpoint
     env.publisher.manifest(env.save(5))
     covered = env.wait_coverage(5, KINDS)
     assert all(c.steps == {5: len(env.ids)} for c in covered.values())
+
+
+def test_a_tombstone_on_the_checkpoints_topic_forgets_the_namespaces_manifest(
+    env: MakerEnv,
+) -> None:
+    """A null value under a namespace's key (how a compacted topic deletes a key) means
+    "forget this manifest" for the workers and for trainers alike; nothing dies and
+    nothing is dead-lettered."""
+    env.start_worker()
+    env.publisher.manifest(env.save(50))
+    env.wait_coverage(50)
+    topic = env.settings.topics.checkpoints
+    partition, offset = env.produce_raw(topic, None, key=env.ns.encode())
+    env.wait_committed(topic, partition, offset)  # the campaign agent went past it
+    assert latest_manifest(env.settings.kafka, topic, env.ns) is None  # a trainer's read
+    # The worker forgot step 50, so a lower step is served again: examples registered
+    # now get step 5's knowledge (the bank keeps the older examples' step 50 rows, as
+    # cells are ordered by step).
+    new_ids = [f"n{i:04d}" for i in range(100)]
+    env.bank.register_examples(env.ns, new_ids, env.features[:100], [-1] * 100)
+    env.publisher.manifest(env.save(5))
+    deadline = time.monotonic() + 120.0
+    steps: set[int] = set()
+    while time.monotonic() < deadline and steps != {5}:
+        env.assert_workers_alive()
+        got = env.bank.read(env.ns, "embedding", new_ids, lineage=True)
+        steps = set(got.steps.tolist())
+        time.sleep(0.5)
+    assert steps == {5}, f"{steps}\n{env.worker_logs()}"
+    env.assert_workers_alive()
+    assert latest_manifest(env.settings.kafka, topic, env.ns).step == 5  # type: ignore[union-attr]
+    # any dead letter for the tombstone was sent before its offset was committed, above
+    assert env.dead_letters(1, timeout=5.0) == []
