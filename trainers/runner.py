@@ -27,7 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from carls.bank.errors import NamespaceError
+from carls.bank.errors import BankUnavailableError, NamespaceError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import NamespaceSpec
@@ -40,6 +40,8 @@ from carls.trainers.paradigms import Multimodal, from_spec
 from carls.trainers.spec import JobSpec
 
 log = logging.getLogger(__name__)
+STATE_RETRY_S = 60.0
+"""How long a job keeps retrying a state write while the bank is unavailable."""
 Say = Callable[[str], None]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -184,9 +186,24 @@ class JobRun:
         }
 
     def save_state(self, **changes: Any) -> None:
+        """Update the job's state and write it to the job store, retrying with backoff for
+        up to ``STATE_RETRY_S`` while the bank is unavailable (a slow or restarting
+        Cassandra must not fail a training job over a progress record)."""
         self.state.update(changes)
-        if self.ctx.jobs is not None:
-            self.ctx.jobs.put(self.job_id, self.state)
+        if self.ctx.jobs is None:
+            return
+        deadline = time.monotonic() + STATE_RETRY_S
+        pause = 0.5
+        while True:
+            try:
+                self.ctx.jobs.put(self.job_id, self.state)
+                return
+            except BankUnavailableError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("job %s: saving its state failed (%s); retrying", self.job_id, exc)
+                time.sleep(pause)
+                pause = min(2 * pause, 8.0)
 
     def run(self) -> dict[str, Any]:
         self.save_state(state="running", started_at=time.time())

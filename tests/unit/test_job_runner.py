@@ -15,10 +15,11 @@ import yaml
 from click.testing import CliRunner
 from sklearn.datasets import load_digits
 
-from carls.bank.errors import NamespaceError
+from carls.bank.errors import BankUnavailableError, NamespaceError
 from carls.bank.jobs import MemoryJobStore
 from carls.bank.memory import MemoryBank
 from carls.cli import main
+from carls.trainers import runner
 from carls.trainers.errors import ModelError, SpecError
 from carls.trainers.runner import Context, JobRun, new_job_id
 from carls.trainers.spec import load_spec
@@ -164,3 +165,37 @@ def test_submit_builds_and_checks_a_user_model_before_queueing(
     result = CliRunner().invoke(main, ["submit", str(path), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "digits_cnn:build_cnn: embedding of 16, 10 logits" in result.stderr
+
+
+class FlakyJobStore(MemoryJobStore):
+    """A job store whose first ``failures`` writes find the bank unavailable."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def put(self, job_id: str, state: dict[str, Any]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BankUnavailableError("cassandra save job failed: OperationTimedOut")
+        super().put(job_id, state)
+
+
+def test_state_writes_retry_while_the_bank_is_unavailable(
+    images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "STATE_RETRY_S", 5.0)
+    monkeypatch.setattr(runner.time, "sleep", lambda _: None)  # no waiting in a unit test
+    spec = job(images, train={"steps": 20, "eval_every": 10})
+    spec["paradigm"] = {"name": "supervised"}
+    s = load_spec(spec)
+    store = FlakyJobStore(failures=3)
+    ctx = Context(bank=MemoryBank(), publisher=None, store=Path("unused"), jobs=store)
+    state = JobRun("j-1", s, ctx).run()
+    assert state["state"] == "succeeded" and store.failures == 0
+    assert store.get("j-1")["state"] == "succeeded"
+
+    monkeypatch.setattr(runner, "STATE_RETRY_S", 0.0)  # an outage longer than the retries
+    ctx = Context(bank=MemoryBank(), publisher=None, store=Path("unused"), jobs=FlakyJobStore(1))
+    with pytest.raises(BankUnavailableError):
+        JobRun("j-2", s, ctx).run()
