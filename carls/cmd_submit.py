@@ -47,12 +47,18 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
         f"dataset {data.name}: {len(data.ids_train):,} train ({int(data.labeled.sum()):,} "
         f"labeled) + {len(data.ids_test):,} test examples, {shape}, {data.classes} classes"
     )
-    from carls.trainers.runner import check_job
+    from carls.trainers import augment
+    from carls.trainers.paradigms import Multimodal
 
-    shapes = check_job(spec, data)  # a model or option that does not fit fails here
+    multimodal = isinstance(spec.paradigm.params, Multimodal)
+    augment.check(spec.train.augment, spec.train.cutout, data.input_shape, multimodal)
     user_model = spec.model.builder or spec.model.path
-    embedding_dim = shapes.embedding_dim if user_model else None
-    if user_model:
+    embedding_dim = None
+    if user_model:  # the built-in MLP fits any dataset; a user's model is built and checked
+        from carls.trainers.runner import check_job
+
+        shapes = check_job(spec, data)
+        embedding_dim = shapes.embedding_dim
         progress(
             f"model {user_model}: embedding of {shapes.embedding_dim}, {shapes.classes} logits"
         )

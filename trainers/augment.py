@@ -32,6 +32,30 @@ def image_side(dim: int) -> int:
     return side
 
 
+def is_square_image(shape: tuple[int, ...]) -> bool:
+    """Is an example of this shape one square, one-channel image (flat or not)?"""
+    if len(shape) == 1:
+        return math.isqrt(shape[0]) ** 2 == shape[0]
+    return len(shape) in (2, 3) and shape[0] == shape[1] and shape[2:] in ((), (1,))
+
+
+def check(augment: str, cutout: int, shape: tuple[int, ...], multimodal: bool = False) -> None:
+    """A job's ``train.augment`` and ``train.cutout`` against its examples' ``shape``:
+    both work on square one-channel images only (``SpecError`` naming the field)."""
+    for key, on in (("augment", augment != "none"), ("cutout", cutout > 0)):
+        if on and multimodal:
+            raise SpecError(f"train.{key}", "a multimodal job's columns are not augmented")
+        if on and not is_square_image(shape):
+            raise SpecError(
+                f"train.{key}",
+                f"works on square one-channel images (side², side x side or side x side x 1 "
+                f"per example); this job's examples have shape {shape}",
+            )
+    side = math.isqrt(math.prod(shape))
+    if cutout and cutout >= side:
+        raise SpecError("train.cutout", f"must be smaller than the images' side, {side}")
+
+
 def views(
     kind: str,
     raw: npt.NDArray[np.float64],

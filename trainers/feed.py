@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from carls.trainers.augment import is_square_image
 from carls.trainers.errors import DatasetError
 
 
@@ -100,7 +101,7 @@ def augmented(
     shape = tuple(element[1:] if views else element)
     pixels = math.prod(shape)
     side = math.isqrt(pixels)
-    if cutout and (side * side != pixels or not 0 < cutout < side):
+    if cutout and (not is_square_image(shape) or not 0 < cutout < side):
         raise DatasetError(
             "cutout", f"needs square images larger than the square; examples are {shape}"
         )

@@ -34,7 +34,7 @@ from carls.bank.types import NamespaceSpec
 from carls.streams.producer import Publisher
 from carls.trainers import augment
 from carls.trainers.datasets import Dataset, load_dataset, validate_against_namespace
-from carls.trainers.errors import ModelError, SpecError
+from carls.trainers.errors import ModelError
 from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
 from carls.trainers.paradigms import Multimodal, from_spec
 from carls.trainers.spec import JobSpec
@@ -131,30 +131,10 @@ def _inputs(spec: JobSpec, ds: Dataset) -> _Inputs:
     return _Inputs(ds.x_train, ds.x_test, ds.x_train_raw)
 
 
-def _square_image(shape: tuple[int, ...]) -> bool:
-    """Is an example of this shape one square, one-channel image (flat or not)?"""
-    if len(shape) == 1:
-        return math.isqrt(shape[0]) ** 2 == shape[0]
-    return len(shape) in (2, 3) and shape[0] == shape[1] and shape[2:] in ((), (1,))
-
-
 def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
-    """Augmented views and cutout work on square one-channel images only."""
     tr = spec.train
     shape = tuple(inputs.x_train.shape[1:])
-    image = inputs.raw is not None and _square_image(shape)
-    for key, on in (("augment", tr.augment != "none"), ("cutout", tr.cutout > 0)):
-        if on and inputs.raw is None:
-            raise SpecError(f"train.{key}", "a multimodal job's columns are not augmented")
-        if on and not image:
-            raise SpecError(
-                f"train.{key}",
-                f"works on square one-channel images (side², side x side or side x side x 1 "
-                f"per example); this job's examples have shape {shape}",
-            )
-    side = math.isqrt(math.prod(shape))
-    if tr.cutout and tr.cutout >= side:
-        raise SpecError("train.cutout", f"must be smaller than the images' side, {side}")
+    augment.check(tr.augment, tr.cutout, shape, multimodal=inputs.raw is None)
 
 
 def check_job(spec: JobSpec, ds: Dataset) -> HeadShapes:
