@@ -119,13 +119,17 @@ class Knowledge:
         """Whether any paradigm has loss terms (and so wants unlabeled examples)."""
         return bool(self.signature)
 
-    def batch(self, rows: npt.ArrayLike, step: int) -> dict[str, npt.NDArray[Any]]:
-        """Every paradigm's arrays for the batch ``rows`` (indices into ``setup.ids``)."""
+    def batch(
+        self, rows: npt.ArrayLike, step: int, batches: int = 1
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Every paradigm's arrays for the batch ``rows`` (indices into ``setup.ids``);
+        ``rows`` may hold ``batches`` consecutive batches, prepared as of their first
+        ``step``."""
         idx = np.asarray(rows, np.int64)
+        first, self._batches = self._batches, self._batches + batches
         for r in self._refreshing:  # on first use, then every ``refresh_every`` batches
-            if self._batches % r.refresh_every == 0:
+            if (first - 1) // r.refresh_every != (self._batches - 1) // r.refresh_every:
                 r.refresh(self.view, step)
-        self._batches += 1
         out: dict[str, npt.NDArray[Any]] = {}
         for p in self.paradigms:
             out.update(p.prepare(self.view, idx, step))

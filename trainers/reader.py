@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,8 +99,9 @@ class KnowledgeReader:
 
     ``source`` lists what to follow: ``[(namespace, kind, dim), ...]`` (another trainer's
     namespace for codistillation or multimodal alignment). ``hint(indices)`` names the rows
-    of upcoming batches: they are read first, and ``demand`` (if given) is called with those
-    ids that have no knowledge yet, so makers can make them ahead of refresh work.
+    of upcoming batches: they are read first (unless read in the last ``fresh_s`` seconds),
+    and ``demand`` (if given) is called with those ids that have no knowledge yet, so
+    makers can make them ahead of refresh work.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class KnowledgeReader:
         *,
         chunk: int = 1024,
         sweep_pause_s: float = 0.25,
+        fresh_s: float = 1.0,
         demand: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.bank = bank
@@ -118,6 +121,7 @@ class KnowledgeReader:
         self.source = list(source)
         self.chunk = chunk
         self.sweep_pause_s = sweep_pause_s
+        self.fresh_s = fresh_s
         self.demand = demand
         n = len(self.ids)
         self._tables = {
@@ -130,6 +134,8 @@ class KnowledgeReader:
             )
             for ns, kind, dim in self.source
         }
+        self._read_at = np.full(n, -np.inf)  # when each row was last read (all kinds)
+        self._cursor = 0  # where the sweep goes on
         self._lock = threading.Lock()
         self._hints: deque[np.ndarray] = deque(maxlen=64)
         self._stop = threading.Event()
@@ -213,6 +219,7 @@ class KnowledgeReader:
         tables = self._tables if only is None else {only: self._tables[only]}
         for s in range(0, idx.size, self.chunk):
             part = idx[s : s + self.chunk]
+            started = time.monotonic()
             ids = [self.ids[i] for i in part]
             for (ns, kind), t in tables.items():
                 got = self.bank.read(ns, kind, ids)
@@ -239,27 +246,44 @@ class KnowledgeReader:
                         t.confidence[rows_new] = got.confidence[sel]
                     if t.neighbours is not None and nbr_idx is not None:
                         t.neighbours[rows_new] = nbr_idx[sel]
+            if only is None:
+                self._read_at[part] = started
 
     def _run(self) -> None:
-        order = np.arange(len(self.ids))
-        cursor, delay = 0, 0.2
+        delay = 0.2
         while not self._stop.is_set():
             try:
-                while self._hints:
-                    wanted = self._hints.popleft()
-                    self.refresh(wanted)
-                    self._ask_for_missing(wanted)
-                if len(order):
-                    self.refresh(order[cursor : cursor + self.chunk])
-                    cursor += self.chunk
-                    if cursor >= len(order):
-                        cursor = 0
+                self.read_pass()
                 delay = 0.2
                 self._stop.wait(self.sweep_pause_s)
             except CarlsError as exc:  # bank away: keep the cache, retry with backoff
                 log.warning("knowledge reader: %s; retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def read_pass(self) -> None:
+        """One pass of the background refresh (the thread runs one every
+        ``sweep_pause_s``): the rows hinted since the last pass that were not read in the
+        last ``fresh_s`` seconds, then the next ``chunk`` rows of the sweep over all."""
+        if self._hints:
+            wanted = self._take_hints()
+            stale = time.monotonic() - self._read_at[wanted] >= self.fresh_s
+            self.refresh(wanted[stale])
+            self._ask_for_missing(wanted)
+        n = len(self.ids)
+        if n:
+            self.refresh(np.arange(self._cursor, min(self._cursor + self.chunk, n)))
+            self._cursor = self._cursor + self.chunk if self._cursor + self.chunk < n else 0
+
+    def _take_hints(self) -> np.ndarray:
+        """The rows hinted since the last pass, newest first, at most ``chunk`` of them:
+        however fast training runs, hints add at most one chunk per pass to the reads."""
+        hints = []
+        while self._hints:
+            hints.append(self._hints.pop())
+        rows = np.concatenate(hints)
+        _, first = np.unique(rows, return_index=True)
+        return rows[np.sort(first)][: self.chunk]
 
     def _ask_for_missing(self, indices: np.ndarray) -> None:
         if self.demand is None or not self._tables:

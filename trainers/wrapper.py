@@ -45,6 +45,8 @@ JOINED = "carls_knowledge"
 SUPERVISED_WEIGHT = "carls_supervised_weight"
 HINT_EVERY = 10
 """Steps between hints to the reader (and demand to the makers) of the batch's ids."""
+JOIN_GROUP = 8
+"""Batches joined in one host call by ``KnowledgeModel.join`` (when their size is static)."""
 
 
 class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
@@ -260,46 +262,65 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         return {**logs, **{n: m.result() for n, m in self._terms.means.items()}}
 
     def _join_ids(self, ids: Any) -> dict[str, Any]:
-        """The paradigms' arrays for a batch of ids, gathered on the host."""
+        """The paradigms' arrays for a batch of ids (or for a group of batches, ``ids``
+        of shape ``[batches, batch]``), gathered on the host in one call."""
+        lead = tf.shape(ids)
         rows = self._rows.lookup(tf.reshape(ids, (-1,)))
+        batches = lead[0] if len(ids.shape) == 2 else tf.constant(1)
         specs = [self.knowledge.signature[n] for n in self._names]
         out = tf.numpy_function(
-            self._host, [rows], [*(tf.as_dtype(s.dtype) for s in specs), tf.float32]
+            self._host, [rows, batches], [*(tf.as_dtype(s.dtype) for s in specs), tf.float32]
         )
         joined = {
-            n: tf.ensure_shape(t, (None, *s.shape))
+            n: tf.reshape(t, tf.concat([lead, s.shape], 0))
             for n, s, t in zip(self._names, specs, out[:-1], strict=True)
         }
-        joined[SUPERVISED_WEIGHT] = tf.ensure_shape(out[-1], (None,))
+        joined[SUPERVISED_WEIGHT] = tf.reshape(out[-1], lead)
         return joined
 
-    def join(self, dataset: Any) -> Any:
+    def join(self, dataset: Any, group: int = JOIN_GROUP) -> Any:
         """``dataset`` with each batch's knowledge joined to it in the input pipeline, so
-        the gather overlaps the previous training step (``fit`` does this itself for a
-        ``tf.data.Dataset``). The step numbers staleness is measured against run ahead of
-        training by the pipeline's prefetch, a few steps."""
+        the gather overlaps training (``fit`` does this itself for a ``tf.data.Dataset``).
+
+        When every batch has the same, static size (``example_batches``' do, as does any
+        ``batch(..., drop_remainder=True)``), ``group`` batches are joined in one host
+        call, as of the first one's step: the host's fixed cost per call is what a short
+        training step notices. The step numbers staleness is measured against run ahead
+        of training by the pipeline's prefetch, a few groups."""
+        spec = dataset.element_spec
+        x = spec[0] if isinstance(spec, tuple) else spec
+        if not isinstance(x, Mapping) or "id" not in x or JOINED in x:
+            return dataset  # not ours to join (train_step explains), or joined already
 
         def add(x: Any, *rest: Any) -> Any:
-            if not isinstance(x, Mapping) or "id" not in x or JOINED in x:
-                return (x, *rest)  # not ours to join (train_step explains), or joined already
             return ({**x, JOINED: self._join_ids(x["id"])}, *rest)
 
+        if group > 1 and _static_batch(spec) is not None:
+            joined = dataset.batch(group).map(add).unbatch()
+            count = int(dataset.cardinality())
+            if count >= 0:  # unbatch forgets it; fit's progress and paradigms need it
+                joined = joined.apply(tf.data.experimental.assert_cardinality(count))
+            return joined.prefetch(group)
         return dataset.map(add, num_parallel_calls=1, deterministic=True).prefetch(2)
 
-    def _host(self, rows: npt.NDArray[np.int64]) -> list[npt.NDArray[Any]]:
-        """The paradigms' knowledge for one batch, from the reader's cache (host side)."""
-        self._host_steps += 1
+    def _host(self, rows: npt.NDArray[np.int64], batches: Any = 1) -> list[npt.NDArray[Any]]:
+        """The paradigms' knowledge for ``batches`` consecutive batches' ``rows`` (one flat
+        array), from the reader's cache (host side)."""
+        n = int(batches)
+        first = self._host_steps + 1
+        self._host_steps += n
         if (rows < 0).any():
             raise ModelError(
                 f"{int((rows < 0).sum())} example id(s) in the batch are not among the "
                 "ids given to KnowledgeModel"
             )
-        step = self.step_base + self._host_steps
+        step = self.step_base + first
         total = self.total_steps
-        self.knowledge.view.progress = min(1.0, self._host_steps / total) if total else 1.0
-        if self._host_steps % HINT_EVERY == 0:
-            self.knowledge.hint(rows)
-        arrays = self.knowledge.batch(rows, step)
+        self.knowledge.view.progress = min(1.0, first / total) if total else 1.0
+        for j, batch in enumerate(np.split(rows, n)):  # batches' hints as if one by one
+            if (first + j) % HINT_EVERY == 0:
+                self.knowledge.hint(batch)
+        arrays = self.knowledge.batch(rows, step, n)
         weights = self.knowledge.supervised_weights(rows, step)
         return [
             *(np.asarray(arrays[n], self.knowledge.signature[n].dtype) for n in self._names),
@@ -347,6 +368,13 @@ class _TermMeans:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.means = {n: keras.metrics.Mean(name=n) for n in names}
+
+
+def _static_batch(spec: Any) -> int | None:
+    """The batch size every element of a dataset with ``spec`` has, if static and shared."""
+    sizes = {leaf.shape[0] if leaf.shape.rank else None for leaf in tf.nest.flatten(spec)}
+    size = sizes.pop() if len(sizes) == 1 else None
+    return size if isinstance(size, int) else None
 
 
 # Input checks --------------------------------------------------------------------------------

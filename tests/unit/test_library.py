@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from carls.bank.memory import MemoryBank
 from carls.bank.types import KnowledgeBatch, Lineage
@@ -28,6 +29,7 @@ from carls.trainers.checkpoints import save_artifact
 from carls.trainers.export import SavedModelExporter
 from carls.trainers.outputs import ModelHeads
 from carls.trainers.paradigms import Graph, PseudoLabel
+from carls.trainers.wrapper import JOINED
 from tests.custom_layer_support import user_module
 
 CLASSES = 3
@@ -482,6 +484,94 @@ def test_a_dataset_joined_by_hand_is_not_joined_again() -> None:
         verbose=0,
     )
     assert len(joins) == 1  # fit saw the knowledge already joined and left it
+
+
+def counting(host: Any, calls: list[int]) -> Any:
+    """``host`` that notes how many batches each call covers."""
+
+    def counted(rows: Any, batches: Any) -> Any:
+        calls.append(int(batches))
+        return host(rows, batches)
+
+    return counted
+
+
+def test_batches_joined_in_groups_carry_the_same_knowledge_as_joined_one_by_one() -> None:
+    bank = MemoryBank()
+    ids, x, labels = data()
+    truth = np.arange(len(ids)) % CLASSES
+    KnowledgeModel(
+        functional(), [PseudoLabel()], bank=bank, namespace="ns", ids=ids, labels=labels, features=x
+    ).register_examples()
+    written(bank, "ns", ids, truth)
+    # the same 11 batches each time (a shuffled pipeline reshuffles when iterated again)
+    taken = list(example_batches(ids, x, labels, batch_size=8, labeled_batch_size=4).take(11))
+    batches = tf.data.Dataset.from_tensor_slices(
+        (
+            {k: tf.stack([b[k] for b, _ in taken]) for k in ("id", "features")},
+            tf.stack([y for _, y in taken]),
+        )
+    )
+    joined = {}
+    for group in (1, 8):
+        km = KnowledgeModel(
+            functional(),
+            [PseudoLabel(threshold=0.5)],
+            bank=bank,
+            namespace="ns",
+            ids=ids,
+            labels=labels,
+        )
+        assert km.knowledge.reader is not None
+        km.knowledge.reader.refresh(np.arange(len(ids)))
+        calls: list[int] = []
+        km._host = counting(km._host, calls)  # type: ignore[method-assign]
+        out = km.join(batches, group=group)
+        assert int(out.cardinality()) == 11  # fit's progress still knows the epoch's length
+        joined[group] = [
+            (b["id"].numpy(), b["features"].numpy(), y.numpy(), b[JOINED]["pl_class"].numpy())
+            for b, y in out
+        ]
+        # one host call per group of batches (the last group has the 3 left over)
+        assert calls == ([1] * 11 if group == 1 else [8, 3])
+        assert km._host_steps == 11
+    assert len(joined[8]) == 11
+    for one, grouped in zip(joined[1], joined[8], strict=True):
+        for a, b in zip(one, grouped, strict=True):
+            np.testing.assert_array_equal(a, b)
+    index = {i: n for n, i in enumerate(ids)}
+    for batch_ids, _, y, classes in joined[8]:
+        rows = [index[i.decode()] for i in batch_ids]
+        np.testing.assert_array_equal(classes[y < 0], truth[rows][y < 0])
+
+
+def test_a_dataset_of_varying_batch_sizes_is_joined_batch_by_batch() -> None:
+    km, ids, x, labels = compiled_pseudo_label_model()
+    table = ({"id": tf.constant(ids), "features": tf.constant(x)}, tf.constant(labels))
+    varying = (
+        tf.data.Dataset.range(13)
+        .batch(5)
+        .map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), table))
+    )
+    sizes = [int(b["id"].shape[0]) for b, _ in km.join(varying)]
+    assert sizes == [5, 5, 3] and km._host_steps == 3
+
+
+def test_refreshing_paradigms_refresh_on_schedule_when_batches_come_in_groups() -> None:
+    from carls.trainers.knowledge import Knowledge
+    from carls.trainers.paradigms import Setup
+
+    ids, _, labels = data()
+    plugin = PseudoLabel(refresh_every=5)
+    knowledge = Knowledge([plugin], Setup("ns", CLASSES, 4, tuple(ids)), MemoryBank(), labels)
+    refreshed: list[int] = []
+    plugin.__dict__["refresh"] = lambda view, step: refreshed.append(step)
+    rows = np.arange(4)
+    for step, n in ((1, 8), (9, 1), (10, 1), (11, 8), (19, 3)):
+        knowledge.batch(np.tile(rows, n), step, n)
+    # batches 0..20: the 0th, 5th, 10th, 15th and 20th fall in the calls at steps 1, 1, 11,
+    # 11 and 19, one refresh per call that holds one or more of them
+    assert refreshed == [1, 11, 19]
 
 
 def test_a_multimodal_model_declares_and_registers_its_modality() -> None:
