@@ -31,6 +31,17 @@ class CassandraConfig:
     connect_timeout_s: float = 10.0
 
 
+class _QuietConnectFailure(logging.Filter):
+    """Drop the driver's own traceback for a failed first connection: ``connect`` raises
+    ``BankUnavailableError`` with the reason instead, so a command prints one clean line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Control connection failed to connect")
+
+
+logging.getLogger("cassandra.cluster").addFilter(_QuietConnectFailure())
+
+
 def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Session]:
     """Open a cluster and session (rows come back as plain tuples: they decode fastest);
     raise :class:`BankUnavailableError` when unreachable."""
@@ -53,9 +64,20 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
         cluster.shutdown()
         raise BankUnavailableError(
             f"cannot connect to Cassandra at {','.join(cfg.hosts)}:{cfg.port}"
-            f"{' keyspace ' + cfg.keyspace if keyspace else ''}: {exc}"
+            f"{' keyspace ' + cfg.keyspace if keyspace else ''}: {_why(exc)}"
         ) from exc
     return cluster, session
+
+
+def _why(exc: Exception) -> str:
+    """A driver failure in one line: each host's error, without the driver's repr noise."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, dict) and errors:
+        return "; ".join(
+            f"{host}: {getattr(err, 'strerror', None) or type(err).__name__}"
+            for host, err in errors.items()
+        )
+    return str(exc) or type(exc).__name__
 
 
 def apply_schema(cfg: CassandraConfig) -> int:

@@ -188,33 +188,48 @@ def read_export(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, A
 def _check_shapes(
     path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray[Any, Any]]
 ) -> None:
+    """Every member has the shape and kind of numbers its manifest implies (an export
+    that disagrees with its own manifest is refused before anything is written)."""
     try:
-        n = manifest["counts"]["examples"]
-        need = ["examples/ids", "examples/features", "examples/labels", "examples/modalities"]
+        n = int(manifest["counts"]["examples"])
+        width = int(manifest["feature_dim"])
+        want: dict[str, tuple[tuple[int, ...], str]] = {
+            "examples/ids": ((n,), "U"),
+            "examples/features": ((n, width) if n else (0, width), "f"),
+            "examples/labels": ((n,), "i"),
+            "examples/modalities": ((n,), "U"),
+        }
         for k_index, kind in enumerate(manifest["kinds"]):
-            need += [
-                f"knowledge/{k_index}/{m}"
-                for m in ("ids", "values", "steps", "makers", "fingerprints", "written_at")
-            ]
+            rows = int(manifest["counts"][kind])
+            dim = int(manifest["namespace"]["kinds"][kind])
+            pre = f"knowledge/{k_index}/"
+            want[pre + "ids"] = ((rows,), "U")
+            want[pre + "values"] = ((rows, dim), "f")
+            want[pre + "steps"] = ((rows,), "i")
+            want[pre + "makers"] = ((rows,), "U")
+            want[pre + "fingerprints"] = ((rows,), "U")
+            want[pre + "written_at"] = ((rows,), "f")
             if kind == "pseudo_label":
-                need += [f"knowledge/{k_index}/classes", f"knowledge/{k_index}/confidence"]
+                want[pre + "classes"] = ((rows,), "i")
+                want[pre + "confidence"] = ((rows,), "f")
             if kind == "neighbours":
-                need.append(f"knowledge/{k_index}/neighbour_ids")
-            rows = manifest["counts"][kind]
-            dim = manifest["namespace"]["kinds"][kind]
-            values = arrays[f"knowledge/{k_index}/values"]
-            if values.shape[0] != rows or values.ndim != 2 or values.shape[1] != dim:
-                raise ExportFormatError(
-                    f"{path}: {kind} values have shape {values.shape}, "
-                    f"manifest says ({rows}, {dim})"
-                )
-        missing = [m for m in need if m not in arrays]
-        if missing:
-            raise ExportFormatError(f"{path}: members missing: {', '.join(missing)}")
-        if arrays["examples/ids"].shape[0] != n or arrays["examples/features"].shape[0] != n:
-            raise ExportFormatError(f"{path}: example arrays disagree with the count {n}")
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ExportFormatError(f"{path}: manifest is incomplete ({exc})") from exc
+                want[pre + "neighbour_ids"] = ((rows,), "U")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ExportFormatError(f"{path}: manifest is incomplete ({exc!r})") from exc
+    missing = [m for m in want if m not in arrays]
+    if missing:
+        raise ExportFormatError(f"{path}: members missing: {', '.join(missing)}")
+    numbers = {"f": "floating point", "i": "integer", "U": "text"}
+    for name, (shape, kind) in want.items():
+        arr = arrays[name]
+        if tuple(arr.shape) != shape and not (shape[0] == 0 and arr.size == 0):
+            raise ExportFormatError(
+                f"{path}: {name} has shape {tuple(arr.shape)}, its manifest says {shape}"
+            )
+        if arr.dtype.kind != kind and not (kind == "f" and arr.dtype.kind == "i" and not arr.size):
+            raise ExportFormatError(
+                f"{path}: {name} holds {arr.dtype}, expected {numbers[kind]} values"
+            )
 
 
 def import_namespace(

@@ -37,7 +37,8 @@ class CarlsGroup(click.Group):
         except CarlsError as exc:
             fail(
                 str(exc),
-                hint="retry later; the backend may be starting or overloaded"
+                hint="is the stack up (`carls infra status`)? If it is, retry later: "
+                "the server may be starting or overloaded"
                 if exc.retriable
                 else "",
             )

@@ -99,3 +99,24 @@ def test_missing_java_says_what_to_install(carls: CarlsRun, tmp_path: Path) -> N
     )
     assert proc.returncode == 1, proc.stderr
     assert "Java was not found" in proc.stderr and "openjdk-17" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("bank", "namespaces"),
+        ("bank", "coverage", "somens"),
+        ("job", "status", "some-job"),
+    ],
+)
+def test_commands_with_cassandra_down_print_one_clean_error(
+    carls: CarlsRun, command: tuple[str, ...]
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = carls(*command, env={"CARLS_CASSANDRA_PORT": str(port)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "NoHostAvailable" not in proc.stderr
+    assert f"cannot connect to Cassandra at 127.0.0.1:{port}" in proc.stderr
+    assert "carls infra status" in proc.stderr

@@ -4,6 +4,7 @@ a bad file or a failed import never leaves a namespace behind."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -284,7 +285,38 @@ def _missing_member(path: Path, out: Path) -> Path:
     return _rezip(path, out, members)
 
 
+def _consistent_member(path: Path, out: Path, name: str, change: Callable[[Any], Any]) -> Path:
+    """Member ``name`` changed and its sha256 in the manifest updated to match: only the
+    shape checks can tell."""
+    members = _members(path)
+    arr = change(np.load(io.BytesIO(members[name + ".npy"])))
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    members[name + ".npy"] = buf.getvalue()
+    manifest = json.loads(members["manifest.json"])
+    manifest["sha256"][name] = hashlib.sha256(buf.getvalue()).hexdigest()
+    members["manifest.json"] = json.dumps(manifest).encode()
+    return _rezip(path, out, members)
+
+
 BAD_FILES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
+    (
+        "features-wider-than-the-manifest",
+        lambda p, o: _consistent_member(
+            p, o, "examples/features", lambda a: np.concatenate([a, a], axis=1)
+        ),
+        r"examples/features has shape \(\d+, \d+\), its manifest says",
+    ),
+    (
+        "steps-missing-a-row",
+        lambda p, o: _consistent_member(p, o, "knowledge/0/steps", lambda a: a[:-1]),
+        r"knowledge/0/steps has shape",
+    ),
+    (
+        "labels-as-floats",
+        lambda p, o: _consistent_member(p, o, "examples/labels", lambda a: a.astype(np.float32)),
+        r"examples/labels holds float32, expected integer values",
+    ),
     ("flipped-bytes", _flip_member_bytes, r"examples/features.*corrupt"),
     ("tampered-rezipped", _tamper_and_rezip, r"examples/features fails its sha256"),
     ("truncated", _truncate, r"truncated"),
