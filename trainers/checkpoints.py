@@ -21,6 +21,7 @@ from typing import Any
 from carls.bank.protocol import KnowledgeBank
 from carls.schemas import CheckpointManifest, ExampleBatch
 from carls.schemas.artifacts import FORMAT, SAVED_MODEL, artifact_relpath, fingerprint_of_config
+from carls.streams.errors import PublishError
 from carls.streams.manifests import latest_manifest
 from carls.streams.producer import Publisher
 from carls.trainers.export import SavedModelExporter
@@ -112,10 +113,21 @@ class CheckpointPublisher:
             return True
         return self.every_s is not None and time.monotonic() - self.last_at >= self.every_s
 
-    def publish(self, model: Any, step: int) -> CheckpointManifest:
+    def publish(self, model: Any, step: int) -> CheckpointManifest | None:
+        """Save the model at ``step`` and announce it; None if Kafka could not take the
+        announcement (training goes on, and the next checkpoint is announced instead)."""
         manifest = save_artifact(model, self.store, self.namespace, step, producer=self.producer)
-        self.publisher.manifest(manifest)
         self.last_step, self.last_at = step, time.monotonic()
+        try:
+            self.publisher.manifest(manifest)
+        except PublishError as exc:
+            log.warning(
+                "%s step %d: checkpoint saved but not announced (%s); training goes on",
+                self.namespace,
+                step,
+                exc,
+            )
+            return None
         self.published.append(manifest)
         log.info("published %s step %d (%d bytes)", self.namespace, step, manifest.size)
         return manifest
@@ -140,17 +152,13 @@ def demand_publisher(
 
     def demand(ids: list[str]) -> None:
         fresh = [i for i in ids if i not in asked]
-        if not fresh:
-            return
-        asked.update(fresh)
         for s in range(0, len(fresh), batch):
-            publisher.examples(
+            part = fresh[s : s + batch]
+            publisher.examples(  # a PublishError reaches the reader, which backs off
                 ExampleBatch(
-                    namespace=namespace,
-                    ids=fresh[s : s + batch],
-                    priority="demand",
-                    campaign=f"demand-{campaign}",
+                    namespace=namespace, ids=part, priority="demand", campaign=f"demand-{campaign}"
                 )
             )
+            asked.update(part)  # only once sent: ids Kafka did not take are asked again
 
     return demand

@@ -14,9 +14,11 @@ and record the history (``_JobLog``). The knowledge reader is closed whatever ha
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -146,11 +148,80 @@ def check_job(spec: JobSpec, ds: Dataset) -> HeadShapes:
     return check_model(spec, tuple(inputs.x_train.shape[1:]), ds.classes)[3]
 
 
+def write_state(
+    jobs: JobStore,
+    job_id: str,
+    state: dict[str, Any],
+    *,
+    final: bool,
+    give_up: threading.Event | None = None,
+) -> bool:
+    """Write a job's state; return whether it was written. While the bank is
+    unavailable, a progress record is retried with backoff for up to ``STATE_RETRY_S``
+    (or until ``give_up`` is set) and then left for the next one; a ``final`` one (the
+    job's start and its end) is retried until the bank takes it, so a job is never left
+    ``running``, and its offset is committed only after."""
+    deadline = time.monotonic() + STATE_RETRY_S
+    pause = 0.5
+    while True:
+        try:
+            jobs.put(job_id, state)
+            return True
+        except BankUnavailableError as exc:
+            late = time.monotonic() + pause > deadline or (give_up is not None and give_up.is_set())
+            if not final and late:
+                log.warning("job %s: state not saved (%s); training goes on", job_id, exc)
+                return False
+            log.warning("job %s: saving its state failed (%s); retrying", job_id, exc)
+            if give_up is not None and not final:
+                give_up.wait(pause)
+            else:
+                time.sleep(pause)
+            pause = min(2 * pause, 8.0)
+
+
+class _ProgressWriter:
+    """Writes a job's progress records from a thread of its own, the newest first and
+    only it, so that a bank outage never stalls training over a progress record."""
+
+    def __init__(self, jobs: JobStore, job_id: str) -> None:
+        self.jobs, self.job_id = jobs, job_id
+        self._pending: dict[str, Any] | None = None
+        self._cond = threading.Condition()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-progress", daemon=True)
+        self._thread.start()
+
+    def submit(self, state: dict[str, Any]) -> None:
+        snapshot = json.loads(json.dumps(state))  # the trainer goes on changing its own
+        with self._cond:
+            self._pending = snapshot
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop; a record still being retried is given up (the final write follows)."""
+        self._closing.set()
+        with self._cond:
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing.is_set():
+                    self._cond.wait()
+                state, self._pending = self._pending, None
+            if state is None:
+                return
+            write_state(self.jobs, self.job_id, state, final=False, give_up=self._closing)
+
+
 class JobRun:
     """One job from start to finish; ``run()`` returns the final state dict."""
 
     def __init__(self, job_id: str, spec: JobSpec, ctx: Context, say: Say = lambda _: None):
         self.job_id, self.spec, self.ctx, self.say = job_id, spec, ctx, say
+        self._progress: _ProgressWriter | None = None
         self.state: dict[str, Any] = {
             "job_id": job_id,
             "namespace": spec.namespace,
@@ -165,38 +236,35 @@ class JobRun:
             "created_at": time.time(),
         }
 
-    def save_state(self, **changes: Any) -> None:
-        """Update the job's state and write it to the job store, retrying with backoff for
-        up to ``STATE_RETRY_S`` while the bank is unavailable (a slow or restarting
-        Cassandra must not fail a training job over a progress record)."""
+    def save_state(self, *, final: bool = False, **changes: Any) -> None:
+        """Update the job's state and write it to the job store: progress in the
+        background, the job's start and end here and now (``write_state``)."""
         self.state.update(changes)
         if self.ctx.jobs is None:
             return
-        deadline = time.monotonic() + STATE_RETRY_S
-        pause = 0.5
-        while True:
-            try:
-                self.ctx.jobs.put(self.job_id, self.state)
-                return
-            except BankUnavailableError as exc:
-                if time.monotonic() + pause > deadline:
-                    raise
-                log.warning("job %s: saving its state failed (%s); retrying", self.job_id, exc)
-                time.sleep(pause)
-                pause = min(2 * pause, 8.0)
+        if final or self._progress is None:
+            write_state(self.ctx.jobs, self.job_id, self.state, final=True)
+        else:
+            self._progress.submit(self.state)
 
     def run(self) -> dict[str, Any]:
-        self.save_state(state="running", started_at=time.time())
+        self.save_state(final=True, state="running", started_at=time.time())
+        if self.ctx.jobs is not None:
+            self._progress = _ProgressWriter(self.ctx.jobs, self.job_id)
         try:
             self._train()
         except Exception as exc:
             log.exception("job %s failed", self.job_id)
-            self.save_state(
-                state="failed", reason=f"{type(exc).__name__}: {exc}", finished_at=time.time()
-            )
+            self._end(state="failed", reason=f"{type(exc).__name__}: {exc}")
             raise
-        self.save_state(state="succeeded", finished_at=time.time())
+        self._end(state="succeeded")
         return self.state
+
+    def _end(self, **changes: Any) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.save_state(final=True, finished_at=time.time(), **changes)
 
     # ------------------------------------------------------------------------------------
     def _train(self) -> None:

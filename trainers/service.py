@@ -8,6 +8,7 @@ job is dead-lettered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -25,7 +26,7 @@ from carls.streams.config import KafkaConnection
 from carls.streams.deadletter import dead_letter
 from carls.streams.producer import Publisher
 from carls.streams.topics import Topics
-from carls.trainers.runner import Context, JobRun
+from carls.trainers.runner import Context, JobRun, write_state
 from carls.trainers.spec import load_spec
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ def _run_one(
     say: Callable[[str], None],
 ) -> int:
     raw = rec.value
+    if raw is None:  # a tombstone: nothing to run
+        log.info("%s[%d]@%d: a tombstone, skipped", rec.topic, rec.partition, rec.offset)
+        return 0
     try:
         job = decode(raw, TrainingJob)
     except CarlsError as exc:
@@ -98,9 +102,11 @@ def _run_one(
         spec = load_spec(job.spec)
     except CarlsError as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        state = jobs.get(job.job_id) or {"job_id": job.job_id, "namespace": job.namespace}
+        state: dict[str, Any] = {"job_id": job.job_id, "namespace": job.namespace}
+        with contextlib.suppress(CarlsError):  # what submit recorded, if the bank can say
+            state.update(jobs.get(job.job_id) or {})
         state.update(state="failed", reason=reason, finished_at=time.time())
-        jobs.put(job.job_id, state)
+        write_state(jobs, job.job_id, state, final=True)
         say(f"job {job.job_id} failed: {reason}")
         return 1
     say(f"running job {job.job_id} ({spec.paradigm.name} on {spec.namespace})")
@@ -108,6 +114,6 @@ def _run_one(
     try:
         state = JobRun(job.job_id, spec, ctx, say=say).run()
         say(f"job {job.job_id} succeeded: test accuracy {state['test_accuracy']:.4f}")
-    except Exception as exc:  # marked failed by JobRun; the trainer goes on
+    except Exception as exc:  # marked failed by JobRun (once the bank took it); go on
         say(f"job {job.job_id} failed: {type(exc).__name__}: {exc}")
     return 1

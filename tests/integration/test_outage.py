@@ -1,0 +1,102 @@
+"""A trainer across a Cassandra outage, on the real stack: the server is frozen (SIGSTOP,
+as in a long GC pause or a network partition) for 30 s in the middle of a job; training
+goes on from the knowledge reader's cache, and the job ends recorded, never stuck in
+``running``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carls.bank.jobs import CassandraJobStore
+from carls.infra.cassandra import CassandraServer
+from carls.settings import Settings
+from carls.trainers.runner import Context, JobRun, new_job_id
+from carls.trainers.spec import load_spec
+from tests.stack_support import StackEnv
+
+pytestmark = pytest.mark.integration
+OUTAGE_S = 30.0
+
+
+@pytest.fixture
+def env(stack: Settings, tmp_path: Path) -> Iterator[StackEnv]:
+    e = StackEnv(tmp_path, "o")
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def test_a_training_job_goes_on_through_a_30_s_cassandra_outage(
+    env: StackEnv, stack: Settings
+) -> None:
+    pid = CassandraServer(stack.infra).pid()
+    if pid is None:
+        pytest.fail("the local stack's Cassandra is not running under `carls infra`")
+    ns = f"{env.prefix}_outage"
+    env.namespaces.append(ns)
+    spec = load_spec(
+        {
+            "namespace": ns,
+            "dataset": {"name": "digits", "test_size": 0.3},
+            "model": {"hidden": [64], "embedding_dim": 32},
+            "paradigm": {"name": "pseudo_label_graph", "params": {"threshold": 0.5}},
+            "train": {
+                "steps": 4000,
+                "batch_size": 64,
+                "labeled_batch_size": 32,
+                "checkpoint_every": 200,
+                "eval_every": 100,
+                "seed": 0,
+            },
+        }
+    )
+    jobs = CassandraJobStore(env.settings.cassandra)
+    job_id = new_job_id(ns)
+    run = JobRun(job_id, spec, Context(env.bank, env.publisher, env.checkpoints, jobs))
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["state"] = run.run()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        deadline = time.monotonic() + 300
+        while run.state["step"] < 300 and trainer.is_alive():  # well into training
+            assert time.monotonic() < deadline, "the job did not get going"
+            time.sleep(0.2)
+        assert trainer.is_alive(), outcome
+        before = run.state["step"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            while time.monotonic() - frozen_at < OUTAGE_S:  # the outage itself
+                time.sleep(1.0)
+            during = run.state["step"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        trainer.join(timeout=600)
+        assert not trainer.is_alive(), "the job did not end within 10 minutes of the outage"
+    finally:
+        os.kill(pid, signal.SIGCONT)  # whatever happened, the stack goes on for others
+    assert "error" not in outcome, outcome
+    assert outcome["state"]["state"] == "succeeded"
+    assert during > before, "training stalled while the bank was away"
+    saved = jobs.get(job_id)
+    jobs.close()
+    assert saved is not None and saved["state"] == "succeeded"
+    assert saved["step"] == 4000 and saved["test_accuracy"] > 0.5
+    # the knowledge reader stopped with the job
+    assert not [t for t in threading.enumerate() if t.name == "knowledge-reader"]
