@@ -41,6 +41,23 @@ from carls.makers.pipeline import MAKERS
     help="Seconds before a dead worker's partitions move to the others.",
 )
 @click.option(
+    "--park",
+    "park_s",
+    type=click.FloatRange(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds an id batch may wait, parked (other batches go on), for the checkpoint "
+    "step it asks for; then the newest model serves it, or, with none, it is dead-lettered.",
+)
+@click.option(
+    "--max-step-ahead",
+    type=click.IntRange(1),
+    default=1_000_000,
+    show_default=True,
+    help="A checkpoint manifest this many steps beyond its namespace's newest is "
+    "dead-lettered rather than served.",
+)
+@click.option(
     "--stats",
     type=click.Path(dir_okay=False),
     envvar="CARLS_WORKER_STATS",
@@ -54,6 +71,8 @@ def worker(
     concurrency: int,
     app_id: str | None,
     session_timeout: float,
+    park_s: float,
+    max_step_ahead: int,
     stats: str | None,
 ) -> None:
     """Run knowledge makers until stopped (Ctrl-C or SIGTERM).
@@ -84,6 +103,8 @@ def worker(
         makers=chosen,
         concurrency=concurrency,
         session_timeout_s=session_timeout,
+        park_s=park_s,
+        max_step_ahead=max_step_ahead,
     )
     click.echo(
         f"carls worker {cfg.worker}: makers {', '.join(chosen)}; "

@@ -105,8 +105,9 @@ def resolve_uri(uri: str, root: Path | None = None) -> Path:
     """The local path a manifest's URI names.
 
     Accepted: ``file://`` URIs with an absolute path (host empty or ``localhost``), plain
-    absolute paths, and relative paths, which resolve against ``root`` and may not leave
-    it. Anything else raises ``ArtifactMissingError``.
+    absolute paths, and relative paths, which resolve against ``root``. With a ``root``
+    (a worker always has one: its checkpoint store), the path, symlinks followed, must lie
+    inside it, whichever form names it. Anything else raises ``ArtifactMissingError``.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -118,41 +119,44 @@ def resolve_uri(uri: str, root: Path | None = None) -> Path:
         path = Path(unquote(parsed.path))
         if not path.is_absolute():
             raise ArtifactMissingError(f"{uri}: a file URI needs an absolute path")
-        return path
-    if parsed.scheme:
+    elif parsed.scheme:
         raise ArtifactMissingError(
             f"{uri}: scheme {parsed.scheme!r} is not supported; makers read file:// URIs and paths"
         )
-    path = Path(uri)
-    if path.is_absolute():
-        return path
+    else:
+        path = Path(uri)
     if root is None:
-        raise ArtifactMissingError(f"{uri}: a relative path needs a checkpoint root")
+        if not path.is_absolute():
+            raise ArtifactMissingError(f"{uri}: a relative path needs a checkpoint root")
+        return path
     base = Path(root).resolve()
-    resolved = (base / path).resolve()
+    resolved = (base / path).resolve()  # an absolute path replaces the base
     if not resolved.is_relative_to(base):
-        raise ArtifactMissingError(f"{uri}: leaves the checkpoint root {base}")
+        raise ArtifactMissingError(
+            f"{uri}: outside the checkpoint store {base}; a worker loads only checkpoints "
+            "in its store (set CARLS_CHECKPOINT_ROOT to the folder trainers write to)"
+        )
     return resolved
 
 
 def verify_artifact(manifest: CheckpointManifest, root: Path | None = None) -> Path:
-    """The artifact's path, once its size and sha256 match the manifest."""
+    """The artifact's path, once its size and sha256 match the manifest. Reasons name
+    only what the manifest says, never the file's own size or digest."""
     path = resolve_uri(manifest.uri, root)
     what = f"checkpoint {manifest.namespace} step {manifest.step}"
     if not path.is_file():
         raise ArtifactMissingError(f"{what}: {manifest.uri} does not exist")
     try:
-        size = path.stat().st_size
-        if size != manifest.size:
+        if path.stat().st_size != manifest.size:
             raise ArtifactCorruptError(
-                f"{what}: {manifest.uri} is {size} bytes, the manifest says {manifest.size}"
+                f"{what}: {manifest.uri} is not of the manifest's size ({manifest.size} bytes)"
             )
         actual = file_sha256(path)
     except OSError as exc:
-        raise ArtifactMissingError(f"{what}: cannot read {manifest.uri}: {exc}") from exc
+        raise ArtifactMissingError(f"{what}: cannot read {manifest.uri}") from exc
     if actual != manifest.sha256:
         raise ArtifactCorruptError(
-            f"{what}: {manifest.uri} has sha256 {actual}, the manifest says {manifest.sha256}"
+            f"{what}: {manifest.uri} does not have the manifest's sha256 ({manifest.sha256})"
         )
     return path
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Collection
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -25,13 +26,24 @@ from carls.streams.config import KafkaConnection
 log = logging.getLogger(__name__)
 
 
-class ManifestView:
-    """A background thread following the checkpoints topic; ``latest`` is thread-safe."""
+KEEP = 8
+"""Manifests kept per namespace: the newest few, so that when the newest cannot serve the
+one before it still can."""
 
-    def __init__(self, conn: KafkaConnection, topic: str) -> None:
+
+class ManifestView:
+    """A background thread following the checkpoints topic; every method is thread-safe.
+
+    ``latest`` and ``wait_for`` take the sha256 of checkpoints known not to serve
+    (``skip``): what they return is the newest of the rest. A manifest more than
+    ``max_ahead`` steps ahead of the namespace's newest is not taken (the campaign agent
+    dead-letters it)."""
+
+    def __init__(self, conn: KafkaConnection, topic: str, max_ahead: int | None = None) -> None:
         self._conn = conn
         self._topic = topic
-        self._latest: dict[str, CheckpointManifest] = {}
+        self.max_ahead = max_ahead
+        self._known: dict[str, list[CheckpointManifest]] = {}  # by step, newest last
         self._positions: dict[int, int] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -43,18 +55,27 @@ class ManifestView:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
 
-    def latest(self, namespace: str) -> CheckpointManifest | None:
+    def _newest(self, namespace: str, skip: Collection[str]) -> CheckpointManifest | None:
+        for m in reversed(self._known.get(namespace, ())):
+            if m.sha256 not in skip:
+                return m
+        return None
+
+    def latest(self, namespace: str, skip: Collection[str] = ()) -> CheckpointManifest | None:
         with self._cond:
-            return self._latest.get(namespace)
+            return self._newest(namespace, skip)
 
-    def wait_for(self, namespace: str, step: int, timeout_s: float) -> CheckpointManifest | None:
+    def wait_for(
+        self, namespace: str, step: int, timeout_s: float, skip: Collection[str] = ()
+    ) -> CheckpointManifest | None:
         """The newest manifest once it is at least ``step`` (or whatever is known at timeout)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                m = self._latest.get(namespace)
+                m = self._newest(namespace, skip)
                 if (m is not None and m.step >= step) or time.monotonic() >= deadline:
                     return m
                 self._cond.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
@@ -71,29 +92,44 @@ class ManifestView:
             return True
 
     def forget_before(self, namespace: str, created_at: float) -> bool:
-        """Forget the known manifest if it predates ``created_at`` (the namespace was dropped
-        and created again since: its old checkpoints must not outrank the new ones)."""
+        """Forget the manifests that predate ``created_at`` (the namespace was dropped and
+        created again since: its old checkpoints must not outrank the new ones)."""
         with self._cond:
-            known = self._latest.get(namespace)
-            if known is not None and known.created_at < created_at:
-                del self._latest[namespace]
-                return True
-            return False
+            known = self._known.get(namespace, [])
+            kept = [m for m in known if m.created_at >= created_at]
+            if len(kept) == len(known):
+                return False
+            self._known[namespace] = kept
+            return True
 
     def forget(self, namespace: str) -> bool:
-        """Forget the namespace's manifest (a tombstone); return whether one was known."""
+        """Forget the namespace's manifests (a tombstone); return whether one was known."""
         with self._cond:
-            return self._latest.pop(namespace, None) is not None
+            return bool(self._known.pop(namespace, None))
+
+    def too_far_ahead(self, manifest: CheckpointManifest, skip: Collection[str] = ()) -> int:
+        """How many steps ``manifest`` is beyond ``max_ahead`` past the newest known of its
+        namespace (0: not too far, or no limit, or nothing known)."""
+        with self._cond:
+            newest = self._newest(manifest.namespace, skip)
+        if self.max_ahead is None or newest is None:
+            return 0
+        return max(0, manifest.step - newest.step - self.max_ahead)
 
     def offer(self, manifest: CheckpointManifest) -> bool:
-        """Take a manifest if it is newer than the known one; return whether it was."""
+        """Take a manifest (unless known, or too far ahead); return whether it is now the
+        newest of its namespace."""
+        if self.too_far_ahead(manifest):
+            return False
         with self._cond:
-            known = self._latest.get(manifest.namespace)
-            if known is not None and known.step >= manifest.step:
+            known = self._known.setdefault(manifest.namespace, [])
+            if any(m.step == manifest.step and m.sha256 == manifest.sha256 for m in known):
                 return False
-            self._latest[manifest.namespace] = manifest
+            known.append(manifest)
+            known.sort(key=lambda m: m.step)
+            del known[:-KEEP]
             self._cond.notify_all()
-            return True
+            return known[-1] is manifest
 
     def _run(self) -> None:
         while not self._stop.is_set():

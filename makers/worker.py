@@ -12,14 +12,23 @@ Two consumers, each a consumer group in which Kafka shares partitions among the 
   write. Demand partitions are drained first. Offsets are committed only after the bank
   writes (at least once; writes are idempotent and step-ordered, so a replay is harmless).
 
-Bad records are dead-lettered at one point, ``_dead_letter``: reason, source
-topic/partition/offset and the raw bytes. A backend that is away is retried with backoff
-and nothing is committed meanwhile. Progress goes to ``progress``.
+Both run under one failure policy (``guarded``; the README's "What happens when things
+fail"): bad data is dead-lettered at one point, ``_dead_letter`` (reason, source
+topic/partition/offset, the raw bytes or, for a large record, their first 64 KiB with
+size and sha256); a server that is away is retried with backoff, nothing committed
+meanwhile; a bug stops the worker with nothing committed and is counted against the
+records in hand, and a record that crashed ``max_crashes`` workers is dead-lettered as a
+suspected poison pill. A checkpoint is believed once it loads: one that does not is
+recorded in the bank for every worker, and the one before it serves. An id batch whose
+checkpoint step has not come is parked (its partition's commits wait, the others go on).
+Progress goes to ``progress``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -28,7 +37,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +48,13 @@ from carls.bank.errors import DimensionError, NamespaceError
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.session import CassandraConfig
 from carls.bank.types import NamespaceSpec
+from carls.bank.verdicts import (
+    CassandraCrashes,
+    CassandraVerdicts,
+    CheckpointVerdicts,
+    RecordCrashes,
+    record_key,
+)
 from carls.makers.checkpoints import ModelCache, warm_up
 from carls.makers.errors import BadModelOutputError, CheckpointError
 from carls.makers.pipeline import MAKERS, Maker, Outcome
@@ -48,11 +64,18 @@ from carls.schemas.errors import CarlsError
 from carls.streams.app import make_app
 from carls.streams.batches import BatchConsumer
 from carls.streams.config import KafkaConnection
-from carls.streams.deadletter import dead_letter
+from carls.streams.deadletter import dead_letter, without_raw
 from carls.streams.topics import Topics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BROKEN_TTL_S = 10.0
+PARKED_RETRY_S = 0.5
+"""How often parked id batches look for their checkpoint again."""
+CRASHES_TTL_S = 5.0
+"""How long a worker trusts its copy of the bank's crash counts."""
+"""How often parked id batches look for their checkpoint again."""
+"""How long a worker trusts its copy of the bank's broken-checkpoint records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +92,13 @@ class WorkerConfig:
     campaign_batch_ids: int = 512
     session_timeout_s: float = 10.0
     max_backoff_s: float = 10.0
+    max_step_ahead: int = 1_000_000
+    """A manifest this many steps beyond its namespace's newest is dead-lettered."""
+    max_crashes: int = 3
+    """Crashes while a record was in hand after which it is dead-lettered (poison pill)."""
+    park_s: float = 30.0
+    """How long an id batch waits, parked, for the checkpoint step it asks for (or for a
+    first checkpoint) before the newest known model serves it (or it is dead-lettered)."""
     stats_path: Path | None = None
     data_dir: Path | None = None
     """Where Faust keeps its local files (default: ``<app_id>-data`` in the working dir)."""
@@ -78,16 +108,25 @@ class WorkerConfig:
 class Makers:
     """The worker's state: bank, model cache, manifest view, and the Faust app."""
 
-    def __init__(self, cfg: WorkerConfig, bank: KnowledgeBank | None = None) -> None:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        bank: KnowledgeBank | None = None,
+        verdicts: CheckpointVerdicts | None = None,
+        crashes: RecordCrashes | None = None,
+    ) -> None:
         self.cfg = cfg
         self.bank: KnowledgeBank = bank or CassandraBank(cfg.cassandra)
+        self.verdicts: CheckpointVerdicts = verdicts or CassandraVerdicts(cfg.cassandra)
+        self.crashes: RecordCrashes = crashes or CassandraCrashes(cfg.cassandra)
+        self._crash_seen: dict[str, tuple[float, dict[str, int]]] = {}
         self.cache = ModelCache(max_per_namespace=2, root=cfg.checkpoint_root)
         self.maker = Maker(self.bank, self.cache, cfg.makers, worker=f"carls-maker@{cfg.worker}")
-        self.view = ManifestView(cfg.kafka, cfg.topics.checkpoints)
+        self.view = ManifestView(cfg.kafka, cfg.topics.checkpoints, cfg.max_step_ahead)
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 2, thread_name_prefix="maker")
         self.campaigned: dict[str, tuple[float, int]] = {}
-        self.failed_checkpoints: set[str] = set()
-        self.serving: dict[str, CheckpointManifest] = {}
+        self._broken: dict[tuple[str, float], tuple[float, set[str]]] = {}
+        self.parked: list[_Parked] = []
         self.busy_s = 0.0
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
@@ -119,24 +158,28 @@ class Makers:
         @app.agent(self.t_checkpoints, name="campaigns")
         async def campaigns(stream: Any) -> None:
             async for event in stream.events():
+                handle = functools.partial(self._on_manifest_records, event)
                 try:
-                    await self._on_manifest(event)
-                except Exception as exc:  # never let one record stop the agent
-                    log.exception("unexpected failure on a checkpoint record")
-                    await self._dead_letter(event, f"internal error: {exc!r}", exc)
+                    await self.guarded(self.cfg.app_id, [event.message], handle)
+                except Exception as exc:  # a bug: the worker stops, this record uncommitted
+                    await self.consumer.crash(exc)
+                    return
 
-        app.service(  # started, supervised and stopped with the app
-            BatchConsumer(
-                cfg.kafka,
-                [cfg.topics.demand, cfg.topics.examples],
-                self.ids_group,
-                self._on_batches,
-                priority=[cfg.topics.demand],
-                max_records=cfg.fetch_messages,
-                concurrency=cfg.concurrency,
-                session_timeout_s=cfg.session_timeout_s,
-            )
+        self.consumer = BatchConsumer(
+            cfg.kafka,
+            [cfg.topics.demand, cfg.topics.examples],
+            self.ids_group,
+            self._on_batches,
+            priority=[cfg.topics.demand],
+            max_records=cfg.fetch_messages,
+            concurrency=cfg.concurrency,
+            session_timeout_s=cfg.session_timeout_s,
         )
+        app.service(self.consumer)  # started, supervised and stopped with the app
+
+        @app.timer(PARKED_RETRY_S)
+        async def _retry_parked() -> None:
+            await self.retry_parked()
 
         @app.task
         async def _start_view() -> None:
@@ -180,6 +223,36 @@ class Makers:
         self.view.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.bank.close()
+        self.verdicts.close()
+        self.crashes.close()
+
+    # Broken checkpoints ---------------------------------------------------------------------
+    async def broken(self, spec: NamespaceSpec) -> set[str]:
+        """The sha256 of the namespace's checkpoints known not to serve: this worker's own
+        findings, and every worker's from the bank (read again every ``BROKEN_TTL_S``)."""
+        key = (spec.name, spec.created_at)
+        cached = self._broken.get(key)
+        if cached is not None and time.monotonic() - cached[0] < BROKEN_TTL_S:
+            return cached[1]
+        found = await self._run(self.verdicts.broken, spec.name, spec.created_at)
+        known = set(found) | (cached[1] if cached is not None else set())
+        self._broken[key] = (time.monotonic(), known)
+        return known
+
+    async def mark_broken(
+        self, spec: NamespaceSpec, manifest: CheckpointManifest, reason: str
+    ) -> None:
+        """Remember, durably, that ``manifest``'s checkpoint cannot serve."""
+        known = await self.broken(spec)
+        known.add(manifest.sha256)
+        await self._run(
+            self.verdicts.mark_broken,
+            spec.name,
+            spec.created_at,
+            manifest.sha256,
+            manifest.step,
+            reason,
+        )
 
     # ------------------------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -210,7 +283,30 @@ class Makers:
             bytes(msg.value or b""),
             worker=self.cfg.worker,
         )
-        await self.t_deadletter.send(key=msg.topic.encode(), value=encode(letter))
+        delay = 0.2
+        while True:  # until delivered: only then may the record's offset be committed
+            try:
+                delivered = await self.t_deadletter.send(
+                    key=msg.topic.encode(), value=encode(letter)
+                )
+                await delivered
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never a crash: Kafka away, or the letter refused
+                if letter.raw and "TooLarge" in type(exc).__name__:
+                    letter = without_raw(letter, type(exc).__name__)
+                    continue
+                log.warning(
+                    "dead letter for %s[%d]@%d not delivered (%r); retrying in %.1f s",
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.max_backoff_s)
 
     async def _progress(
         self,
@@ -234,6 +330,9 @@ class Makers:
         await self.t_progress.send(key=namespace.encode(), value=encode(event))
 
     # ------------------------------------------------------------------------------------
+    async def _on_manifest_records(self, event: Any, _records: Sequence[Any]) -> None:
+        await self._on_manifest(event)
+
     async def _on_manifest(self, event: Any) -> None:
         if event.value is None:  # a tombstone: the view forgets the namespace's manifest
             key = event.key.decode("utf-8", "replace") if event.key is not None else None
@@ -264,8 +363,21 @@ class Makers:
             )
             return
         self.view.forget_before(ns, spec.created_at)
+        broken = await self.broken(spec)
+        if manifest.sha256 in broken:
+            log.info("ignoring %s step %d: known not to serve", ns, manifest.step)
+            return
+        if ahead := self.view.too_far_ahead(manifest, broken):
+            newest_step = manifest.step - ahead - self.cfg.max_step_ahead
+            reason = (
+                f"checkpoint {ns} step {manifest.step} is {manifest.step - newest_step} steps "
+                f"ahead of the newest, step {newest_step} (at most {self.cfg.max_step_ahead}: "
+                "the worker's max_step_ahead); the newest keeps serving"
+            )
+            await self._dead_letter(event, reason, "StepTooFarAhead")
+            return
         self.view.offer(manifest)
-        newest = self.view.latest(ns)
+        newest = self.view.latest(ns, broken)
         if newest is not None and newest.step > manifest.step:
             log.info("ignoring %s step %d: step %d is newer", ns, manifest.step, newest.step)
             return
@@ -276,11 +388,10 @@ class Makers:
         try:
             await self._run(self.maker.probe, spec, manifest)
         except CarlsError as exc:  # not loadable, wrong dimensions, NaN outputs
-            self.failed_checkpoints.add(manifest.sha256)
             reason = f"checkpoint {ns} step {manifest.step} cannot serve ({exc}); the "
+            await self.mark_broken(spec, manifest, str(exc))
             await self._dead_letter(event, reason + "previous model keeps serving", exc)
             return
-        self.serving[ns] = manifest
         campaign = f"{ns}@{manifest.step}-{uuid.uuid4().hex[:6]}"
         total = 0
         for bucket in range(spec.buckets):
@@ -300,18 +411,17 @@ class Makers:
         log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
         await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
 
-    async def _model_manifest(self, spec: NamespaceSpec, step: int) -> CheckpointManifest | None:
-        """The manifest to serve namespace ``spec`` with: the newest known (waiting briefly
-        for one at least ``step``), or the last one that loaded if the newest is broken."""
+    async def _model_manifest(
+        self, spec: NamespaceSpec, step: int, wait_s: float = 30.0
+    ) -> CheckpointManifest | None:
+        """The manifest to serve namespace ``spec`` with: the newest known not to be
+        broken (waiting up to ``wait_s`` for one at least ``step``)."""
         ns = spec.name
         self.view.forget_before(ns, spec.created_at)
-        manifest = await self._run(self.view.wait_for, ns, step, 30.0)
+        broken = await self.broken(spec)
+        manifest = await self._run(self.view.wait_for, ns, step, wait_s, frozenset(broken))
         if manifest is not None and manifest.created_at < spec.created_at:
             return None
-        if manifest is not None and manifest.sha256 in self.failed_checkpoints:
-            manifest = self.serving.get(ns)
-            if manifest is not None and manifest.created_at < spec.created_at:
-                return None
         return manifest
 
     async def _on_batches(self, records: Sequence[Any]) -> None:
@@ -320,68 +430,178 @@ class Makers:
         if self.first_batch_at is None:
             self.first_batch_at = started
         try:
-            await self._process_records(records)
+            await self.guarded(self.ids_group, records, self._process_records)
         finally:
             self.busy_s += time.time() - started
             self.last_batch_at = time.time()
+
+    # The failure policy -----------------------------------------------------------------------
+    async def guarded(
+        self,
+        group: str,
+        records: Sequence[Any],
+        handle: Callable[[Sequence[Any]], Awaitable[None]],
+    ) -> None:
+        """``handle(records)`` for Kafka ``records`` read in consumer ``group``, under the one
+        failure policy of the makers (README, "What happens when things fail"): bad data
+        is dead-lettered inside ``handle``; a server away is retried there (``_run``); a
+        bug is recorded against the records in the bank and crashes the worker, nothing
+        committed. Records that were in hand at a crash are handled one at a time, so a
+        later crash blames only its own record; one that crashed ``max_crashes`` workers
+        is dead-lettered as a suspected poison pill instead of crashing them forever."""
+        counts = await self._crash_counts(group, records)
+        if not counts:
+            await self._crash_on_bug(group, records, handle)
+            return
+        for record in records:
+            n = counts.get(record_key(record.topic, record.partition, record.offset), 0)
+            if n >= self.cfg.max_crashes:
+                reason = f"suspected poison pill: {n} workers crashed while handling it"
+                await self._dead_letter(record, reason, "PoisonPill")
+            else:
+                await self._crash_on_bug(group, [record], handle)
+
+    async def _crash_on_bug(
+        self,
+        group: str,
+        records: Sequence[Any],
+        handle: Callable[[Sequence[Any]], Awaitable[None]],
+    ) -> None:
+        try:
+            await handle(records)
+        except Exception as exc:
+            keys = [record_key(r.topic, r.partition, r.offset) for r in records]
+            log.exception("a bug while handling %s: the worker stops, nothing committed", keys)
+            await self._run(self.crashes.crashed, group, keys, repr(exc)[:500])
+            self._crash_seen.clear()  # counts changed: read them again
+            raise
+
+    async def _crash_counts(self, group: str, records: Sequence[Any]) -> dict[str, int]:
+        """The crash counts of ``records``, from the bank at most every ``CRASHES_TTL_S``."""
+        at, counts = self._crash_seen.get(group, (0.0, {}))
+        if time.monotonic() - at >= CRASHES_TTL_S:
+            counts = await self._run(self.crashes.crashes, group)
+            self._crash_seen[group] = (time.monotonic(), counts)
+        if not counts:
+            return {}
+        keys = (record_key(r.topic, r.partition, r.offset) for r in records)
+        return {k: counts[k] for k in keys if k in counts}
 
     async def _process_records(self, records: Sequence[Any]) -> None:
         groups: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ExampleBatch]]] = defaultdict(
             list
         )
         for record in records:
+            if record.value is None:  # a tombstone: no ids to make knowledge for
+                log.info("%s[%d]@%d: a tombstone, skipped", *_where(record))
+                continue
             try:
-                batch = decode(bytes(record.value or b""), ExampleBatch)
+                batch = decode(bytes(record.value), ExampleBatch)
             except CarlsError as exc:
                 await self._dead_letter(record, f"undecodable example batch: {exc}", exc)
                 continue
             groups[(batch.namespace, tuple(batch.kinds))].append((record, batch))
         for (ns, kinds), members in groups.items():
-            step = max(b.step or 0 for _, b in members)
+            if not await self._serve(ns, kinds, members):
+                for record, _ in members:
+                    self.consumer.hold(record)
+                self.parked.append(_Parked(ns, kinds, members, time.monotonic()))
+
+    async def retry_parked(self) -> None:
+        """Serve the parked id batches whose checkpoint has come (or whose wait is over)."""
+        parked, self.parked = self.parked, []
+        for p in parked:
+            live = [r for r, _ in p.members if self.consumer.owns(r)]
+            if not live:  # rebalanced away: the partition's new owner replays them
+                continue
             try:
-                spec = await self._run(self.bank.namespace, ns)
-            except NamespaceError as exc:
-                for record, _ in members:
-                    await self._dead_letter(record, f"unknown namespace: {exc}", exc)
-                continue
-            manifest = await self._model_manifest(spec, step)
-            if manifest is None:
-                for record, _ in members:
-                    await self._dead_letter(
-                        record, f"no checkpoint published for namespace {ns}", "NoCheckpoint"
-                    )
-                continue
-            ids = [i for _, b in members for i in b.ids]
-            try:
-                outcome: Outcome = await self._run(self.maker.process, spec, manifest, ids, kinds)
-            except (CheckpointError, BadModelOutputError, DimensionError) as exc:
-                # The model cannot serve: later batches fall back to the last good one.
-                self.failed_checkpoints.add(manifest.sha256)
-                for record, _ in members:
-                    await self._dead_letter(record, f"step {manifest.step} model: {exc}", exc)
-                continue
-            except CarlsError as exc:  # unknown namespace, invalid ids ...
-                for record, _ in members:
-                    await self._dead_letter(record, str(exc), exc)
-                continue
-            except Exception as exc:  # a bug must not stop the partition: keep the record
-                log.exception("unexpected failure on an id batch of %s", ns)
-                for record, _ in members:
-                    await self._dead_letter(record, f"internal error: {exc!r}", exc)
-                continue
-            self.serving.setdefault(ns, manifest)
-            if self.serving[ns].step < manifest.step:
-                self.serving[ns] = manifest
-            campaign = members[0][1].campaign
-            for kind, n in outcome.written.items():
-                await self._progress(ns, kind, outcome.step, n, None, campaign)
-            if outcome.unregistered:
-                log.warning(
-                    "%s: %d ids are not registered examples (first: %s)",
-                    ns,
-                    len(outcome.unregistered),
-                    outcome.unregistered[0],
+                await self.guarded(self.ids_group, live, functools.partial(self._unpark, p))
+            except Exception as exc:  # a bug: the consumer, and so the worker, stops
+                await self.consumer.crash(exc)
+                return
+
+    async def _unpark(self, p: _Parked, records: Sequence[Any]) -> None:
+        keep = {id(r) for r in records}
+        members = [(r, b) for r, b in p.members if id(r) in keep]
+        if await self._serve(p.namespace, p.kinds, members, p.since):
+            for record, _ in members:
+                self.consumer.release(record)
+        else:
+            self.parked.append(dataclasses.replace(p, members=members))
+
+    async def _serve(
+        self,
+        ns: str,
+        kinds: tuple[str, ...],
+        members: list[tuple[Any, ExampleBatch]],
+        parked_since: float | None = None,
+    ) -> bool:
+        """Make and write the knowledge of one namespace's id batches, or dead-letter them;
+        False (nothing done) while the checkpoint they need has not come and they may
+        still wait for it, parked."""
+        step = max(b.step or 0 for _, b in members)
+        try:
+            spec = await self._run(self.bank.namespace, ns)
+        except NamespaceError as exc:
+            for record, _ in members:
+                await self._dead_letter(record, f"unknown namespace: {exc}", exc)
+            return True
+        manifest = await self._model_manifest(spec, step, wait_s=0.0)
+        if manifest is None or manifest.step < step:
+            waited = time.monotonic() - parked_since if parked_since is not None else 0.0
+            if waited < self.cfg.park_s:
+                return False
+        ids = [i for _, b in members for i in b.ids]
+        outcome: Outcome | None = None
+        failures: list[str] = []
+        try:
+            while manifest is not None and outcome is None:
+                try:
+                    outcome = await self._run(self.maker.process, spec, manifest, ids, kinds)
+                except (CheckpointError, BadModelOutputError, DimensionError) as exc:
+                    # Believed until it failed to load: recorded, and the one before serves
+                    await self.mark_broken(spec, manifest, str(exc))
+                    failures.append(f"step {manifest.step}: {exc}")
+                    manifest = await self._model_manifest(spec, 0, wait_s=0.0)
+        except CarlsError as exc:  # bad data: unknown namespace, invalid ids ...
+            for record, _ in members:
+                await self._dead_letter(record, str(exc), exc)
+            return True
+        if outcome is None:
+            why = "; ".join(failures) if failures else f"none published in {self.cfg.park_s:g} s"
+            for record, _ in members:
+                await self._dead_letter(
+                    record, f"no checkpoint of namespace {ns} can serve ({why})", "NoCheckpoint"
                 )
+            return True
+        campaign = members[0][1].campaign
+        for kind, n in outcome.written.items():
+            await self._progress(ns, kind, outcome.step, n, None, campaign)
+        if outcome.unregistered:  # bad input, kept: each record that named such ids
+            unknown = set(outcome.unregistered)
+            for record, batch in members:
+                missing = [i for i in batch.ids if i in unknown]
+                if missing:
+                    reason = (
+                        f"{len(missing)} of its {len(batch.ids)} ids are not registered "
+                        f"examples of namespace {ns} (e.g. {missing[0]!r}); the others were made"
+                    )
+                    await self._dead_letter(record, reason, "UnregisteredIds")
+        return True
+
+
+def _where(record: Any) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    """Id batches of one namespace waiting for their checkpoint (held uncommitted)."""
+
+    namespace: str
+    kinds: tuple[str, ...]
+    members: list[tuple[Any, ExampleBatch]]
+    since: float
 
 
 def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:

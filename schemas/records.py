@@ -218,7 +218,10 @@ class ProgressEvent(Record):
 class DeadLetter(Record):
     """A record that could not be processed, with why and where it came from.
 
-    ``raw`` is the original bytes (base64 on the wire); partition/offset are -1 when unknown.
+    ``raw`` is the original bytes (base64 on the wire), or their first bytes when the
+    record was too large to carry whole (``raw_truncated``); ``raw_size`` and
+    ``raw_sha256`` describe the original either way (-1 and "" in letters written before
+    they existed). Partition/offset are -1 when unknown.
     """
 
     SCHEMA: ClassVar[str] = "carls.deadletter"
@@ -232,9 +235,15 @@ class DeadLetter(Record):
     raw: bytes
     at: float
     worker: str = ""
+    raw_size: int = -1
+    raw_sha256: str = ""
+    raw_truncated: bool = False
 
     def _validate(self) -> None:
         _not_empty(self.reason, "reason")
         _at_least(self.source_partition, -1, "source_partition")
         _at_least(self.source_offset, -1, "source_offset")
+        _at_least(self.raw_size, -1, "raw_size")
+        if self.raw_sha256 and _SHA256_RE.fullmatch(self.raw_sha256) is None:
+            raise InvalidValueError("must be 64 lowercase hex digits", field="raw_sha256")
         _timestamp(self.at, "at")

@@ -19,6 +19,9 @@ Semantics, the same as the agents it replaces:
   offsets are committed, so the next owner starts where this one stopped.
 * A handler that raises crashes the service (and so the worker) with nothing committed for
   that fetch: handlers dead-letter bad records themselves and raise only on bugs.
+* **Holding.** A handler may ``hold`` a record it cannot handle yet (and come back to it
+  later, without holding up the fetches after it): its partition's commits stop short of
+  it until it is released, so a crash meanwhile replays it.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ class BatchConsumer(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._inflight: deque[_Fetch] = deque()
         self._done: dict[TopicPartition, int] = {}
+        self._held: dict[TopicPartition, set[int]] = {}
         self._last_commit = time.monotonic()
         super().__init__(**kwargs)
 
@@ -207,11 +211,40 @@ class BatchConsumer(Service):
             await self._reap(consumer)
         await self._commit(consumer)
 
+    # Holding ------------------------------------------------------------------------------
+    def hold(self, record: Any) -> None:
+        """Commit nothing of ``record``'s partition from its offset on until ``release``."""
+        tp = TopicPartition(record.topic, record.partition)
+        self._held.setdefault(tp, set()).add(record.offset)
+
+    def release(self, record: Any) -> None:
+        """``record`` is handled (or given up on): its partition's commits may pass it."""
+        held = self._held.get(TopicPartition(record.topic, record.partition))
+        if held is not None:
+            held.discard(record.offset)
+
+    def owns(self, record: Any) -> bool:
+        """Whether ``record``'s partition is still this consumer's (not rebalanced away)."""
+        consumer = self._consumer
+        tp = TopicPartition(record.topic, record.partition)
+        return consumer is not None and tp in consumer.assignment()
+
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         self._last_commit = time.monotonic()
         owned = consumer.assignment()
-        offsets = {tp: off for tp, off in self._done.items() if tp in owned}
-        self._done.clear()
+        for tp in [tp for tp in self._held if tp not in owned]:
+            del self._held[tp]  # rebalanced away: the new owner replays from the commit
+        offsets: dict[TopicPartition, int] = {}
+        for tp, off in list(self._done.items()):
+            if tp not in owned:
+                del self._done[tp]
+                continue
+            held = self._held.get(tp)
+            if held:  # stop short of the oldest held record; the rest waits for release
+                offsets[tp] = min(off, *held)
+            else:
+                offsets[tp] = off
+                del self._done[tp]
         if not offsets:
             return
         try:

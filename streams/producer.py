@@ -7,15 +7,17 @@ namespace); example batches by namespace and campaign; progress by namespace.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 
 from carls.schemas import CheckpointManifest, DeadLetter, ExampleBatch, ProgressEvent, TrainingJob
 from carls.schemas.codec import encode
 from carls.schemas.records import Record
 from carls.streams.config import KafkaConnection
+from carls.streams.deadletter import without_raw
 from carls.streams.errors import PublishError
 from carls.streams.topics import Topics
 
@@ -65,8 +67,22 @@ class Publisher:
     def progress(self, event: ProgressEvent) -> None:
         self.send(self.topics.progress, event.namespace, event)
 
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self.send(self.topics.deadletter, letter.source_topic, letter, wait=True)
+    def dead_letter(self, letter: DeadLetter, max_backoff_s: float = 10.0) -> None:
+        """Produce ``letter`` and wait until it is delivered, retrying with backoff while
+        Kafka is away (the record it stands for is not committed meanwhile); a letter the
+        broker refuses as too large goes again without its raw bytes."""
+        delay = 0.2
+        while True:
+            try:
+                self.send(self.topics.deadletter, letter.source_topic, letter, wait=True)
+                return
+            except PublishError as exc:
+                if letter.raw and isinstance(exc.__cause__, MessageSizeTooLargeError):
+                    letter = without_raw(letter, "MessageSizeTooLargeError")
+                    continue
+                log.warning("dead letter not delivered (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, max_backoff_s)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         try:

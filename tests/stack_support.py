@@ -86,6 +86,8 @@ class StackEnv:
         self.publisher = Publisher(self.settings.kafka, self.settings.topics)
         self.namespaces: list[str] = []
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.checkpoints = tmp / "ckpt"
+        """The checkpoint store: where trainers write and workers load from."""
 
     def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
         """A worker subprocess; its log and Faust data folder land in the test's tmp."""
@@ -104,7 +106,11 @@ class StackEnv:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "CARLS_TOPIC_PREFIX": self.prefix},
+            env={
+                **os.environ,
+                "CARLS_TOPIC_PREFIX": self.prefix,
+                "CARLS_CHECKPOINT_ROOT": str(self.checkpoints),
+            },
             cwd=self.tmp,
             start_new_session=True,
         )

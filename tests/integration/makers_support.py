@@ -53,7 +53,7 @@ class MakerEnv(StackEnv):
             )
 
     def save(self, step: int, **model_kw: Any) -> CheckpointManifest:
-        return save_artifact(tiny_model(step, **model_kw), self.tmp / "ckpt", self.ns, step)
+        return save_artifact(tiny_model(step, **model_kw), self.checkpoints, self.ns, step)
 
     def coverage(self, kind: str = "embedding") -> Coverage:
         return coverage(self.bank, self.ns, kind)

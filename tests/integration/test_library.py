@@ -43,7 +43,7 @@ def env(stack: Settings, tmp_path: Path) -> Iterator[StackEnv]:
 
 def connection(env: StackEnv) -> carls.Connection:
     """The test's bank and publisher as a training script gets them from carls.connect()."""
-    return carls.Connection(env.bank, env.publisher, env.tmp / "checkpoints", env.settings)
+    return carls.Connection(env.bank, env.publisher, env.checkpoints, env.settings)
 
 
 def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(

@@ -3,6 +3,7 @@ and a worker killed mid-campaign."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carls.schemas import CheckpointManifest, ExampleBatch
+from carls.schemas import CheckpointManifest, ExampleBatch, encode
 from carls.settings import Settings
 from carls.streams.manifests import latest_manifest
 from tests.integration.makers_support import MakerEnv
@@ -85,6 +86,37 @@ def test_poison_records_are_dead_lettered_and_never_block_their_partition(env: M
     assert any("nosuchns" in d.reason for d in letters)
 
 
+def test_records_near_kafkas_size_limit_are_dead_lettered_and_their_partition_goes_on(
+    env: MakerEnv,
+) -> None:
+    env.start_worker()
+    env.publisher.manifest(env.save(10))
+    env.wait_coverage(10)
+    demand = env.settings.topics.demand
+    junk = os.urandom(1_000_000)  # not a record at all, near Kafka's 1 MB default limit
+    # a record that decodes and fails a later check (no such namespace), as large
+    near = encode(
+        ExampleBatch(
+            namespace="nosuchns", ids=[f"{i:0190d}" for i in range(4900)], priority="demand"
+        )
+    )
+    assert 900_000 < len(near) < 1_000_000
+    # one key: all on one partition, the good batch after the two poison records
+    poison = [env.produce_raw(demand, junk, key=b"k"), env.produce_raw(demand, near, key=b"k")]
+    good = encode(ExampleBatch(namespace=env.ns, ids=env.ids[:5], priority="demand"))
+    partition, offset = env.produce_raw(demand, good, key=b"k")
+    assert {p for p, _ in poison} == {partition}
+    env.wait_committed(demand, partition, offset)  # the partition went on past both
+    env.assert_workers_alive()
+    letters = {d.source_offset: d for d in env.dead_letters(2)}
+    for (_, at), raw in zip(poison, (junk, near), strict=True):
+        letter = letters[at]
+        assert letter.raw_size == len(raw)
+        assert letter.raw_sha256 == hashlib.sha256(raw).hexdigest()
+        assert letter.raw_truncated and raw.startswith(letter.raw) and len(letter.raw) > 0
+    assert "nosuchns" in letters[poison[1][1]].reason
+
+
 def test_bad_checkpoints_are_dead_lettered_and_the_previous_model_keeps_serving(
     env: MakerEnv, tmp_path: Path
 ) -> None:
@@ -95,35 +127,45 @@ def test_bad_checkpoints_are_dead_lettered_and_the_previous_model_keeps_serving(
 
     good = env.save(20)
     wrong_sha = CheckpointManifest(**{**_fields(good), "sha256": "0" * 64})
-    garbage = tmp_path / "garbage.keras"
+    garbage = env.checkpoints / "garbage.keras"
     garbage.write_bytes(os.urandom(4096))
     from carls.makers.checkpoints import file_sha256
 
-    not_a_model = CheckpointManifest(
-        **{
-            **_fields(good),
-            "step": 21,
-            "uri": garbage.as_uri(),
-            "sha256": file_sha256(garbage),
-            "size": 4096,
-        }
-    )
+    def at(step: int, path: Path) -> CheckpointManifest:
+        """A manifest of ``path`` as it is (size and sha256 right)."""
+        return CheckpointManifest(
+            **{
+                **_fields(good),
+                "step": step,
+                "uri": path.as_uri(),
+                "sha256": file_sha256(path),
+                "size": path.stat().st_size,
+            }
+        )
+
+    not_a_model = at(21, garbage)
     missing = CheckpointManifest(
-        **{**_fields(good), "step": 22, "uri": (tmp_path / "absent.keras").as_uri()}
+        **{**_fields(good), "step": 22, "uri": (env.checkpoints / "absent.keras").as_uri()}
     )
     wrong_dim = env.save(23, embed=4)
     nan = env.save(24, nan=True)
-    for n, m in enumerate((wrong_sha, not_a_model, missing, wrong_dim, nan), start=1):
+    outside = tmp_path / "outside" / "a.keras"  # a real model, outside the worker's store
+    outside.parent.mkdir()
+    outside.write_bytes(Path(env.save(25).uri.removeprefix("file://")).read_bytes())
+    escape = at(25, outside)
+    bad = (wrong_sha, not_a_model, missing, wrong_dim, nan, escape)
+    for n, m in enumerate(bad, start=1):
         env.publisher.manifest(m)  # one at a time: a newer one would supersede it
         assert len(env.dead_letters(n, timeout=60)) == n, env.worker_logs()
-    letters = env.dead_letters(5)
-    assert len(letters) == 5  # one letter per bad checkpoint, not one per batch
+    letters = env.dead_letters(len(bad))
+    assert len(letters) == len(bad)  # one letter per bad checkpoint, not one per batch
     reasons = " | ".join(d.reason for d in letters)
     assert "sha256" in reasons
     assert "not a model" in reasons.lower() or "NotAModel" in " ".join(d.error for d in letters)
     assert "absent.keras" in reasons
     assert "dimension" in reasons.lower()
     assert "nan" in reasons.lower()
+    assert "outside the checkpoint store" in letters[-1].reason
 
     # Demand is still served, by the last model that loaded; nothing in the bank regressed.
     env.publisher.examples(
@@ -214,3 +256,88 @@ def test_a_tombstone_on_the_checkpoints_topic_forgets_the_namespaces_manifest(
     assert latest_manifest(env.settings.kafka, topic, env.ns).step == 5  # type: ignore[union-attr]
     # any dead letter for the tombstone was sent before its offset was committed, above
     assert env.dead_letters(1, timeout=5.0) == []
+
+
+def test_a_broken_manifest_far_ahead_is_believed_only_once_it_loads_also_after_a_restart(
+    env: MakerEnv,
+) -> None:
+    """A manifest whose file is not a model, at a step far beyond the real ones, must not
+    freeze its namespace: the real checkpoints after it are served, by a restarted worker
+    too (the verdict lives in the bank); one absurdly far ahead is dead-lettered."""
+    from carls.bank.verdicts import CassandraVerdicts
+    from carls.makers.checkpoints import file_sha256
+
+    env.start_worker()
+    env.publisher.manifest(env.save(10))
+    env.wait_coverage(10)
+    garbage = env.checkpoints / "garbage.keras"
+    garbage.write_bytes(os.urandom(4096))
+    broken = CheckpointManifest(
+        **{
+            **_fields(env.save(11)),
+            "step": 5000,
+            "uri": garbage.as_uri(),
+            "sha256": file_sha256(garbage),
+            "size": 4096,
+        }
+    )
+    env.publisher.manifest(broken)
+    assert len(env.dead_letters(1)) == 1
+    env.publisher.manifest(env.save(20))  # real, and "older" than the broken one
+    env.wait_coverage(20, KINDS)
+    verdicts = CassandraVerdicts(env.settings.cassandra)
+    try:
+        spec = env.bank.namespace(env.ns)
+        assert broken.sha256 in verdicts.broken(env.ns, spec.created_at)
+    finally:
+        verdicts.close()
+
+    # A new worker reads the whole topic again, the broken manifest included.
+    os.killpg(env.workers[0].pid, signal.SIGKILL)
+    env.workers[0].wait(timeout=30)
+    env.start_worker()
+    new_ids = [f"n{i:04d}" for i in range(100)]
+    env.bank.register_examples(env.ns, new_ids, env.features[:100], [-1] * 100)
+    env.publisher.examples(ExampleBatch(namespace=env.ns, ids=new_ids, priority="demand"))
+    deadline = time.monotonic() + 120.0
+    steps: set[int] = set()
+    while time.monotonic() < deadline and steps != {20}:
+        env.assert_workers_alive()
+        steps = set(env.bank.read(env.ns, "embedding", new_ids, lineage=True).steps.tolist())
+        time.sleep(0.5)
+    assert steps == {20}, f"{steps}\n{env.worker_logs()}"
+
+    far = env.save(10**9)  # a model that loads, a billion steps ahead
+    env.publisher.manifest(far)
+    letters = env.dead_letters(2)
+    assert len(letters) == 2 and "ahead of the newest, step 20" in letters[-1].reason
+    assert env.coverage().newest_step == 20
+
+
+def test_a_batch_waiting_for_a_future_checkpoint_is_parked_and_holds_nothing_else_up(
+    env: MakerEnv,
+) -> None:
+    env.start_worker("--park", "45")
+    env.publisher.manifest(env.save(10))
+    env.wait_coverage(10)
+    examples = env.settings.topics.examples
+    future = ExampleBatch(namespace=env.ns, ids=env.ids[:5], priority="refresh", step=10**6)
+    partition, parked_at = env.produce_raw(examples, encode(future), key=b"same")
+    new_ids = [f"n{i:04d}" for i in range(50)]
+    env.bank.register_examples(env.ns, new_ids, env.features[:50], [-1] * 50)
+    after = ExampleBatch(namespace=env.ns, ids=new_ids, priority="refresh", step=10)
+    same, after_at = env.produce_raw(examples, encode(after), key=b"same")
+    assert same == partition and after_at > parked_at
+    # the batch behind the waiting one, on its partition, is served while it waits
+    deadline = time.monotonic() + 60.0
+    steps: set[int] = set()
+    while time.monotonic() < deadline and steps != {10}:
+        env.assert_workers_alive()
+        steps = set(env.bank.read(env.ns, "embedding", new_ids, lineage=True).steps.tolist())
+        time.sleep(0.25)
+    assert steps == {10}, env.worker_logs()
+    # ... and the partition is not committed past the waiting one (a crash replays it)
+    assert env.committed(examples).get(partition, -1) <= parked_at
+    # when its wait is over the newest model serves it, and the commits move on
+    env.wait_committed(examples, partition, after_at, timeout=120.0)
+    assert env.dead_letters(1, timeout=2.0) == []

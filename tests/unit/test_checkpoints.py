@@ -18,6 +18,7 @@ import pytest
 from carls.makers.checkpoints import (
     ModelCache,
     artifact_path,
+    file_sha256,
     load_model,
     resolve_uri,
     verify_artifact,
@@ -180,6 +181,43 @@ def test_resolve_uri(tmp_path: Path) -> None:
     for bad in ("s3://bucket/x.keras", "file://host/x.keras", "ns/x.keras", "../x.keras"):
         with pytest.raises(ArtifactMissingError):
             resolve_uri(bad, tmp_path if bad.startswith("..") else None)
+
+
+def test_a_worker_loads_only_from_its_store_however_the_uri_names_the_file(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    (store / "ns").mkdir(parents=True)
+    inside = store / "ns" / "step-1.keras"
+    inside.write_bytes(b"x")
+    assert resolve_uri(inside.as_uri(), store) == inside.resolve()
+    assert resolve_uri(str(inside), store) == inside.resolve()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for makers")
+    (store / "ns" / "link.keras").symlink_to(secret)
+    for uri in (
+        secret.as_uri(),
+        str(secret),
+        "file:///etc/passwd",
+        "ns/../../secret.txt",
+        "ns/link.keras",  # a symlink out of the store
+    ):
+        with pytest.raises(ArtifactMissingError, match="outside the checkpoint store"):
+            resolve_uri(uri, store)
+
+
+def test_a_file_that_does_not_match_its_manifest_is_refused_without_telling_its_digest(
+    model: Any, tmp_path: Path
+) -> None:
+    manifest = save_artifact(model, tmp_path, "ns", 4)
+    real = file_sha256(resolve_uri(manifest.uri))
+    for wrong in (
+        dataclasses.replace(manifest, size=manifest.size + 1),
+        dataclasses.replace(manifest, sha256="0" * 64),
+    ):
+        with pytest.raises(ArtifactCorruptError) as err:
+            verify_artifact(wrong, tmp_path)
+        assert real not in str(err.value) and f"{manifest.size} bytes" not in str(err.value)
 
 
 def test_relative_uri_loads_against_the_root(model: Any, tmp_path: Path) -> None:

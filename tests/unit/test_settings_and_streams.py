@@ -94,3 +94,72 @@ def test_declared_topics_checkpoints_compacted_and_partition_counts_from_setting
     assert specs["x.examples"].partitions == 6
     assert specs["x.jobs"].partitions == 1
     assert "cleanup.policy" not in specs["x.examples"].configs
+
+
+def test_a_dead_letter_always_fits_on_its_topic_and_describes_the_whole_record() -> None:
+    import hashlib
+
+    from carls.schemas import DeadLetter, decode, encode
+    from carls.streams.deadletter import MAX_RAW_BYTES, dead_letter, without_raw
+
+    small = dead_letter("bad", ValueError("x"), "t", 0, 7, b"\xff not json")
+    assert small.raw == b"\xff not json" and not small.raw_truncated
+    assert small.raw_size == 10 and small.raw_sha256 == hashlib.sha256(b"\xff not json").hexdigest()
+
+    huge = bytes(range(256)) * 4000  # 1,024,000 bytes: at Kafka's default limit
+    letter = dead_letter("x" * 50_000, "SchemaError", "t", 1, 8, huge)
+    wire = encode(letter)
+    assert len(wire) < 200_000  # far under the 1 MB default, base64 and all
+    back = decode(wire, DeadLetter)
+    assert back.raw_truncated and back.raw == huge[:MAX_RAW_BYTES]
+    assert back.raw_size == len(huge) and back.raw_sha256 == hashlib.sha256(huge).hexdigest()
+    assert len(back.reason) < 5_000 and back.reason.endswith("(50000 chars)")
+
+    bare = without_raw(letter, "MessageSizeTooLargeError")
+    assert bare.raw == b"" and bare.raw_sha256 == letter.raw_sha256
+    assert "raw bytes left out: MessageSizeTooLargeError" in bare.reason
+
+
+def test_commits_stop_short_of_a_held_record_until_it_is_released() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from carls.streams.batches import BatchConsumer
+    from carls.streams.config import KafkaConnection
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.commits: list[dict[TopicPartition, int]] = []
+
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition("t", 0), TopicPartition("t", 1)}
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            self.commits.append(dict(offsets))
+
+    async def handle(records: list[object]) -> None:
+        return None
+
+    svc = BatchConsumer(KafkaConnection(bootstrap_servers=("unused:9092",)), ["t"], "g", handle)
+    consumer = Consumer()
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    waiting = SimpleNamespace(topic="t", partition=0, offset=5)
+
+    async def run() -> None:
+        svc.hold(waiting)
+        svc._done.update({p0: 9, p1: 4})  # handled up to offsets 8 and 3
+        await svc._commit(consumer)  # type: ignore[arg-type]
+        svc._done[p1] = 6
+        await svc._commit(consumer)  # type: ignore[arg-type]
+        svc.release(waiting)
+        await svc._commit(consumer)  # type: ignore[arg-type]
+        await svc._commit(consumer)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert consumer.commits == [
+        {p0: 5, p1: 4},  # partition 0 stops at the held record; 1 goes on
+        {p0: 5, p1: 6},  # still held: asked again, never past it
+        {p0: 9},  # released: the rest of partition 0 is committed
+    ]
