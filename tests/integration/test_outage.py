@@ -100,3 +100,46 @@ def test_a_training_job_goes_on_through_a_30_s_cassandra_outage(
     assert saved["step"] == 4000 and saved["test_accuracy"] > 0.5
     # the knowledge reader stopped with the job
     assert not [t for t in threading.enumerate() if t.name == "knowledge-reader"]
+
+
+@pytest.mark.parametrize("server", ["cassandra", "kafka"])
+def test_a_campaign_comes_through_a_frozen_server_with_nothing_lost(
+    stack: Settings, tmp_path: Path, server: str
+) -> None:
+    """Makers mid-campaign while Cassandra, or Kafka, stops answering for 15 s: they wait
+    (nothing committed meanwhile) and then finish, every id at the new step."""
+    from carls.infra.kafka import KafkaServer
+    from tests.integration.makers_support import MakerEnv
+
+    kinds = ("embedding", "pseudo_label", "neighbours")
+    env = MakerEnv(tmp_path, examples=30_000, buckets=16)
+    cls = CassandraServer if server == "cassandra" else KafkaServer
+    pid = cls(stack.infra).pid()
+    if pid is None:
+        pytest.fail(f"the local stack's {server} is not running under `carls infra`")
+    try:
+        env.start_worker()
+        env.wait_members(1)
+        env.publisher.manifest(env.save(10))
+        deadline = time.monotonic() + 120
+        while env.coverage().steps.get(10, 0) == 0:  # the campaign is under way
+            env.assert_workers_alive()
+            assert time.monotonic() < deadline, env.worker_logs()
+            time.sleep(0.1)
+        done = env.coverage().steps.get(10, 0)
+        assert done < len(env.ids), "the campaign was over before the outage"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            while time.monotonic() - frozen_at < 15.0:  # the outage itself
+                time.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        covered = env.wait_coverage(10, kinds, timeout=300)
+        for c in covered.values():
+            assert (c.at_newest, c.older, c.none) == (len(env.ids), 0, 0)
+        env.assert_workers_alive()
+        assert env.dead_letters(1, timeout=2.0) == []
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        env.close()
