@@ -219,7 +219,14 @@ class _ProgressWriter:
 class JobRun:
     """One job from start to finish; ``run()`` returns the final state dict."""
 
-    def __init__(self, job_id: str, spec: JobSpec, ctx: Context, say: Say = lambda _: None):
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        ctx: Context,
+        say: Say = lambda _: None,
+        attempt: int = 1,
+    ):
         self.job_id, self.spec, self.ctx, self.say = job_id, spec, ctx, say
         self._progress: _ProgressWriter | None = None
         self.state: dict[str, Any] = {
@@ -234,6 +241,7 @@ class JobRun:
             "step": 0,
             "spec": spec.to_dict(),
             "created_at": time.time(),
+            "attempts": attempt,
         }
 
     def save_state(self, *, final: bool = False, **changes: Any) -> None:

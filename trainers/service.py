@@ -1,14 +1,15 @@
 """``carls trainer``: consume jobs from the jobs topic and run them one after another.
 
-A job's offset is committed after it finished (succeeded or failed), so a trainer that
-dies mid-job hands the job to the next trainer in the group. A job that fails is marked
-failed with its reason and the trainer goes on to the next one; a record that is not a
-job is dead-lettered.
+A job's offset is committed after its end (succeeded or failed) is recorded in the job
+store, so a trainer that dies mid-job hands the job to the next trainer in the group; a
+job that was running when ``MAX_ATTEMPTS`` trainers stopped is marked failed instead of
+run again (a suspected poison pill), and one already ended is not run twice. A job that
+fails is marked failed with its reason and the trainer goes on to the next one; a record
+that is not a job is dead-lettered, a tombstone skipped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+from carls.bank.errors import BankUnavailableError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
 from carls.schemas import TrainingJob, decode
@@ -30,6 +32,8 @@ from carls.trainers.runner import Context, JobRun, write_state
 from carls.trainers.spec import load_spec
 
 log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+"""Trainers a job may stop mid-run (crash, kill) before it is marked failed, not rerun."""
 
 
 def serve(
@@ -98,13 +102,23 @@ def _run_one(
             )
         )
         return 0
+    prior = _read_state(jobs, job.job_id)
+    if prior is not None and prior.get("state") in ("succeeded", "failed"):
+        say(f"job {job.job_id} already {prior['state']}: skipped")  # a replay after a crash
+        return 0
+    attempts = int(prior.get("attempts", 0)) if prior is not None else 0
+    reason = ""
+    if prior is not None and prior.get("state") == "running" and attempts >= MAX_ATTEMPTS:
+        reason = (
+            f"the job was running when {attempts} trainers stopped (a crash, an OOM kill?): "
+            "suspected poison pill, not run again"
+        )
     try:  # checked at submit time; its files may have gone since: the job fails
         spec = load_spec(job.spec)
     except CarlsError as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        state: dict[str, Any] = {"job_id": job.job_id, "namespace": job.namespace}
-        with contextlib.suppress(CarlsError):  # what submit recorded, if the bank can say
-            state.update(jobs.get(job.job_id) or {})
+        reason = reason or f"{type(exc).__name__}: {exc}"
+    if reason:
+        state: dict[str, Any] = {"job_id": job.job_id, "namespace": job.namespace, **(prior or {})}
         state.update(state="failed", reason=reason, finished_at=time.time())
         write_state(jobs, job.job_id, state, final=True)
         say(f"job {job.job_id} failed: {reason}")
@@ -112,8 +126,21 @@ def _run_one(
     say(f"running job {job.job_id} ({spec.paradigm.name} on {spec.namespace})")
     ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs, producer=producer)
     try:
-        state = JobRun(job.job_id, spec, ctx, say=say).run()
+        state = JobRun(job.job_id, spec, ctx, say=say, attempt=attempts + 1).run()
         say(f"job {job.job_id} succeeded: test accuracy {state['test_accuracy']:.4f}")
     except Exception as exc:  # marked failed by JobRun (once the bank took it); go on
         say(f"job {job.job_id} failed: {type(exc).__name__}: {exc}")
     return 1
+
+
+def _read_state(jobs: JobStore, job_id: str) -> dict[str, Any] | None:
+    """The job's recorded state, waiting with backoff while the bank is unavailable (a
+    job is run only once what became of its earlier attempts is known)."""
+    pause = 0.5
+    while True:
+        try:
+            return jobs.get(job_id)
+        except BankUnavailableError as exc:
+            log.warning("job %s: its state cannot be read (%s); retrying", job_id, exc)
+            time.sleep(pause)
+            pause = min(2 * pause, 8.0)

@@ -208,3 +208,41 @@ def test_state_writes_retry_while_the_bank_is_unavailable(
     assert state["state"] == "succeeded" and store.failures == 0
     saved = store.get("j-2")
     assert saved is not None and saved["state"] == "succeeded" and saved["step"] == 20
+
+
+def test_the_trainer_runs_a_job_once_and_sets_aside_one_that_keeps_stopping_trainers(
+    images: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from carls.schemas import TrainingJob, encode
+    from carls.trainers.service import MAX_ATTEMPTS, _run_one
+
+    spec = job(images, train={"steps": 10, "eval_every": 10})
+    spec["paradigm"] = {"name": "supervised"}
+
+    def record(job_id: str) -> Any:
+        value = encode(
+            TrainingJob(job_id=job_id, namespace="images_job", spec=spec, submitted_at=1.0)
+        )
+        return SimpleNamespace(topic="jobs", partition=0, offset=0, value=value)
+
+    store, said = MemoryJobStore(), []
+
+    def run(rec: Any) -> int:
+        return _run_one(rec, MemoryBank(), store, None, Path("unused"), "t", said.append)  # type: ignore[arg-type]
+
+    # a job that was running when MAX_ATTEMPTS trainers stopped is not run again
+    store.put("j-crash", {"job_id": "j-crash", "state": "running", "attempts": MAX_ATTEMPTS})
+    assert run(record("j-crash")) == 1
+    crashed = store.get("j-crash")
+    assert crashed is not None and crashed["state"] == "failed"
+    assert "suspected poison pill" in crashed["reason"]
+    # one that stopped fewer trainers runs, counting the attempt
+    store.put("j-again", {"job_id": "j-again", "state": "running", "attempts": 1})
+    assert run(record("j-again")) == 1
+    again = store.get("j-again")
+    assert again is not None and again["state"] == "succeeded" and again["attempts"] == 2
+    # a replay of a job that already ended is skipped; a tombstone too
+    assert run(record("j-again")) == 0 and "already succeeded" in said[-1]
+    assert run(SimpleNamespace(topic="jobs", partition=0, offset=1, value=None)) == 0
