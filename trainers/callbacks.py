@@ -109,6 +109,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
         done, step = self._step()
         if done >= 1 and self.checkpoints.last_step != step:
             self._publish(step)
+        self.checkpoints.close()  # the last announcements go out before fit returns
 
     def _publish(self, step: int) -> None:
         """Export and announce; with ``ema``, the averaged weights are swapped in for the

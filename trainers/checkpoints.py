@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -82,7 +84,12 @@ class CheckpointPublisher:
     The model at ``start_step`` is never published: an untrained model's predictions are
     noise, and a peer distilling them, or a trainer taking them as pseudo labels, learns
     that noise. The first checkpoint comes ``every_steps`` steps (or ``every_s`` seconds)
-    into the job."""
+    into the job.
+
+    The artifact is saved in the training thread; its announcement on Kafka goes from a
+    thread of its own, in order, retried with backoff while Kafka is away, so an outage
+    never stalls training. ``close`` waits (up to ``announce_wait_s``) for what is still
+    to be announced."""
 
     def __init__(
         self,
@@ -93,6 +100,7 @@ class CheckpointPublisher:
         every_steps: int,
         every_s: float | None = None,
         start_step: int = 0,
+        announce_wait_s: float = 60.0,
     ) -> None:
         self.publisher = publisher
         self.store = store
@@ -101,9 +109,14 @@ class CheckpointPublisher:
         self.every_steps = every_steps
         self.every_s = every_s
         self.start_step = start_step
+        self.announce_wait_s = announce_wait_s
         self.last_step: int | None = None
         self.last_at = time.monotonic()
         self.published: list[CheckpointManifest] = []
+        """The checkpoints announced so far, in order."""
+        self._queue: queue.Queue[CheckpointManifest | None] = queue.Queue()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def due(self, step: int) -> bool:
         if step <= self.start_step:
@@ -113,24 +126,61 @@ class CheckpointPublisher:
             return True
         return self.every_s is not None and time.monotonic() - self.last_at >= self.every_s
 
-    def publish(self, model: Any, step: int) -> CheckpointManifest | None:
-        """Save the model at ``step`` and announce it; None if Kafka could not take the
-        announcement (training goes on, and the next checkpoint is announced instead)."""
+    def publish(self, model: Any, step: int) -> CheckpointManifest:
+        """Save the model at ``step``; its announcement is queued."""
         manifest = save_artifact(model, self.store, self.namespace, step, producer=self.producer)
         self.last_step, self.last_at = step, time.monotonic()
-        try:
-            self.publisher.manifest(manifest)
-        except PublishError as exc:
-            log.warning(
-                "%s step %d: checkpoint saved but not announced (%s); training goes on",
-                self.namespace,
-                step,
-                exc,
-            )
-            return None
-        self.published.append(manifest)
-        log.info("published %s step %d (%d bytes)", self.namespace, step, manifest.size)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._announce, name="checkpoints", daemon=True)
+            self._thread.start()
+        self._queue.put(manifest)
         return manifest
+
+    def close(self) -> None:
+        """Wait for the queued announcements (up to ``announce_wait_s``), then stop."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout=self.announce_wait_s)
+        if self._thread.is_alive():
+            self._closing.set()
+            self._thread.join()
+        self._thread = None
+        self._closing.clear()
+
+    def _announce(self) -> None:
+        pause = 0.5
+        while True:
+            manifest = self._queue.get()
+            if manifest is None:
+                return
+            while True:
+                try:
+                    self.publisher.manifest(manifest)
+                    self.published.append(manifest)
+                    log.info("published %s step %d", self.namespace, manifest.step)
+                    pause = 0.5
+                    break
+                except PublishError as exc:
+                    if self._closing.is_set():
+                        left = self._queue.qsize()
+                        log.warning(
+                            "%s: step %d and %d later checkpoint(s) saved but not announced (%s)",
+                            self.namespace,
+                            manifest.step,
+                            left,
+                            exc,
+                        )
+                        return
+                    log.warning(
+                        "%s step %d: not announced yet (%s); retrying in %.1f s",
+                        self.namespace,
+                        manifest.step,
+                        exc,
+                        pause,
+                    )
+                    self._closing.wait(pause)
+                    pause = min(2 * pause, 8.0)
 
 
 def namespace_step(publisher: Publisher, bank: KnowledgeBank, namespace: str) -> int:

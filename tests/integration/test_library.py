@@ -150,7 +150,7 @@ def test_a_model_with_a_custom_layer_is_served_by_a_worker_without_its_code(
     )
     km.register_examples()
     km.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    publish = PublishCheckpoints(env.publisher, env.tmp / "checkpoints", every_steps=20)
+    publish = PublishCheckpoints(env.publisher, env.checkpoints, every_steps=20)
     with km:
         km.fit(
             example_batches(ids, x, labels, batch_size=32, labeled_batch_size=16),

@@ -1,7 +1,7 @@
-"""A trainer across a Cassandra outage, on the real stack: the server is frozen (SIGSTOP,
-as in a long GC pause or a network partition) for 30 s in the middle of a job; training
-goes on from the knowledge reader's cache, and the job ends recorded, never stuck in
-``running``."""
+"""Outages on the real stack: a server is frozen (SIGSTOP, as in a long GC pause or a
+network partition) in the middle of the work. A trainer trains on from its knowledge
+reader's cache, its checkpoints announced once Kafka is back, and the job ends recorded,
+never stuck in ``running``; makers wait, commit nothing meanwhile, and finish."""
 
 from __future__ import annotations
 
@@ -35,12 +35,15 @@ def env(stack: Settings, tmp_path: Path) -> Iterator[StackEnv]:
         e.close()
 
 
-def test_a_training_job_goes_on_through_a_30_s_cassandra_outage(
-    env: StackEnv, stack: Settings
+@pytest.mark.parametrize("server", ["cassandra", "kafka"])
+def test_a_training_job_goes_on_through_a_30_s_outage(
+    env: StackEnv, stack: Settings, server: str
 ) -> None:
-    pid = CassandraServer(stack.infra).pid()
+    from carls.infra.kafka import KafkaServer
+
+    pid = (CassandraServer if server == "cassandra" else KafkaServer)(stack.infra).pid()
     if pid is None:
-        pytest.fail("the local stack's Cassandra is not running under `carls infra`")
+        pytest.fail(f"the local stack's {server} is not running under `carls infra`")
     ns = f"{env.prefix}_outage"
     env.namespaces.append(ns)
     spec = load_spec(
@@ -98,6 +101,9 @@ def test_a_training_job_goes_on_through_a_30_s_cassandra_outage(
     jobs.close()
     assert saved is not None and saved["state"] == "succeeded"
     assert saved["step"] == 4000 and saved["test_accuracy"] > 0.5
+    # every checkpoint saved was announced, those of the outage once Kafka was back
+    artifacts = [f for f in (env.checkpoints / ns).iterdir() if f.name.startswith("step-")]
+    assert saved["checkpoints"] == len(artifacts) > 1
     # the knowledge reader stopped with the job
     assert not [t for t in threading.enumerate() if t.name == "knowledge-reader"]
 

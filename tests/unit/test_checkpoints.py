@@ -31,6 +31,7 @@ from carls.makers.errors import (
     NotAModelError,
 )
 from carls.schemas.records import CheckpointManifest
+from carls.streams.errors import PublishError
 from carls.trainers.checkpoints import CheckpointPublisher, save_artifact
 
 
@@ -308,4 +309,51 @@ def test_a_job_never_publishes_its_untrained_model(model: Any, tmp_path: Path, s
     for step in range(start + 1, start + 301):
         if ckpt.due(step):
             ckpt.publish(model, step)
+    ckpt.close()
     assert [m.step for m in sent.sent] == [start + 100, start + 200, start + 300]
+    assert ckpt.published == sent.sent
+
+
+class _KafkaAway(_Manifests):
+    """Refuses the first ``failures`` announcements, as a Kafka that is away would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    def manifest(self, m: CheckpointManifest) -> None:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise PublishError("KafkaTimeoutError: failed to update metadata")
+        super().manifest(m)
+
+
+def test_checkpoints_are_saved_at_once_and_announced_in_order_once_kafka_is_back(
+    model: Any, tmp_path: Path
+) -> None:
+    away = _KafkaAway(failures=3)
+    ckpt = CheckpointPublisher(away, tmp_path, "ns", "test", every_steps=1)  # type: ignore[arg-type]
+    saved = [ckpt.publish(model, step) for step in (1, 2, 3)]
+    assert all(resolve_uri(m.uri).is_file() for m in saved)  # saved before any announcement
+    ckpt.close()
+    assert [m.step for m in away.sent] == [1, 2, 3] and away.calls == 6
+    assert ckpt.published == away.sent
+
+
+def test_announcements_kafka_never_takes_are_given_up_when_training_ends(
+    model: Any, tmp_path: Path
+) -> None:
+    away = _KafkaAway(failures=10**6)
+    ckpt = CheckpointPublisher(
+        away,  # type: ignore[arg-type]
+        tmp_path,
+        "ns",
+        "test",
+        every_steps=1,
+        announce_wait_s=1.0,
+    )
+    ckpt.publish(model, 1)
+    ckpt.close()  # returns after announce_wait_s, without hanging training's end
+    assert away.sent == [] and ckpt.published == []
