@@ -11,7 +11,6 @@ from carls.bank.cassandra import _backend
 from carls.bank.session import CassandraConfig, connect
 
 _PARTITION = "__jobs__"
-STATES = ("queued", "running", "succeeded", "failed")
 
 
 class JobStore(Protocol):

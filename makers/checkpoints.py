@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tarfile
 import tempfile
 import threading
@@ -64,9 +63,6 @@ from carls.schemas.artifacts import (
 )
 from carls.schemas.errors import SchemaError
 from carls.schemas.records import CheckpointManifest
-
-# Before TensorFlow is first imported (lazily, below): keep its C++ INFO chatter quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 logger = logging.getLogger(__name__)
 

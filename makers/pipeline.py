@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -197,13 +196,3 @@ class Maker:
                 "neighbour pool for %s step %d: %d embeddings", spec.name, model.step, len(ids)
             )
             return ids, pool
-
-
-def group_by_namespace(
-    batches: Sequence[tuple[str, Sequence[str], Sequence[str]]],
-) -> dict[tuple[str, tuple[str, ...]], list[str]]:
-    """Merge (namespace, ids, kinds) triples that share namespace and kinds, keeping order."""
-    merged: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
-    for namespace, ids, kinds in batches:
-        merged[(namespace, tuple(kinds))].extend(ids)
-    return merged

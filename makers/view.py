@@ -15,13 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Collection
-
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from typing import Any
 
 from carls.schemas import CheckpointManifest, decode
 from carls.schemas.errors import SchemaError
 from carls.streams.config import KafkaConnection
+from carls.streams.manifests import follow_from_start
 
 log = logging.getLogger(__name__)
 
@@ -132,39 +131,15 @@ class ManifestView:
             return known[-1] is manifest
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._follow()
-            except KafkaError as exc:  # broker away: retry with a pause, keep what we know
-                log.warning("manifest view lost Kafka (%s); retrying", exc)
-                self._stop.wait(2.0)
+        follow_from_start(self._conn, self._topic, self._take, self._stop)
 
-    def _follow(self) -> None:
-        consumer = KafkaConsumer(
-            **self._conn.kafka_python(), enable_auto_commit=False, group_id=None
-        )
-        try:
-            parts = None
-            while parts is None and not self._stop.is_set():
-                parts = consumer.partitions_for_topic(self._topic)
-                if parts is None:
-                    self._stop.wait(1.0)
-            if parts is None:
-                return
-            tps = [TopicPartition(self._topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=500).values():
-                    for rec in records:
-                        if rec.value is None:  # a tombstone: forget the key's manifest
-                            if rec.key is not None:
-                                self.forget(rec.key.decode("utf-8", "replace"))
-                        else:
-                            with contextlib.suppress(SchemaError):
-                                self.offer(decode(rec.value, CheckpointManifest))
-                        with self._cond:
-                            self._positions[rec.partition] = rec.offset + 1
-                            self._cond.notify_all()
-        finally:
-            consumer.close()
+    def _take(self, rec: Any) -> None:
+        if rec.value is None:  # a tombstone: forget the key's manifest
+            if rec.key is not None:
+                self.forget(rec.key.decode("utf-8", "replace"))
+        else:
+            with contextlib.suppress(SchemaError):
+                self.offer(decode(rec.value, CheckpointManifest))
+        with self._cond:
+            self._positions[rec.partition] = rec.offset + 1
+            self._cond.notify_all()

@@ -61,7 +61,7 @@ from carls.makers.pipeline import MAKERS, Maker, Outcome
 from carls.makers.view import ManifestView
 from carls.schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
 from carls.schemas.errors import CarlsError
-from carls.streams.app import make_app
+from carls.streams.app import make_app, run_app
 from carls.streams.batches import BatchConsumer
 from carls.streams.config import KafkaConnection
 from carls.streams.deadletter import dead_letter, without_raw
@@ -606,8 +606,6 @@ class _Parked:
 
 def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
-    import faust
-
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
@@ -615,8 +613,7 @@ def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()
-    worker = faust.Worker(makers.app, loglevel=loglevel, quiet=True)
     try:
-        worker.execute_from_commandline()
+        run_app(makers.app, loglevel)
     finally:
         makers.close()

@@ -37,3 +37,10 @@ def make_app(app_id: str, conn: KafkaConnection, **overrides: Any) -> Any:
     }
     settings.update(overrides)
     return faust.App(app_id, **settings)
+
+
+def run_app(app: Any, loglevel: str = "warning") -> None:
+    """Run ``app`` in the foreground (a ``faust.Worker``) until SIGINT/SIGTERM."""
+    import faust
+
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,4 +1,5 @@
-"""Consumer-group checks: when have workers joined and been given their partitions."""
+"""Consumer groups: the trainers' jobs consumer, and checks of when workers have joined
+and been given their partitions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from carls.streams.config import KafkaConnection
 
@@ -51,3 +52,18 @@ def wait_stable(
             time.sleep(0.5)
     finally:
         admin.close()
+
+
+def job_consumer(conn: KafkaConnection, topic: str, group: str) -> KafkaConsumer:
+    """The consumer ``carls trainer`` reads jobs with: one record per poll, offsets
+    committed by hand after a job's end is recorded, and up to an hour between polls (a
+    job runs between them)."""
+    return KafkaConsumer(
+        topic,
+        **conn.kafka_python(),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+        max_poll_interval_ms=3_600_000,
+    )

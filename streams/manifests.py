@@ -1,10 +1,17 @@
-"""The newest checkpoint manifest of a namespace, read once from the compacted topic."""
+"""Reading the compacted checkpoints topic: the newest manifest of a namespace, once
+(``latest_manifest``), or every record from the start, forever (``follow_from_start``,
+which the makers' manifest view runs in a thread)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from carls.schemas import CheckpointManifest, decode
 from carls.schemas.errors import SchemaError
@@ -48,5 +55,51 @@ def latest_manifest(
                     ):
                         best = m
         return best
+    finally:
+        consumer.close()
+
+
+log = logging.getLogger(__name__)
+
+
+def follow_from_start(
+    conn: KafkaConnection,
+    topic: str,
+    handle: Callable[[Any], None],
+    stop: threading.Event,
+    retry_s: float = 2.0,
+) -> None:
+    """Call ``handle(record)`` for every record of ``topic`` (kafka-python records:
+    ``key``, ``value`` — None for a tombstone —, ``partition``, ``offset``), from the
+    beginning of every partition, without a consumer group, until ``stop`` is set. When
+    Kafka is away it starts over after ``retry_s`` (the compacted topic replays the
+    current map, so a handler that keeps the newest per key loses nothing)."""
+    while not stop.is_set():
+        try:
+            _follow(conn, topic, handle, stop)
+        except KafkaError as exc:
+            log.warning("following %s: lost Kafka (%s); retrying", topic, exc)
+            stop.wait(retry_s)
+
+
+def _follow(
+    conn: KafkaConnection, topic: str, handle: Callable[[Any], None], stop: threading.Event
+) -> None:
+    consumer = KafkaConsumer(**conn.kafka_python(), enable_auto_commit=False, group_id=None)
+    try:
+        parts = None
+        while parts is None and not stop.is_set():
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                stop.wait(1.0)
+        if parts is None:
+            return
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    handle(rec)
     finally:
         consumer.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 STATE_RETRY_S = 60.0
 """How long a job keeps retrying a state write while the bank is unavailable."""
 Say = Callable[[str], None]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @dataclass(slots=True)
@@ -229,6 +227,8 @@ class JobRun:
     ):
         self.job_id, self.spec, self.ctx, self.say = job_id, spec, ctx, say
         self._progress: _ProgressWriter | None = None
+        self.model: Any = None
+        """The job's ``KnowledgeModel``, once built (its reader, its paradigms)."""
         self.state: dict[str, Any] = {
             "job_id": job_id,
             "namespace": spec.namespace,
@@ -283,6 +283,7 @@ class JobRun:
         inputs = _inputs(spec, ds)
         _check_augment(spec, inputs)  # check_job's first half; _wrap checks the model
         km = self._wrap(ds, inputs)
+        self.model = km
         self._register(ds, km)
         self.say(
             f"{self.job_id}: {len(ds.ids_train)} training examples "

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
-
 from carls.bank.errors import BankUnavailableError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
@@ -26,6 +24,7 @@ from carls.schemas import TrainingJob, decode
 from carls.schemas.errors import CarlsError
 from carls.streams.config import KafkaConnection
 from carls.streams.deadletter import dead_letter
+from carls.streams.groups import job_consumer
 from carls.streams.producer import Publisher
 from carls.streams.topics import Topics
 from carls.trainers.runner import Context, JobRun, write_state
@@ -49,15 +48,7 @@ def serve(
 ) -> int:
     """Run jobs until stopped (or, with ``once``, until the topic is drained); return how
     many ran."""
-    consumer = KafkaConsumer(
-        topics.jobs,
-        **conn.kafka_python(),
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=1,
-        max_poll_interval_ms=3_600_000,
-    )
+    consumer = job_consumer(conn, topics.jobs, group)
     publisher = Publisher(conn, topics)
     ran = 0
     producer = f"carls-trainer@{socket.gethostname()}"

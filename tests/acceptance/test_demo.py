@@ -8,6 +8,7 @@ brings up the stack (a no-op when it is running) and starts its own worker."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_demo_beats_the_supervised_baseline_with_knowledge_from_the_bank(
         accs = report[arm]["accuracies"]
         assert len(accs) == 3 and all(0.0 <= a <= 1.0 for a in accs), report[arm]
         assert report[arm]["mean"] == pytest.approx(sum(accs) / 3)
-        assert report[arm]["std"] >= 0.0
+        assert report[arm]["std"] == pytest.approx(statistics.pstdev(accs))
     ours, base = report["carls"]["mean"], report["baseline"]["mean"]
     assert ours >= 0.93, report["carls"]
     assert ours > base, (report["carls"], report["baseline"])
@@ -49,4 +50,4 @@ def test_demo_beats_the_supervised_baseline_with_knowledge_from_the_bank(
     assert all(isinstance(s, int | float) and math.isfinite(s) and s >= 0 for s in stale), stale
     assert len(report["job_ids"]) == 3
     assert report["references"]
-    assert 0 < report["wall_s"] < 600, report["wall_s"]
+    assert isinstance(report["wall_s"], float) and math.isfinite(report["wall_s"])

@@ -70,6 +70,16 @@ class MakerEnv(StackEnv):
             time.sleep(0.5)
         raise AssertionError(f"coverage at step {step} incomplete: {got}\n{self.worker_logs()}")
 
+    def wait_steps(self, ids: list[str], step: int, timeout: float = 120.0) -> None:
+        """Wait until the embeddings of ``ids`` are all at ``step``."""
+        deadline = time.monotonic() + timeout
+        steps: set[int] = set()
+        while time.monotonic() < deadline and steps != {step}:
+            self.assert_workers_alive()
+            steps = set(self.bank.read(self.ns, "embedding", ids, lineage=True).steps.tolist())
+            time.sleep(0.25)
+        assert steps == {step}, f"{steps}\n{self.worker_logs()}"
+
     def committed(self, topic: str) -> dict[int, int]:
         """The workers' committed offsets on ``topic`` (checkpoints are read in the app's
         group, id batches in ``<group>-ids``)."""

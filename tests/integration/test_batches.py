@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from kafka import KafkaProducer
 
 from carls.settings import Settings
@@ -65,10 +66,20 @@ def test_a_slow_fetch_holds_back_the_commits_of_later_ones(stack: Settings, uniq
             stack.kafka, [topic], group, handle, max_records=2, concurrency=3,
             commit_interval_s=0.05,
         )  # fmt: skip
+        commits = 0
+        real_commit = svc._commit
+
+        async def counted(consumer: Any) -> None:
+            nonlocal commits
+            commits += 1
+            await real_commit(consumer)
+
+        svc._commit = counted  # type: ignore[method-assign]
         await svc.start()
         try:
             await _until(lambda: len(handled) >= 2, "the fetches behind the slow one")
-            await asyncio.sleep(1.0)  # several commit intervals go by
+            seen = commits
+            await _until(lambda: commits >= seen + 5, "several commit rounds")
             assert topic not in await _committed_async(stack, group)  # nothing skips it
             gate.set()
             await _until(lambda: sum(map(len, handled)) == 10, "every record")
@@ -109,7 +120,15 @@ def test_priority_records_go_ahead_of_records_waiting_in_other_topics(
             # While the worker is busy, refresh work queues up, then demand arrives.
             await asyncio.to_thread(_produce, stack, low, [b"later-%d" % i for i in range(20)])
             await asyncio.to_thread(_produce, stack, high, [b"urgent-%d" % i for i in range(3)])
-            await asyncio.sleep(1.5)  # both are fetched into the consumer's buffers
+            consumer = svc._consumer
+            assert consumer is not None
+            await _until(  # both are fetched into the consumer's buffers
+                lambda: (
+                    consumer.highwater(TopicPartition(low, 0)) == 21
+                    and consumer.highwater(TopicPartition(high, 0)) == 3
+                ),
+                "the queued records in the consumer's buffers",
+            )
             gate.set()
             await _until(lambda: sum(map(len, handled)) == 24, "every record")
         finally:

@@ -244,14 +244,7 @@ def test_a_tombstone_on_the_checkpoints_topic_forgets_the_namespaces_manifest(
     new_ids = [f"n{i:04d}" for i in range(100)]
     env.bank.register_examples(env.ns, new_ids, env.features[:100], [-1] * 100)
     env.publisher.manifest(env.save(5))
-    deadline = time.monotonic() + 120.0
-    steps: set[int] = set()
-    while time.monotonic() < deadline and steps != {5}:
-        env.assert_workers_alive()
-        got = env.bank.read(env.ns, "embedding", new_ids, lineage=True)
-        steps = set(got.steps.tolist())
-        time.sleep(0.5)
-    assert steps == {5}, f"{steps}\n{env.worker_logs()}"
+    env.wait_steps(new_ids, 5)
     env.assert_workers_alive()
     assert latest_manifest(env.settings.kafka, topic, env.ns).step == 5  # type: ignore[union-attr]
     # any dead letter for the tombstone was sent before its offset was committed, above
@@ -299,13 +292,7 @@ def test_a_broken_manifest_far_ahead_is_believed_only_once_it_loads_also_after_a
     new_ids = [f"n{i:04d}" for i in range(100)]
     env.bank.register_examples(env.ns, new_ids, env.features[:100], [-1] * 100)
     env.publisher.examples(ExampleBatch(namespace=env.ns, ids=new_ids, priority="demand"))
-    deadline = time.monotonic() + 120.0
-    steps: set[int] = set()
-    while time.monotonic() < deadline and steps != {20}:
-        env.assert_workers_alive()
-        steps = set(env.bank.read(env.ns, "embedding", new_ids, lineage=True).steps.tolist())
-        time.sleep(0.5)
-    assert steps == {20}, f"{steps}\n{env.worker_logs()}"
+    env.wait_steps(new_ids, 20)
 
     far = env.save(10**9)  # a model that loads, a billion steps ahead
     env.publisher.manifest(far)
@@ -317,7 +304,7 @@ def test_a_broken_manifest_far_ahead_is_believed_only_once_it_loads_also_after_a
 def test_a_batch_waiting_for_a_future_checkpoint_is_parked_and_holds_nothing_else_up(
     env: MakerEnv,
 ) -> None:
-    env.start_worker("--park", "45")
+    env.start_worker("--park", "20")
     env.publisher.manifest(env.save(10))
     env.wait_coverage(10)
     examples = env.settings.topics.examples
@@ -329,13 +316,7 @@ def test_a_batch_waiting_for_a_future_checkpoint_is_parked_and_holds_nothing_els
     same, after_at = env.produce_raw(examples, encode(after), key=b"same")
     assert same == partition and after_at > parked_at
     # the batch behind the waiting one, on its partition, is served while it waits
-    deadline = time.monotonic() + 60.0
-    steps: set[int] = set()
-    while time.monotonic() < deadline and steps != {10}:
-        env.assert_workers_alive()
-        steps = set(env.bank.read(env.ns, "embedding", new_ids, lineage=True).steps.tolist())
-        time.sleep(0.25)
-    assert steps == {10}, env.worker_logs()
+    env.wait_steps(new_ids, 10, timeout=60.0)
     # ... and the partition is not committed past the waiting one (a crash replays it)
     assert env.committed(examples).get(partition, -1) <= parked_at
     # when its wait is over the newest model serves it, and the commits move on

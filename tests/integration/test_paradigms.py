@@ -73,8 +73,10 @@ class Env(StackEnv):
         def one(i: int) -> None:
             try:
                 spec = specs[i]
-                say = self._held_once(gate) if gate else lambda _: None
-                states[i] = JobRun(new_job_id(spec.namespace), spec, self.context(), say).run()
+                run = JobRun(new_job_id(spec.namespace), spec, self.context())
+                if gate:
+                    run.say = self._held_once(gate, run)
+                states[i] = run.run()
             except BaseException as exc:
                 errors.append(exc)
 
@@ -89,7 +91,7 @@ class Env(StackEnv):
         self.assert_workers_alive()
         return [s for s in states if s is not None]
 
-    def _held_once(self, gate: list[tuple[str, str]], timeout: float = 180.0) -> Say:
+    def _held_once(self, gate: list[tuple[str, str]], run: JobRun, timeout: float = 180.0) -> Say:
         held = threading.Event()
 
         def say(message: str) -> None:
@@ -97,12 +99,25 @@ class Env(StackEnv):
                 return
             held.set()
             deadline = time.monotonic() + timeout
-            while not all(self.coverage(ns, kind).at_newest > 0 for ns, kind in gate):
+
+            def waiting() -> list[str]:
+                """The gated knowledge not yet in the bank, or (for the kinds the job
+                reads) not yet swept into the job's reader as far as the bank has it."""
+                reader = run.model.knowledge.reader if run.model is not None else None
+                cached = reader.coverage() if reader is not None else {}
+                out = []
+                for ns, kind in gate:
+                    cov = self.coverage(ns, kind)
+                    in_bank = (cov.total - cov.none) / cov.total if cov.total else 0.0
+                    if cov.at_newest == 0 or cached.get(f"{ns}/{kind}", 1.0) < in_bank:
+                        out.append(f"{ns}/{kind}")
+                return out
+
+            while missing := waiting():
                 self.assert_workers_alive()
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"no {gate} in {timeout} s\n{self.worker_logs()}")
+                    raise AssertionError(f"no {missing} in {timeout} s\n{self.worker_logs()}")
                 time.sleep(0.5)
-            time.sleep(2.0)  # the job's knowledge reader sweeps it into its cache
 
         return say
 

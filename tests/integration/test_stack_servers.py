@@ -59,4 +59,3 @@ def test_a_row_written_to_cassandra_is_read_back(stack: Settings, unique: str) -
 def test_smoke_round_trip_through_kafka_and_cassandra(stack: Settings) -> None:
     trip = round_trip(stack)
     assert trip.record.namespace == "smoke"
-    assert trip.kafka_ms > 0 and trip.cassandra_ms > 0
