@@ -1,0 +1,94 @@
+"""``Maker.process`` and the paradigms' loss terms on the in-memory bank, without servers:
+the core of the makers' and the trainers' work, each checked against a computation made
+here by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from carls.bank.memory import MemoryBank
+from carls.bank.types import NamespaceSpec, default_kinds
+from carls.makers.checkpoints import ModelCache
+from carls.makers.pipeline import Maker
+from carls.trainers.checkpoints import save_artifact
+from carls.trainers.paradigms import Graph, Outputs, PseudoLabel
+from tests.integration.makers_support import CLASSES, EMBED, FEATURES, K, tiny_model
+
+N = 40
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> tuple[MemoryBank, Maker, Any, Any, np.ndarray]:
+    bank = MemoryBank()
+    bank.create_namespace(NamespaceSpec("ns", default_kinds(EMBED, CLASSES, K), buckets=4))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, FEATURES)).astype(np.float32)
+    labels = [int(c) if i % 4 == 0 else -1 for i, c in enumerate(rng.integers(0, CLASSES, N))]
+    bank.register_examples("ns", [f"e{i}" for i in range(N)], x, labels)
+    model = tiny_model(3)
+    manifest = save_artifact(model, tmp_path, "ns", 3)
+    maker = Maker(bank, ModelCache(root=tmp_path), worker="test")
+    return bank, maker, manifest, model, x
+
+
+def test_process_writes_every_kind_at_the_checkpoints_step_from_its_own_outputs(
+    made: tuple[MemoryBank, Maker, Any, Any, np.ndarray],
+) -> None:
+    bank, maker, manifest, model, x = made
+    spec = bank.namespace("ns")
+    ids = ["e1", "e2", "e5", "ghost", "e1"]  # one unknown id, one repeated
+    out = maker.process(spec, manifest, ids)
+    assert out.unregistered == ["ghost"] and out.processed == 3
+    assert out.written == dict.fromkeys(default_kinds(EMBED, CLASSES, K), 3)
+    emb, probs = (np.asarray(t) for t in model(x[[1, 2, 5]]))
+    got = bank.read("ns", "embedding", ["e1", "e2", "e5"], lineage=True)
+    np.testing.assert_allclose(got.values, emb, rtol=1e-5, atol=1e-6)
+    assert set(got.steps.tolist()) == {3}
+    pl = bank.read("ns", "pseudo_label", ["e1", "e2", "e5"])
+    np.testing.assert_allclose(pl.values, probs, rtol=1e-5, atol=1e-6)
+    assert pl.classes is not None and pl.classes.tolist() == probs.argmax(1).tolist()
+    # neighbours: exact cosine top-k among every registered example's embedding, not self
+    nb = bank.read("ns", "neighbours", ["e1"])
+    assert nb.neighbour_ids is not None
+    pool = np.asarray(model(x)[0])
+    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    scores = unit @ unit[1]
+    scores[1] = -np.inf
+    expected = [f"e{i}" for i in np.argsort(-scores, kind="stable")[:K]]
+    assert nb.neighbour_ids[0] == expected
+
+
+def test_only_the_kinds_asked_for_are_made(
+    made: tuple[MemoryBank, Maker, Any, Any, np.ndarray],
+) -> None:
+    bank, maker, manifest, _, _ = made
+    out = maker.process(bank.namespace("ns"), manifest, ["e0", "e3"], ["prediction"])
+    assert out.written == {"prediction": 2}
+    assert bank.read("ns", "embedding", ["e0"]).missing.all()
+
+
+def test_the_pseudo_label_term_is_the_confident_rows_cross_entropy() -> None:
+    logits = tf.constant([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    knowledge = {
+        "pl_class": tf.constant([0, 2, 2]),
+        "pl_w": tf.constant([1.0, 0.0, 0.5]),  # the middle row is not confident
+    }
+    term = PseudoLabel(weight=2.0).loss(knowledge, Outputs(tf.zeros((3, 4)), logits))["pseudo"]
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(knowledge["pl_class"], logits).numpy()
+    expected = 2.0 * (1.0 * ce[0] + 0.0 * ce[1] + 0.5 * ce[2]) / 3
+    assert float(term) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_graph_term_pulls_embeddings_toward_weighted_neighbours() -> None:
+    emb = tf.constant([[1.0, 0.0], [0.0, 2.0]])
+    neighbours = tf.constant([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    knowledge = {"g_emb": neighbours, "g_nw": tf.constant([[0.5, 0.5], [1.0, 0.0]])}
+    graph = Graph(target="embedding", k=2, weight=1.0)
+    term = graph.loss(knowledge, Outputs(emb, tf.zeros((2, 3))))["graph"]
+    # row 0: cos 1 and 0 -> 0.5 * 0 + 0.5 * 1; row 1: cos 1 with weight 1 -> 0
+    assert float(term) == pytest.approx((0.5 + 0.0) / 2, rel=1e-5)
