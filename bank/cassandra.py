@@ -3,7 +3,9 @@
 Layout (see ``schemas.cql``): knowledge rows live in partitions
 ``((ns, kind, bucket), id)``, so a batch lookup is one ``IN`` query per bucket touched,
 all in flight at once, and a namespace is enumerated bucket by bucket. Vectors are raw
-little-endian float32 blobs decoded with one ``numpy.frombuffer`` per batch.
+little-endian float32 blobs decoded with one ``numpy.frombuffer`` per batch. Rows are
+``bank.rows.Stored``, selected by column name; every argument passes the checks of
+``bank.rows`` first, the same checks the in-memory bank runs.
 
 Step order is Cassandra's own: every knowledge cell is written ``USING TIMESTAMP step`` and
 quarantine writes a row tombstone at the row's step, so the newest step wins in any
@@ -12,28 +14,35 @@ interleaving of writers, replays are idempotent, and a quarantined step stays re
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
-from cassandra import DriverException, RequestExecutionException
-from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
+from cassandra.cluster import ResponseFuture, Session
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
-from carls.bank.errors import (
-    BankUnavailableError,
-    DimensionError,
-    NamespaceError,
-    ValueRejectedError,
+from carls.bank.errors import DimensionError, NamespaceError
+from carls.bank.rows import (
+    LINEAGE_COLUMNS,
+    READ_COLUMNS,
+    Stored,
+    assemble,
+    check_batch,
+    check_bucket,
+    check_examples,
+    check_ids,
+    check_lineage,
+    check_quarantine,
+    check_read,
+    check_spec,
+    encode,
 )
-from carls.bank.session import CassandraConfig, connect
+from carls.bank.session import Store, backend
 from carls.bank.types import (
     F32,
     NO_LABEL,
@@ -43,22 +52,25 @@ from carls.bank.types import (
     Lineage,
     NamespaceSpec,
     bucket_of,
-    check_batch,
-    check_ids,
-    check_matrix,
-    stale_mask,
     validate_name,
 )
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-SEP = "\x1f"
-_CACHE_S = 5.0
-_IN_FLIGHT = 64
-_BATCH_ROWS = 64
-# Responses much over ~100 KB take ~40 ms longer on loopback (measured: 128 ids x 128-d per
-# query ~2 ms, 256 ids ~50 ms), so one query asks for at most this many ids.
-_IDS_PER_QUERY = 128
+
+class _NsRow(NamedTuple):
+    name: str
+    uid: uuid.UUID
+    buckets: int
+    kinds: dict[str, int] | None
+    ttl: dict[str, int] | None
+    feature_dim: int | None
+    created_at: datetime | None
+
+
+class _ExampleRow(NamedTuple):
+    id: str
+    features: bytes
+    label: int | None
+    modality: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,36 +80,35 @@ class _Ns:
     feature_dim: int | None
     seen_at: float
 
+    @classmethod
+    def of(cls, r: _NsRow) -> _Ns:
+        spec = NamespaceSpec(
+            name=r.name,
+            kinds=dict(r.kinds or {}),
+            buckets=r.buckets,
+            ttl_s=dict(r.ttl or {}),
+            created_at=r.created_at.replace(tzinfo=UTC).timestamp() if r.created_at else 0.0,
+        )
+        return cls(spec, r.uid, r.feature_dim, time.monotonic())
 
-def _backend(what: str, fn: Callable[[], T]) -> T:
-    """Run a driver call; any backend failure becomes a retriable BankUnavailableError."""
-    try:
-        return fn()
-    except (NoHostAvailable, RequestExecutionException, DriverException, OSError) as exc:
-        raise BankUnavailableError(f"cassandra {what} failed: {type(exc).__name__}: {exc}") from exc
 
+class CassandraBank(Store):
+    """A ``KnowledgeBank`` on a Cassandra keyspace created by ``bank.session.apply_schema``.
 
-class CassandraBank:
-    """A ``KnowledgeBank`` on a Cassandra keyspace created by ``bank.session.apply_schema``."""
+    Give it the process's shared ``Connection`` (or a ``CassandraConfig`` to own one);
+    ``start()`` (or ``with``) connects and prepares the statements."""
 
-    def __init__(self, config: CassandraConfig) -> None:
-        self.config = config
-        self._cluster, self._session = connect(config)
-        self._session.default_fetch_size = 5000
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
         self._ns: dict[str, _Ns] = {}
-        self._prepare(self._session)
 
-    def _prepare(self, s: Session) -> None:
+    def prepare(self, s: Session) -> None:
         p: Callable[[str], PreparedStatement] = s.prepare
-        cols = "id, value, step, klass, confidence, extra"
-        lin = ", maker, fingerprint, written_at"
-        self._q_ns = p(
-            "SELECT name, uid, buckets, kinds, ttl, feature_dim, created_at "
-            "FROM namespaces WHERE name = ?"
-        )
-        self._q_all_ns = p(
-            "SELECT name, uid, buckets, kinds, ttl, feature_dim, created_at FROM namespaces"
-        )
+        cols = ", ".join(READ_COLUMNS)
+        lin = ", ".join(LINEAGE_COLUMNS)
+        ns_cols = ", ".join(_NsRow._fields)
+        self._q_ns = p(f"SELECT {ns_cols} FROM namespaces WHERE name = ?")
+        self._q_all_ns = p(f"SELECT {ns_cols} FROM namespaces")
         self._q_create = p(
             "INSERT INTO namespaces (name, uid, buckets, kinds, ttl, created_at,"
             " settings) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
@@ -113,47 +124,36 @@ class CassandraBank:
             "VALUES (?, ?, ?, ?, ?, ?)"
         )
         self._q_get_ex = p(
-            "SELECT id, features, label, modality FROM examples "
+            f"SELECT {', '.join(_ExampleRow._fields)} FROM examples "
             "WHERE ns = ? AND bucket = ? AND id IN ?"
         )
         self._q_ids = p("SELECT id FROM examples WHERE ns = ? AND bucket = ?")
         self._q_ins = p(
-            "INSERT INTO knowledge (ns, kind, bucket, id, value, step, klass, "
-            "confidence, extra, maker, fingerprint, written_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
+            f"INSERT INTO knowledge (ns, kind, bucket, {lin}) "
+            f"VALUES (?, ?, ?, {', '.join('?' * len(LINEAGE_COLUMNS))}) "
+            "USING TIMESTAMP ? AND TTL ?"
         )
         self._q_read = p(
             f"SELECT {cols} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ? AND id IN ?"
         )
         self._q_read_lin = p(
-            f"SELECT {cols}{lin} FROM knowledge "
-            "WHERE ns = ? AND kind = ? AND bucket = ? AND id IN ?"
+            f"SELECT {lin} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ? AND id IN ?"
         )
-        self._q_scan = p(
-            f"SELECT {cols}{lin} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ?"
-        )
+        self._q_scan = p(f"SELECT {lin} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ?")
         self._q_del = p(
             "DELETE FROM knowledge USING TIMESTAMP ? "
             "WHERE ns = ? AND kind = ? AND bucket = ? AND id = ?"
         )
 
-    def close(self) -> None:
-        self._cluster.shutdown()
-
-    def __enter__(self) -> CassandraBank:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # Namespaces -------------------------------------------------------------------------
 
     def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
+        check_spec(spec)
         created = replace(spec, created_at=time.time())
         uid = uuid.uuid4()
-        row = _backend(
+        row = backend(
             "create namespace",
-            lambda: self._session.execute(
+            lambda: self.session.execute(
                 self._q_create,
                 (
                     spec.name,
@@ -174,16 +174,20 @@ class CassandraBank:
     def _lookup(self, name: str, fresh: bool = False) -> _Ns:
         validate_name(name, "namespace")
         hit = self._ns.get(name)
-        if hit is not None and not fresh and time.monotonic() - hit.seen_at < _CACHE_S:
+        if (
+            hit is not None
+            and not fresh
+            and time.monotonic() - hit.seen_at < self.config.namespace_cache_s
+        ):
             return hit
-        row = _backend("namespace lookup", lambda: self._session.execute(self._q_ns, (name,)).one())
+        row = backend("namespace lookup", lambda: self.session.execute(self._q_ns, (name,)).one())
         if row is None:
             self._ns.pop(name, None)
             raise NamespaceError(
                 f"namespace {name} does not exist (create it first: "
                 f"carls bank create {name} --dim D)"
             )
-        ns = _row_to_ns(row)
+        ns = _Ns.of(_NsRow(*row))
         self._ns[name] = ns
         return ns
 
@@ -191,18 +195,18 @@ class CassandraBank:
         return self._lookup(name, fresh=True).spec
 
     def namespaces(self) -> list[NamespaceSpec]:
-        rows = _backend("namespace list", lambda: list(self._session.execute(self._q_all_ns)))
-        return sorted((_row_to_ns(r).spec for r in rows), key=lambda s: s.name)
+        rows = backend("namespace list", lambda: list(self.session.execute(self._q_all_ns)))
+        return sorted((_Ns.of(_NsRow(*r)).spec for r in rows), key=lambda s: s.name)
 
     def drop_namespace(self, name: str) -> None:
         ns = self._lookup(name, fresh=True)
-        _backend("drop namespace", lambda: self._session.execute(self._q_drop, (name,)))
+        backend("drop namespace", lambda: self.session.execute(self._q_drop, (name,)))
         self._ns.pop(name, None)
         futures = [
-            self._session.execute_async(self._q_drop_e, (ns.uid, b)) for b in range(ns.spec.buckets)
+            self.session.execute_async(self._q_drop_e, (ns.uid, b)) for b in range(ns.spec.buckets)
         ]
         futures += [
-            self._session.execute_async(self._q_drop_k, (ns.uid, k, b))
+            self.session.execute_async(self._q_drop_k, (ns.uid, k, b))
             for k in ns.spec.kinds
             for b in range(ns.spec.buckets)
         ]
@@ -219,21 +223,12 @@ class CassandraBank:
         modality: str | None = None,
     ) -> int:
         ns = self._lookup(namespace)
-        id_list = check_ids(ids)
-        if len(set(id_list)) != len(id_list):
-            raise ValueRejectedError("ids: the batch names an id twice")
-        feats = np.asarray(features)
-        if feats.ndim != 2 or feats.shape[0] != len(id_list):
-            raise DimensionError(f"features: expected shape ({len(id_list)}, d), got {feats.shape}")
         dim = ns.feature_dim or self._lookup(namespace, fresh=True).feature_dim
-        feats = check_matrix(feats, len(id_list), dim or feats.shape[1], "features")
-        labs = _labels(labels, len(id_list))
-        if modality is not None:
-            validate_name(modality, "modality")
+        id_list, feats, labs, mod = check_examples(ids, features, labels, modality, dim)
         if dim is None:
-            row = _backend(
+            row = backend(
                 "set feature dim",
-                lambda: self._session.execute(self._q_set_dim, (feats.shape[1], namespace)).one(),
+                lambda: self.session.execute(self._q_set_dim, (feats.shape[1], namespace)).one(),
             )
             if not row[0] and row[1] != feats.shape[1]:  # someone else fixed another dim
                 raise DimensionError(
@@ -241,7 +236,14 @@ class CassandraBank:
                 )
             self._ns.pop(namespace, None)
         rows = [
-            (ns.uid, bucket_of(i, ns.spec.buckets), i, feats[k].tobytes(), int(labs[k]), modality)
+            (
+                ns.uid,
+                bucket_of(i, ns.spec.buckets),
+                i,
+                feats[k].tobytes(),
+                int(labs[k]),
+                mod or None,
+            )
             for k, i in enumerate(id_list)
         ]
         self._run_batched(self._q_ins_ex, rows, key=lambda r: r[1], what="register examples")
@@ -251,10 +253,10 @@ class CassandraBank:
         ns = self._lookup(namespace)
         id_list = check_ids(ids)
         dim = ns.feature_dim or self._lookup(namespace, fresh=True).feature_dim or 0
-        found: dict[str, tuple[Any, ...]] = {}
+        found: dict[str, _ExampleRow] = {}
         for rows in self._by_bucket(self._q_get_ex, ns, None, id_list, "fetch examples"):
-            for r in rows:
-                found[r[0]] = r
+            for r in map(_ExampleRow._make, rows):
+                found[r.id] = r
         n = len(id_list)
         feats = np.zeros((n, dim), np.float32)
         labels = np.full(n, NO_LABEL, np.int32)
@@ -264,62 +266,33 @@ class CassandraBank:
             hit = found.get(i)
             if hit is None:
                 continue
-            r = hit
             missing[k] = False
-            feats[k] = np.frombuffer(r[1], "<f4")
-            labels[k] = NO_LABEL if r[2] is None else r[2]
-            mods[k] = r[3] or ""
+            feats[k] = np.frombuffer(hit.features, "<f4")
+            labels[k] = NO_LABEL if hit.label is None else hit.label
+            mods[k] = hit.modality or ""
         return Examples(id_list, feats, labels, missing, mods)
 
     def example_ids(self, namespace: str, bucket: int) -> list[str]:
         ns = self._lookup(namespace)
-        _check_bucket(ns.spec, bucket)
-        rows = _backend(
-            "enumerate ids", lambda: list(self._session.execute(self._q_ids, (ns.uid, bucket)))
+        bucket = check_bucket(ns.spec, bucket)
+        rows = backend(
+            "enumerate ids", lambda: list(self.session.execute(self._q_ids, (ns.uid, bucket)))
         )
         return [r[0] for r in rows]
 
     # Knowledge --------------------------------------------------------------------------
 
     def write(self, namespace: str, kind: str, batch: KnowledgeBatch, lineage: Lineage) -> int:
+        check_lineage(lineage)
         ns = self._lookup(namespace)
         b = check_batch(ns.spec, kind, batch)
         ttl = int(ns.spec.ttl_s.get(kind, 0))
-        now = datetime.now(UTC)
-        values = b.values
-        rows = []
-        for k, i in enumerate(b.ids):
-            # Absent columns are left unset: a bound None would write a tombstone per cell.
-            klass = int(b.classes[k]) if b.classes is not None else UNSET_VALUE
-            conf = float(b.confidence[k]) if b.confidence is not None else UNSET_VALUE
-            extra = (
-                SEP.join(b.neighbour_ids[k]).encode()
-                if b.neighbour_ids is not None
-                else UNSET_VALUE
-            )
-            at = (
-                datetime.fromtimestamp(float(b.written_at[k]), UTC)
-                if b.written_at is not None
-                else now
-            )
-            rows.append(
-                (
-                    ns.uid,
-                    kind,
-                    bucket_of(i, ns.spec.buckets),
-                    i,
-                    values[k].tobytes(),
-                    lineage.step,
-                    klass,
-                    conf,
-                    extra,
-                    lineage.maker,
-                    lineage.fingerprint,
-                    at,
-                    lineage.step,
-                    ttl,
-                )
-            )
+        bucket, step = ns.spec.buckets, lineage.step
+        # Absent columns are left unset: a bound None would write a tombstone per cell.
+        rows = [
+            (ns.uid, kind, bucket_of(r.id, bucket), *_unset_none(r), step, ttl)
+            for r in encode(b, lineage, time.time())
+        ]
         self._run_batched(self._q_ins, rows, key=lambda r: r[2], what="write knowledge")
         return len(rows)
 
@@ -334,16 +307,15 @@ class CassandraBank:
         lineage: bool = False,
     ) -> KnowledgeRead:
         ns = self._lookup(namespace)
-        dim = ns.spec.dim(kind)
-        id_list = check_ids(ids)
+        id_list = check_read(ns.spec, kind, ids, max_staleness)
         query = self._q_read_lin if lineage else self._q_read
-        found: dict[str, tuple[Any, ...]] = {}
+        found: dict[str, Stored] = {}
         for rows in self._by_bucket(query, ns, kind, id_list, "read knowledge"):
             for r in rows:
-                found[r[0]] = r
-        return _assemble(
+                found[r[0]] = Stored(*r)
+        return assemble(
             kind,
-            dim,
+            ns.spec.dim(kind),
             id_list,
             [found.get(i) for i in id_list],
             lineage,
@@ -354,22 +326,20 @@ class CassandraBank:
     def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
         ns = self._lookup(namespace)
         dim = ns.spec.dim(kind)
-        _check_bucket(ns.spec, bucket)
-        rows = _backend(
+        bucket = check_bucket(ns.spec, bucket)
+        rows = backend(
             "scan knowledge",
-            lambda: list(self._session.execute(self._q_scan, (ns.uid, kind, bucket))),
+            lambda: [
+                Stored(*r) for r in self.session.execute(self._q_scan, (ns.uid, kind, bucket))
+            ],
         )
-        return _assemble(kind, dim, [r[0] for r in rows], rows, True, None, None)
+        return assemble(kind, dim, [r.id for r in rows], rows, True)
 
     def quarantine(
         self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None
     ) -> int:
         ns = self._lookup(namespace)
-        if from_step > to_step or from_step < 0:
-            raise ValueRejectedError(f"step range {from_step}..{to_step} is empty or negative")
-        chosen = list(kinds) if kinds is not None else list(ns.spec.kinds)
-        for k in chosen:
-            ns.spec.dim(k)
+        chosen = check_quarantine(ns.spec, from_step, to_step, kinds)
         doomed = []
         for kind in chosen:
             for bucket in range(ns.spec.buckets):
@@ -387,15 +357,16 @@ class CassandraBank:
     def _by_bucket(
         self, query: PreparedStatement, ns: _Ns, kind: str | None, ids: list[str], what: str
     ) -> list[list[tuple[Any, ...]]]:
+        per = self.config.ids_per_query
         groups: dict[int, list[str]] = defaultdict(list)
         for i in dict.fromkeys(ids):
             groups[bucket_of(i, ns.spec.buckets)].append(i)
         futures = [
-            self._session.execute_async(
+            self.session.execute_async(
                 query, (ns.uid, b, part) if kind is None else (ns.uid, kind, b, part)
             )
             for b, g in groups.items()
-            for part in (g[s : s + _IDS_PER_QUERY] for s in range(0, len(g), _IDS_PER_QUERY))
+            for part in (g[s : s + per] for s in range(0, len(g), per))
         ]
         return _wait_all(what, futures)
 
@@ -407,29 +378,30 @@ class CassandraBank:
         what: str,
     ) -> None:
         """Unlogged batches of rows sharing a partition, many in flight at once."""
+        size, in_flight_max = self.config.batch_rows, self.config.writes_in_flight
         groups: dict[object, list[tuple[Any, ...]]] = defaultdict(list)
         for r in rows:
             groups[key(r)].append(r)
         batches = []
         for group in groups.values():
-            for start in range(0, len(group), _BATCH_ROWS):
+            for start in range(0, len(group), size):
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for r in group[start : start + _BATCH_ROWS]:
+                for r in group[start : start + size]:
                     batch.add(stmt, r)
                 batches.append(batch)
         in_flight: list[ResponseFuture] = []
         for batch in batches:
-            in_flight.append(self._session.execute_async(batch))
-            if len(in_flight) >= _IN_FLIGHT:
-                _wait_all(what, in_flight[: _IN_FLIGHT // 2])
-                in_flight = in_flight[_IN_FLIGHT // 2 :]
+            in_flight.append(self.session.execute_async(batch))
+            if len(in_flight) >= in_flight_max:
+                _wait_all(what, in_flight[: in_flight_max // 2])
+                in_flight = in_flight[in_flight_max // 2 :]
         _wait_all(what, in_flight)
 
 
 def _wait_all(what: str, futures: list[ResponseFuture]) -> list[list[tuple[Any, ...]]]:
     out = []
     for f in futures:
-        result = _backend(what, f.result)
+        result = backend(what, f.result)
         rows = list(result.current_rows)
         while result.has_more_pages:
             result.fetch_next_page()
@@ -438,78 +410,5 @@ def _wait_all(what: str, futures: list[ResponseFuture]) -> list[list[tuple[Any, 
     return out
 
 
-def _row_to_ns(r: tuple[Any, ...]) -> _Ns:
-    name, uid, buckets, kinds, ttl, feature_dim, created = r
-    spec = NamespaceSpec(
-        name=name,
-        kinds=dict(kinds or {}),
-        buckets=buckets,
-        ttl_s=dict(ttl or {}),
-        created_at=created.replace(tzinfo=UTC).timestamp() if created else 0.0,
-    )
-    return _Ns(spec, uid, feature_dim, time.monotonic())
-
-
-def _check_bucket(spec: NamespaceSpec, bucket: int) -> None:
-    if not 0 <= bucket < spec.buckets:
-        raise ValueRejectedError(f"bucket: {bucket} is outside 0..{spec.buckets - 1}")
-
-
-def _labels(labels: Sequence[int] | None, n: int) -> np.ndarray[Any, np.dtype[np.int32]]:
-    if labels is None:
-        return np.full(n, NO_LABEL, np.int32)
-    arr = np.asarray(labels)
-    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueRejectedError(f"labels: expected {n} ints (-1 = unlabeled)")
-    if (arr < NO_LABEL).any():
-        raise ValueRejectedError("labels: must be >= -1 (-1 = unlabeled)")
-    return arr.astype(np.int32)
-
-
-def _assemble(
-    kind: str,
-    dim: int,
-    ids: list[str],
-    rows: Sequence[tuple[Any, ...] | None],
-    lineage: bool,
-    current_step: int | None,
-    max_staleness: int | None,
-) -> KnowledgeRead:
-    n = len(ids)
-    values = np.zeros((n, dim), np.float32)
-    steps = np.full(n, -1, np.int64)
-    missing = np.ones(n, bool)
-    present = [k for k, r in enumerate(rows) if r is not None]
-    if present:
-        idx = np.asarray(present)
-        missing[idx] = False
-        steps[idx] = [rows[k][2] for k in present]  # type: ignore[index]
-        blobs = [rows[k][1] for k in present]  # type: ignore[index]
-        if kind == "neighbours":
-            for k, blob in zip(present, blobs, strict=True):
-                v = np.frombuffer(blob, "<f4")
-                values[k, : v.shape[0]] = v
-        else:
-            values[idx] = np.frombuffer(b"".join(blobs), "<f4").reshape(len(present), dim)
-    read = KnowledgeRead(
-        kind, ids, values, steps, missing, stale_mask(steps, missing, current_step, max_staleness)
-    )
-    if kind == "pseudo_label":
-        read.classes = np.array([r[3] if r is not None else -1 for r in rows], np.int32)
-        read.confidence = np.array([r[4] if r is not None else 0.0 for r in rows], np.float32)
-    if kind == "neighbours":
-        read.neighbour_ids = [
-            (r[5].decode().split(SEP) if r[5] else []) if r is not None else [] for r in rows
-        ]
-    if lineage:
-        read.makers = [r[6] if r is not None else "" for r in rows]
-        read.fingerprints = [r[7] or "" if r is not None else "" for r in rows]
-        read.written_at = np.array(
-            [r[8].replace(tzinfo=UTC).timestamp() if r is not None and r[8] else 0.0 for r in rows],
-            np.float64,
-        )
-    return read
-
-
-def settings_json(spec: NamespaceSpec) -> str:
-    return json.dumps({"kinds": dict(spec.kinds), "buckets": spec.buckets})
+def _unset_none(row: Stored) -> Iterable[Any]:
+    return (UNSET_VALUE if v is None else v for v in row)

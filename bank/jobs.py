@@ -7,8 +7,7 @@ import json
 import threading
 from typing import Any, Protocol
 
-from carls.bank.cassandra import _backend
-from carls.bank.session import CassandraConfig, connect
+from carls.bank.kv import KvTable
 
 _PARTITION = "__jobs__"
 
@@ -45,30 +44,15 @@ class MemoryJobStore:
         return None
 
 
-class CassandraJobStore:
+class CassandraJobStore(KvTable):
     """Job states as JSON in the keyspace's ``kv`` table (one partition for all jobs)."""
 
-    def __init__(self, config: CassandraConfig) -> None:
-        self._cluster, self._session = connect(config)
-        self._put = self._session.prepare("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)")
-        self._get = self._session.prepare("SELECT value FROM kv WHERE namespace = ? AND key = ?")
-        self._all = self._session.prepare("SELECT value FROM kv WHERE namespace = ?")
-
     def put(self, job_id: str, state: dict[str, Any]) -> None:
-        payload = json.dumps(state)
-        _backend(
-            "save job", lambda: self._session.execute(self._put, (_PARTITION, job_id, payload))
-        )
+        self.put_records("save job", _PARTITION, {job_id: json.dumps(state)})
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        row = _backend(
-            "read job", lambda: self._session.execute(self._get, (_PARTITION, job_id)).one()
-        )
-        return None if row is None else dict(json.loads(row[0]))
+        raw = self.record("read job", _PARTITION, job_id)
+        return None if raw is None else dict(json.loads(raw))
 
     def all(self) -> list[dict[str, Any]]:
-        rows = _backend("list jobs", lambda: list(self._session.execute(self._all, (_PARTITION,))))
-        return [dict(json.loads(r[0])) for r in rows]
-
-    def close(self) -> None:
-        self._cluster.shutdown()
+        return [dict(json.loads(v)) for v in self.records("list jobs", _PARTITION).values()]

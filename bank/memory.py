@@ -23,9 +23,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
-from carls.bank.errors import DimensionError, NamespaceError, ValueRejectedError
+from carls.bank.errors import DimensionError, NamespaceError
+from carls.bank.rows import (
+    Stored,
+    assemble,
+    check_batch,
+    check_bucket,
+    check_examples,
+    check_ids,
+    check_lineage,
+    check_quarantine,
+    check_read,
+    check_spec,
+    encode,
+)
 from carls.bank.types import (
     F32,
     NO_LABEL,
@@ -35,10 +47,6 @@ from carls.bank.types import (
     Lineage,
     NamespaceSpec,
     bucket_of,
-    check_batch,
-    check_ids,
-    check_matrix,
-    stale_mask,
     validate_name,
 )
 
@@ -47,23 +55,16 @@ __all__ = ["MemoryBank"]
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    step: int
-    value: F32
-    klass: int
-    confidence: float
-    neighbour_ids: tuple[str, ...]
-    maker: str
-    fingerprint: str
-    written_at: float
+    stored: Stored
     stored_at: float  # when this bank got it: TTL counts from here, as in Cassandra
 
     def beats(self, old: _Row, old_expired: bool) -> bool:
         """Whether this write replaces ``old`` under Cassandra's reconciliation."""
-        if self.step != old.step:
-            return self.step > old.step
+        if self.stored.step != old.stored.step:
+            return self.stored.step > old.stored.step
         if old_expired:
             return False
-        return self.value.tobytes() >= old.value.tobytes()
+        return self.stored.value >= old.stored.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +123,7 @@ class MemoryBank:
     # Namespaces ---------------------------------------------------------------------------
 
     def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
-        if not isinstance(spec, NamespaceSpec):
-            raise ValueRejectedError(f"spec: expected a NamespaceSpec, got {type(spec).__name__}")
+        check_spec(spec)
         with self._lock:
             if spec.name in self._namespaces:
                 raise NamespaceError(f"namespace {spec.name} already exists")
@@ -157,13 +157,9 @@ class MemoryBank:
         modality: str | None = None,
     ) -> int:
         spec = self._spec(namespace)
-        ids = _unique(check_ids(ids))
-        arr = np.asarray(features)
-        if arr.ndim != 2 or arr.shape[1] < 1:
-            raise DimensionError(f"features: expected shape ({len(ids)}, dim), got {arr.shape}")
-        feats = check_matrix(arr, len(ids), arr.shape[1], "features")
-        labs = _check_labels(labels, len(ids))
-        mod = _check_modality(modality)
+        with self._lock:
+            dim = self._current(spec).feature_dim
+        ids, feats, labs, mod = check_examples(ids, features, labels, modality, dim)
         with self._lock:
             ns = self._current(spec)
             if ns.feature_dim is not None and ns.feature_dim != feats.shape[1]:
@@ -200,48 +196,29 @@ class MemoryBank:
     def example_ids(self, namespace: str, bucket: int) -> list[str]:
         with self._lock:
             ns = self._get(namespace)
-            _check_bucket(bucket, ns.spec.buckets)
-            return sorted(ns.examples[bucket])
+            return sorted(ns.examples[check_bucket(ns.spec, bucket)])
 
     # Knowledge ----------------------------------------------------------------------------
 
     def write(self, namespace: str, kind: str, batch: KnowledgeBatch, lineage: Lineage) -> int:
         spec = self._spec(namespace)
-        if not isinstance(lineage, Lineage):
-            raise ValueRejectedError(f"lineage: expected a Lineage, got {type(lineage).__name__}")
+        check_lineage(lineage)
         checked = check_batch(spec, kind, batch)
-        n = len(checked.ids)
-        classes = checked.classes if checked.classes is not None else np.full(n, -1, np.int32)
-        confidence = (
-            checked.confidence if checked.confidence is not None else np.zeros(n, np.float32)
-        )
-        neighbours = checked.neighbour_ids or [[] for _ in range(n)]
-        written_at = checked.written_at
         with self._lock:
             ns = self._current(spec)
             now = self._clock()
             ttl = spec.ttl_s.get(kind)
             buckets = ns.kind_rows(kind)
             tombs = ns.tombstones.setdefault(kind, {})
-            for i, id_ in enumerate(checked.ids):
-                if lineage.step <= tombs.get(id_, -1):
+            for stored in encode(checked, lineage, now):
+                if lineage.step <= tombs.get(stored.id, -1):
                     continue
-                row = _Row(
-                    lineage.step,
-                    _frozen(checked.values[i]),
-                    int(classes[i]),
-                    float(confidence[i]),
-                    tuple(neighbours[i]),
-                    lineage.maker,
-                    lineage.fingerprint,
-                    now if written_at is None else float(written_at[i]),
-                    now,
-                )
-                rows = buckets[bucket_of(id_, spec.buckets)]
-                old = rows.get(id_)
+                row = _Row(stored, now)
+                rows = buckets[bucket_of(stored.id, spec.buckets)]
+                old = rows.get(stored.id)
                 if old is None or row.beats(old, _expired(old, ttl, now)):
-                    rows[id_] = row
-        return n
+                    rows[stored.id] = row
+        return len(checked.ids)
 
     def read(
         self,
@@ -254,49 +231,35 @@ class MemoryBank:
         lineage: bool = False,
     ) -> KnowledgeRead:
         spec = self._spec(namespace)
-        spec.dim(kind)
-        ids = check_ids(ids)
-        if max_staleness is not None and max_staleness < 0:
-            raise ValueRejectedError("max_staleness: must be >= 0")
+        ids = check_read(spec, kind, ids, max_staleness)
         with self._lock:
             ns = self._current(spec)
             now = self._clock()
             ttl = spec.ttl_s.get(kind)
             buckets = ns.rows.get(kind)
-            found: list[_Row | None] = []
+            found: list[Stored | None] = []
             for id_ in ids:
                 row = buckets[bucket_of(id_, spec.buckets)].get(id_) if buckets else None
-                found.append(None if row is None or _expired(row, ttl, now) else row)
-        out = _assemble(spec, kind, ids, found, lineage)
-        out.stale = stale_mask(out.steps, out.missing, current_step, max_staleness)
-        return out
+                found.append(None if row is None or _expired(row, ttl, now) else row.stored)
+        return assemble(kind, spec.dim(kind), ids, found, lineage, current_step, max_staleness)
 
     def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
         spec = self._spec(namespace)
         spec.dim(kind)
-        _check_bucket(bucket, spec.buckets)
+        bucket = check_bucket(spec, bucket)
         with self._lock:
             ns = self._current(spec)
             now = self._clock()
             ttl = spec.ttl_s.get(kind)
             rows = ns.rows[kind][bucket] if kind in ns.rows else {}
-            live = sorted((i, r) for i, r in rows.items() if not _expired(r, ttl, now))
-        return _assemble(spec, kind, [i for i, _ in live], [r for _, r in live], True)
+            live = [r.stored for i, r in sorted(rows.items()) if not _expired(r, ttl, now)]
+        return assemble(kind, spec.dim(kind), [r.id for r in live], live, True)
 
     def quarantine(
         self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None
     ) -> int:
         spec = self._spec(namespace)
-        for name, step in (("from_step", from_step), ("to_step", to_step)):
-            if not isinstance(step, int) or isinstance(step, bool):
-                raise ValueRejectedError(f"{name}: must be an int, got {step!r}")
-        if from_step > to_step or from_step < 0:
-            raise ValueRejectedError(f"step range {from_step}..{to_step} is empty or negative")
-        if isinstance(kinds, str):
-            raise ValueRejectedError("kinds: expected a sequence of kinds, got one string")
-        chosen = list(spec.kinds) if kinds is None else list(kinds)
-        for kind in chosen:
-            spec.dim(kind)
+        chosen = check_quarantine(spec, from_step, to_step, kinds)
         removed = 0
         with self._lock:
             ns = self._current(spec)
@@ -305,10 +268,10 @@ class MemoryBank:
                 ttl = spec.ttl_s.get(kind)
                 tombs = ns.tombstones.setdefault(kind, {})
                 for rows in ns.rows.get(kind, []):
-                    doomed = [i for i, r in rows.items() if from_step <= r.step <= to_step]
+                    doomed = [i for i, r in rows.items() if from_step <= r.stored.step <= to_step]
                     for id_ in doomed:
                         row = rows.pop(id_)
-                        tombs[id_] = max(tombs.get(id_, -1), row.step)
+                        tombs[id_] = max(tombs.get(id_, -1), row.stored.step)
                         removed += not _expired(row, ttl, now)
         return removed
 
@@ -338,58 +301,3 @@ class MemoryBank:
 
 def _expired(row: _Row, ttl: int | None, now: float) -> bool:
     return ttl is not None and now >= row.stored_at + ttl
-
-
-def _check_bucket(bucket: int, buckets: int) -> None:
-    if not isinstance(bucket, int) or isinstance(bucket, bool) or not 0 <= bucket < buckets:
-        raise ValueRejectedError(f"bucket: must be an int in 0..{buckets - 1}, got {bucket!r}")
-
-
-def _unique(ids: list[str]) -> list[str]:
-    if len(set(ids)) != len(ids):
-        raise ValueRejectedError("ids: the batch names an id twice")
-    return ids
-
-
-def _check_labels(labels: Sequence[int] | None, n: int) -> npt.NDArray[np.int32]:
-    if labels is None:
-        return np.full(n, NO_LABEL, dtype=np.int32)
-    arr = np.asarray(labels)
-    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueRejectedError(f"labels: expected {n} ints, got {arr.dtype} {arr.shape}")
-    if (arr < NO_LABEL).any() or (arr > np.iinfo(np.int32).max).any():
-        raise ValueRejectedError(f"labels: must be class indices, or {NO_LABEL} for unlabeled")
-    return arr.astype(np.int32)
-
-
-def _check_modality(modality: str | None) -> str:
-    return "" if modality is None else validate_name(modality, "modality")
-
-
-def _assemble(
-    spec: NamespaceSpec, kind: str, ids: list[str], rows: Sequence[_Row | None], lineage: bool
-) -> KnowledgeRead:
-    n, dim = len(ids), spec.dim(kind)
-    values = np.zeros((n, dim), dtype=np.float32)
-    steps = np.full(n, -1, dtype=np.int64)
-    missing = np.ones(n, dtype=bool)
-    for i, row in enumerate(rows):
-        if row is not None:
-            values[i, : row.value.shape[0]] = row.value
-            steps[i] = row.step
-            missing[i] = False
-    out = KnowledgeRead(kind, list(ids), values, steps, missing, np.zeros(n, dtype=bool))
-    if kind == "pseudo_label":
-        out.classes = np.array([-1 if r is None else r.klass for r in rows], dtype=np.int32)
-        out.confidence = np.array(
-            [0.0 if r is None else r.confidence for r in rows], dtype=np.float32
-        )
-    if kind == "neighbours":
-        out.neighbour_ids = [[] if r is None else list(r.neighbour_ids) for r in rows]
-    if lineage:
-        out.makers = ["" if r is None else r.maker for r in rows]
-        out.fingerprints = ["" if r is None else r.fingerprint for r in rows]
-        out.written_at = np.array(
-            [0.0 if r is None else r.written_at for r in rows], dtype=np.float64
-        )
-    return out

@@ -1,4 +1,8 @@
-"""The ``KnowledgeBank`` protocol: what every bank does, and the rules it keeps.
+"""The bank as small protocols, and the rules every bank keeps.
+
+A consumer depends on the protocol it uses: a trainer's reader on ``KnowledgeSource``
+(``read``), a maker on ``ExampleStore`` and ``KnowledgeStore``, the admin tool on the whole
+``KnowledgeBank``. Both banks (``memory``, ``cassandra``) implement all of them.
 
 Rules every implementation keeps (``tests/contract`` checks them on each):
 
@@ -8,7 +12,8 @@ Rules every implementation keeps (``tests/contract`` checks them on each):
   ``missing`` mask; a backend failure raises ``BankUnavailableError``, never "missing".
 * **Quarantine respects the clock.** Removing steps ``a..b`` removes exactly the rows whose
   step lies there; a later write at a newer step lands normally.
-* **Validation before I/O.** Bad input raises before anything is written.
+* **Validation before I/O.** Bad input raises before anything is written, and both banks
+  reject exactly the same input: they run the same checks (``bank.rows``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from carls.bank.errors import DimensionError, ValueRejectedError
+from carls.bank.similarity import top_k
 from carls.bank.types import (
     F32,
     I64,
@@ -32,20 +39,47 @@ from carls.bank.types import (
 
 
 @runtime_checkable
-class KnowledgeBank(Protocol):
-    # Namespaces -------------------------------------------------------------------------
-    def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
-        """Create a namespace; ``NamespaceError`` if it exists. Returns it with created_at."""
-
+class NamespaceLookup(Protocol):
     def namespace(self, name: str) -> NamespaceSpec:
         """The namespace's spec; ``NamespaceError`` if unknown."""
 
-    def namespaces(self) -> list[NamespaceSpec]: ...
 
-    def drop_namespace(self, name: str) -> None:
-        """Remove the namespace with its examples and knowledge."""
+@runtime_checkable
+class KnowledgeSource(NamespaceLookup, Protocol):
+    """What a trainer needs: knowledge of its examples."""
 
-    # Examples ---------------------------------------------------------------------------
+    def read(
+        self,
+        namespace: str,
+        kind: str,
+        ids: Sequence[str],
+        *,
+        current_step: int | None = None,
+        max_staleness: int | None = None,
+        lineage: bool = False,
+    ) -> KnowledgeRead: ...
+
+
+@runtime_checkable
+class KnowledgeStore(NamespaceLookup, Protocol):
+    """What makers and admin work write and enumerate."""
+
+    def write(self, namespace: str, kind: str, batch: KnowledgeBatch, lineage: Lineage) -> int:
+        """Write knowledge unless a newer step is already there; returns rows submitted."""
+
+    def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
+        """All knowledge rows of a kind in one bucket (for export, coverage, neighbours)."""
+
+    def quarantine(
+        self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None
+    ) -> int:
+        """Remove knowledge whose step lies in ``from_step..to_step``; returns rows removed."""
+
+
+@runtime_checkable
+class ExampleStore(NamespaceLookup, Protocol):
+    """Registered examples: features and labels by id."""
+
     def register_examples(
         self,
         namespace: str,
@@ -61,44 +95,41 @@ class KnowledgeBank(Protocol):
     def example_ids(self, namespace: str, bucket: int) -> list[str]:
         """The registered ids of one bucket, sorted: enumerate a namespace bucket by bucket."""
 
-    # Knowledge --------------------------------------------------------------------------
-    def write(self, namespace: str, kind: str, batch: KnowledgeBatch, lineage: Lineage) -> int:
-        """Write knowledge unless a newer step is already there; returns rows submitted."""
 
-    def read(
-        self,
-        namespace: str,
-        kind: str,
-        ids: Sequence[str],
-        *,
-        current_step: int | None = None,
-        max_staleness: int | None = None,
-        lineage: bool = False,
-    ) -> KnowledgeRead: ...
+@runtime_checkable
+class NamespaceAdmin(NamespaceLookup, Protocol):
+    def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
+        """Create a namespace; ``NamespaceError`` if it exists. Returns it with created_at."""
 
-    def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
-        """All knowledge rows of a kind in one bucket (for export, coverage, neighbours)."""
+    def namespaces(self) -> list[NamespaceSpec]: ...
 
-    def quarantine(
-        self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None
-    ) -> int:
-        """Remove knowledge whose step lies in ``from_step..to_step``; returns rows removed."""
+    def drop_namespace(self, name: str) -> None:
+        """Remove the namespace with its examples and knowledge."""
+
+
+@runtime_checkable
+class KnowledgeBank(NamespaceAdmin, ExampleStore, KnowledgeStore, KnowledgeSource, Protocol):
+    """Every part of a bank, and ``close``."""
 
     def close(self) -> None: ...
+
+
+class MakerBank(ExampleStore, KnowledgeStore, Protocol):
+    """What a knowledge maker uses: examples in, knowledge out."""
 
 
 # ---------------------------------------------------------------------------------------
 # Operations built on the protocol, shared by every implementation.
 
 
-def iter_example_ids(bank: KnowledgeBank, namespace: str) -> Iterator[tuple[int, list[str]]]:
+def iter_example_ids(bank: ExampleStore, namespace: str) -> Iterator[tuple[int, list[str]]]:
     """(bucket, ids) for every bucket of the namespace, in bucket order."""
     spec = bank.namespace(namespace)
     for bucket in range(spec.buckets):
         yield bucket, bank.example_ids(namespace, bucket)
 
 
-def scan_all(bank: KnowledgeBank, namespace: str, kind: str) -> KnowledgeRead:
+def scan_all(bank: KnowledgeStore, namespace: str, kind: str) -> KnowledgeRead:
     """Every row of a kind, concatenated over buckets."""
     spec = bank.namespace(namespace)
     parts = [bank.scan(namespace, kind, b) for b in range(spec.buckets)]
@@ -137,7 +168,7 @@ def concat_reads(kind: str, dim: int, parts: list[KnowledgeRead]) -> KnowledgeRe
     )
 
 
-def coverage(bank: KnowledgeBank, namespace: str, kind: str) -> Coverage:
+def coverage(bank: MakerBank, namespace: str, kind: str) -> Coverage:
     """How many registered ids have knowledge at the newest step, at older steps, or none."""
     spec = bank.namespace(namespace)
     spec.dim(kind)
@@ -168,7 +199,7 @@ def coverage(bank: KnowledgeBank, namespace: str, kind: str) -> Coverage:
 
 
 def nearest(
-    bank: KnowledgeBank,
+    bank: KnowledgeStore,
     namespace: str,
     kind: str,
     query: F32,
@@ -182,8 +213,6 @@ def nearest(
 
     ``steps`` (inclusive range) picks the model generation; by default only vectors of the
     newest step present are compared, so generations are never mixed silently."""
-    from carls.bank.errors import ValueRejectedError
-
     if metric not in ("cosine", "dot"):
         raise ValueRejectedError(f"metric: {metric!r} is not 'cosine' or 'dot'")
     if k < 1:
@@ -191,8 +220,6 @@ def nearest(
     rows = scan_all(bank, namespace, kind)
     q = np.asarray(query, dtype=np.float32).reshape(-1)
     if q.shape[0] != rows.values.shape[1] or not np.isfinite(q).all():
-        from carls.bank.errors import DimensionError
-
         raise DimensionError(
             f"query: expected {rows.values.shape[1]} finite floats, got {q.shape[0]}"
         )
@@ -206,10 +233,8 @@ def nearest(
     idx = np.flatnonzero(mask)
     if idx.size == 0:
         return []
-    mat = rows.values[idx]
-    scores = mat @ q
-    if metric == "cosine":
-        norms = np.linalg.norm(mat, axis=1) * (np.linalg.norm(q) or 1.0)
-        scores = scores / np.where(norms == 0, 1.0, norms)
-    top = np.argsort(-scores, kind="stable")[:k]
-    return [Neighbour(rows.ids[idx[t]], float(scores[t]), int(rows.steps[idx[t]])) for t in top]
+    best, scores = top_k(q[None, :], rows.values[idx], min(k, idx.size), cosine=metric == "cosine")
+    return [
+        Neighbour(rows.ids[idx[t]], float(score), int(rows.steps[idx[t]]))
+        for t, score in zip(best[0], scores[0], strict=True)
+    ]

@@ -1,19 +1,34 @@
-"""Connecting to Cassandra and applying the bank's CQL schema."""
+"""Connecting to Cassandra and applying the bank's CQL schema.
+
+A process opens one :class:`Connection` and hands it to every Cassandra store it uses
+(the bank, the job store, a worker's checkpoint verdicts and crash counts): one driver
+session, one pool of connections per host. Stores connect in ``start``, never when built.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from cassandra import DriverException, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from carls.bank.errors import BankUnavailableError
 from carls.schemas.cql import schema_statements
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+S = TypeVar("S", bound="Store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +44,18 @@ class CassandraConfig:
     local_dc: str | None = None
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
+    # Tuning of the bank's queries (measured on loopback; see ``carls bench bank``):
+    fetch_size: int = 5000
+    """Rows per page of a scan."""
+    ids_per_query: int = 128
+    """Ids one lookup query asks for: responses much over ~100 KB cost ~40 ms more
+    (128 ids x 128-d per query ~2 ms, 256 ids ~50 ms)."""
+    batch_rows: int = 64
+    """Rows of one partition per unlogged write batch."""
+    writes_in_flight: int = 64
+    """Write batches in flight at once."""
+    namespace_cache_s: float = 5.0
+    """How long a namespace's spec is used before it is looked up again."""
 
 
 class _QuietConnectFailure(logging.Filter):
@@ -67,6 +94,88 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
             f"{' keyspace ' + cfg.keyspace if keyspace else ''}: {_why(exc)}"
         ) from exc
     return cluster, session
+
+
+def backend(what: str, fn: Callable[[], T]) -> T:
+    """Run a driver call; any backend failure becomes a retriable BankUnavailableError."""
+    try:
+        return fn()
+    except (NoHostAvailable, RequestExecutionException, DriverException, OSError) as exc:
+        raise BankUnavailableError(f"cassandra {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class Connection:
+    """One cluster and session, shared by every Cassandra store of a process.
+
+    ``start`` connects (again after ``close``); ``close`` shuts the session down. A store
+    given a ``CassandraConfig`` instead of a connection opens and owns its own."""
+
+    def __init__(self, config: CassandraConfig) -> None:
+        self.config = config
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+
+    def start(self) -> Connection:
+        if self._session is None:
+            self._cluster, self._session = connect(self.config)
+        return self
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("the Cassandra connection is not started: call start() first")
+        return self._session
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.shutdown()
+        self._cluster = self._session = None
+
+    def __enter__(self) -> Connection:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store:
+    """Base of a Cassandra-backed store: connects in ``start`` (preparing its statements
+    in ``prepare``), shares a ``Connection`` or owns one made from a config."""
+
+    def __init__(self, connection: Connection | CassandraConfig) -> None:
+        self._owns = not isinstance(connection, Connection)
+        self.connection = (
+            connection if isinstance(connection, Connection) else Connection(connection)
+        )
+        self._started = False
+
+    @property
+    def config(self) -> CassandraConfig:
+        return self.connection.config
+
+    @property
+    def session(self) -> Session:
+        return self.connection.session
+
+    def start(self: S) -> S:
+        if not self._started:
+            self.prepare(self.connection.start().session)
+            self._started = True
+        return self
+
+    def prepare(self, session: Session) -> None:
+        """Prepare the store's statements (called once by ``start``)."""
+
+    def close(self) -> None:
+        self._started = False
+        if self._owns:
+            self.connection.close()
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _why(exc: Exception) -> str:

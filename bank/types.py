@@ -13,9 +13,8 @@ so a batch is one ``(n, dim)`` array, and reads are a single gather on the clien
 
 from __future__ import annotations
 
-import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,7 +187,7 @@ class Neighbour:
 
 
 # ---------------------------------------------------------------------------------------
-# Validation shared by every implementation, so they reject exactly the same input.
+# Names, checked where the types are made (input checks of whole calls: ``bank.rows``).
 
 
 def validate_name(value: str, field_name: str) -> str:
@@ -210,115 +209,6 @@ def validate_kind(value: str, field_name: str = "kind") -> str:
         return names.validate_kind(value, field_name)
     except SchemaError as exc:
         raise KnowledgeKindError(str(exc)) from exc
-
-
-_FAST_ID_CHARS = names.MAX_ID_BYTES // 4  # ids this short fit in MAX_ID_BYTES whatever they hold
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_ids(ids: Sequence[str], field_name: str = "ids") -> list[str]:
-    """Validate a batch of ids (non-empty, not too many, each a valid id); return a list.
-
-    Runs on every lookup, so the common case (short, clean str ids) is checked in bulk."""
-    if isinstance(ids, str):
-        raise ValueRejectedError(f"{field_name}: expected a sequence of ids, got one string")
-    out = ids if isinstance(ids, list) else list(ids)
-    if not out:
-        raise ValueRejectedError(f"{field_name}: the batch is empty")
-    if len(out) > MAX_BATCH:
-        raise ValueRejectedError(f"{field_name}: {len(out)} ids in one batch; at most {MAX_BATCH}")
-    try:
-        joined = "".join(out)
-        lengths = list(map(len, out))
-        fast = (
-            min(lengths) > 0
-            and max(lengths) <= _FAST_ID_CHARS
-            and _CONTROL.search(joined) is None
-            and bool(joined.encode())
-        )
-    except (TypeError, UnicodeEncodeError):
-        fast = False
-    if not fast:
-        for i, id_ in enumerate(out):
-            validate_id(id_, f"{field_name}[{i}]")
-    return out
-
-
-def check_matrix(
-    values: object, rows: int, dim: int, what: str, allow_fewer_columns: bool = False
-) -> F32:
-    try:
-        arr = np.asarray(values)
-    except ValueError as exc:  # ragged nested lists
-        raise DimensionError(f"{what}: not a rectangular array ({exc})") from exc
-    if arr.ndim == 1 and dim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2 or arr.shape[0] != rows:
-        raise DimensionError(f"{what}: expected shape ({rows}, {dim}), got {arr.shape}")
-    if arr.shape[1] != dim and not (allow_fewer_columns and 1 <= arr.shape[1] <= dim):
-        raise DimensionError(f"{what}: dimension {arr.shape[1]} does not match the declared {dim}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueRejectedError(f"{what}: values must be numeric, got {arr.dtype}")
-    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range floats become Inf
-        out = np.ascontiguousarray(arr, dtype="<f4")
-    bad = ~np.isfinite(out).all(axis=1)
-    if bad.any():
-        raise ValueRejectedError(f"{what}: NaN or Inf in row {int(np.argmax(bad))}")
-    return out
-
-
-def check_batch(spec: NamespaceSpec, kind: str, batch: KnowledgeBatch) -> KnowledgeBatch:
-    """Validate a write against the namespace; return a normalised copy."""
-    dim = spec.dim(kind)
-    ids = check_ids(batch.ids)
-    if len(set(ids)) != len(ids):
-        raise ValueRejectedError("ids: the batch names an id twice")
-    values = check_matrix(
-        batch.values, len(ids), dim, f"{kind} values", allow_fewer_columns=kind == "neighbours"
-    )
-    classes = confidence = None
-    neighbour_ids = None
-    if kind == "pseudo_label":
-        if batch.classes is None or batch.confidence is None:
-            raise ValueRejectedError("pseudo_label: needs classes and confidence")
-        classes = np.asarray(batch.classes)
-        if classes.shape != (len(ids),) or not np.issubdtype(classes.dtype, np.integer):
-            raise ValueRejectedError(f"pseudo_label classes: expected {len(ids)} ints")
-        if (classes < 0).any() or (classes >= dim).any():
-            raise ValueRejectedError(f"pseudo_label classes: must lie in 0..{dim - 1}")
-        classes = classes.astype(np.int32)
-        confidence = check_matrix(batch.confidence, len(ids), 1, "pseudo_label confidence").reshape(
-            -1
-        )
-    if kind == "neighbours":
-        if batch.neighbour_ids is None or len(batch.neighbour_ids) != len(ids):
-            raise ValueRejectedError("neighbours: needs one list of neighbour ids per id")
-        neighbour_ids = []
-        for i, given in enumerate(batch.neighbour_ids):
-            row = list(given)
-            if len(row) != values.shape[1]:
-                raise DimensionError(
-                    f"neighbours[{i}]: {len(row)} ids for {values.shape[1]} scores"
-                )
-            for j, nid in enumerate(row):
-                validate_id(nid, f"neighbour_ids[{i}][{j}]")
-            neighbour_ids.append(row)
-    written_at = None
-    if batch.written_at is not None:
-        written_at = np.asarray(batch.written_at, dtype=np.float64).reshape(-1)
-        if written_at.shape != (len(ids),) or not np.isfinite(written_at).all():
-            raise ValueRejectedError(f"written_at: expected {len(ids)} finite timestamps")
-    return KnowledgeBatch(ids, values, classes, confidence, neighbour_ids, written_at)
-
-
-def stale_mask(
-    steps: I64, missing: Bool, current_step: int | None, max_staleness: int | None
-) -> Bool:
-    if max_staleness is not None and max_staleness < 0:
-        raise ValueRejectedError("max_staleness: must be >= 0")
-    if max_staleness is None or current_step is None:
-        return np.zeros(len(steps), dtype=bool)
-    return ~missing & (steps < current_step - max_staleness)
 
 
 def bucket_of(id_: str, buckets: int) -> int:

@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Protocol
 
-from carls.bank.cassandra import _backend
-from carls.bank.session import CassandraConfig, connect
+from carls.bank.kv import KvTable
 
 _PREFIX = "__broken_checkpoints__/"
 
@@ -69,29 +68,18 @@ class MemoryVerdicts:
         return None
 
 
-class CassandraVerdicts:
+class CassandraVerdicts(KvTable):
     """Broken-checkpoint records in the ``kv`` table, partition ``__broken_checkpoints__/<ns>``."""
-
-    def __init__(self, config: CassandraConfig) -> None:
-        self._cluster, self._session = connect(config)
-        self._put = self._session.prepare("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)")
-        self._all = self._session.prepare("SELECT key, value FROM kv WHERE namespace = ?")
 
     def mark_broken(
         self, namespace: str, generation: float, sha256: str, step: int, reason: str
     ) -> None:
-        row = (_PREFIX + namespace, sha256, _record(generation, step, reason))
-        _backend("record a broken checkpoint", lambda: self._session.execute(self._put, row))
+        record = _record(generation, step, reason)
+        self.put_records("record a broken checkpoint", _PREFIX + namespace, {sha256: record})
 
     def broken(self, namespace: str, generation: float) -> dict[str, str]:
-        rows = _backend(
-            "read broken checkpoints",
-            lambda: list(self._session.execute(self._all, (_PREFIX + namespace,))),
-        )
-        return _for_generation({r[0]: r[1] for r in rows}, generation)
-
-    def close(self) -> None:
-        self._cluster.shutdown()
+        rows = self.records("read broken checkpoints", _PREFIX + namespace)
+        return _for_generation(rows, generation)
 
 
 # Records that crashed workers -------------------------------------------------------------
@@ -137,34 +125,19 @@ class MemoryCrashes:
         return None
 
 
-class CassandraCrashes:
+class CassandraCrashes(KvTable):
     """Crash counts in the ``kv`` table, partition ``__crashes__/<group>`` (a record's
     count is read, then written one higher: workers crashing on it at the same moment
     may count once for two, which only delays setting it aside by a crash)."""
 
-    def __init__(self, config: CassandraConfig) -> None:
-        self._cluster, self._session = connect(config)
-        self._put = self._session.prepare("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)")
-        self._all = self._session.prepare("SELECT key, value FROM kv WHERE namespace = ?")
-
     def crashed(self, group: str, records: list[str], reason: str) -> None:
         known = self.crashes(group)
-        rows = [
-            (_CRASHES + group, key, json.dumps({"count": known.get(key, 0) + 1, "reason": reason}))
-            for key in records
-        ]
-
-        def write() -> None:
-            for row in rows:
-                self._session.execute(self._put, row)
-
-        _backend("record a crash", write)
+        self.put_records(
+            "record a crash",
+            _CRASHES + group,
+            {k: json.dumps({"count": known.get(k, 0) + 1, "reason": reason}) for k in records},
+        )
 
     def crashes(self, group: str) -> dict[str, int]:
-        rows = _backend(
-            "read crash counts", lambda: list(self._session.execute(self._all, (_CRASHES + group,)))
-        )
-        return {r[0]: int(json.loads(r[1]).get("count", 0)) for r in rows}
-
-    def close(self) -> None:
-        self._cluster.shutdown()
+        rows = self.records("read crash counts", _CRASHES + group)
+        return {k: int(json.loads(v).get("count", 0)) for k, v in rows.items()}

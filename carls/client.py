@@ -43,7 +43,7 @@ def connect(settings: Settings | None = None) -> Connection:
     from carls.bank.cassandra import CassandraBank
 
     s = settings if settings is not None else Settings()
-    bank = CassandraBank(s.cassandra)
+    bank = CassandraBank(s.cassandra).start()
     try:
         publisher = Publisher(s.kafka, s.topics)
     except BaseException:

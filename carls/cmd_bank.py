@@ -22,7 +22,7 @@ def _bank(ctx: click.Context) -> Iterator[CassandraBank]:
     from carls.bank.cassandra import CassandraBank
     from carls.cli import settings_of
 
-    bank = CassandraBank(settings_of(ctx).cassandra)
+    bank = CassandraBank(settings_of(ctx).cassandra).start()
     try:
         yield bank
     finally:

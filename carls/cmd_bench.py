@@ -34,7 +34,7 @@ def bench_bank(
     from carls.bank.cassandra import CassandraBank
     from carls.cli import settings_of
 
-    bank = CassandraBank(settings_of(ctx).cassandra)
+    bank = CassandraBank(settings_of(ctx).cassandra).start()
     try:
         result = run(
             bank, rows=rows, dim=dim, batch=batch, lookups=lookups, buckets=buckets, say=progress
@@ -190,7 +190,7 @@ def bench_trainer(ctx: click.Context, steps: int, as_json: bool) -> None:
     from carls.cli import settings_of
     from carls.trainers.bench import run
 
-    bank = CassandraBank(settings_of(ctx).cassandra)
+    bank = CassandraBank(settings_of(ctx).cassandra).start()
     try:
         r = run(bank, steps=steps, say=progress)
     finally:

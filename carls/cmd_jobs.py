@@ -27,12 +27,14 @@ def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
     """
     from carls.bank.cassandra import CassandraBank
     from carls.bank.jobs import CassandraJobStore
+    from carls.bank.session import Connection
     from carls.cli import settings_of
     from carls.trainers.service import serve
 
     settings = settings_of(ctx)
-    bank = CassandraBank(settings.cassandra)
-    jobs = CassandraJobStore(settings.cassandra)
+    cassandra = Connection(settings.cassandra).start()
+    bank = CassandraBank(cassandra).start()
+    jobs = CassandraJobStore(cassandra).start()
     try:
         ran = serve(
             settings.kafka,
@@ -45,8 +47,7 @@ def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
             once=once,
         )
     finally:
-        bank.close()
-        jobs.close()
+        cassandra.close()
     if once:
         click.echo(f"ran {ran} job(s)")
 
@@ -70,7 +71,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
     from carls.bank.jobs import CassandraJobStore
     from carls.cli import settings_of
 
-    store = CassandraJobStore(settings_of(ctx).cassandra)
+    store = CassandraJobStore(settings_of(ctx).cassandra).start()
     try:
         state = store.get(job_id)
     finally:

@@ -94,7 +94,7 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
         from carls.bank.jobs import CassandraJobStore
         from carls.streams.producer import Publisher
 
-        store = CassandraJobStore(settings.cassandra)
+        store = CassandraJobStore(settings.cassandra).start()
         try:  # queued before it is on the topic, so a fast trainer never goes back in time
             store.put(
                 record.job_id,

@@ -82,6 +82,9 @@ def worker(
     demand and examples topics into knowledge in the bank. Start more workers with the
     same --app-id to share partitions; kill one and the others take over its work.
     """
+    from carls.bank.cassandra import CassandraBank
+    from carls.bank.session import Connection
+    from carls.bank.verdicts import CassandraCrashes, CassandraVerdicts
     from carls.cli import settings_of
     from carls.makers.worker import WorkerConfig, run_worker
 
@@ -94,7 +97,6 @@ def worker(
     settings = settings_of(ctx)
     cfg = WorkerConfig(
         kafka=settings.kafka,
-        cassandra=settings.cassandra,
         topics=settings.topics,
         app_id=app_id or f"{settings.topic_prefix}-makers",
         checkpoint_root=settings.checkpoint_dir,
@@ -113,4 +115,11 @@ def worker(
         err=True,
     )
     level = ctx.find_root().params.get("log_level", "WARNING").lower()
-    run_worker(cfg, loglevel={"warning": "warn"}.get(level, level))
+    with Connection(settings.cassandra) as cassandra:
+        run_worker(
+            cfg,
+            CassandraBank(cassandra).start(),
+            CassandraVerdicts(cassandra).start(),
+            CassandraCrashes(cassandra).start(),
+            loglevel={"warning": "warn"}.get(level, level),
+        )

@@ -26,6 +26,7 @@ from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import NamespaceError
 from carls.bank.jobs import CassandraJobStore
 from carls.bank.protocol import coverage
+from carls.bank.session import Connection
 from carls.settings import Settings
 from carls.streams.producer import Publisher
 from carls.trainers.runner import Context, JobRun, new_job_id
@@ -66,8 +67,9 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
     say("bringing up the local stack (the first start resolves jars from Maven Central)")
     bring_up(settings, say=say)
     stack_s = time.monotonic() - t0
-    bank = CassandraBank(settings.cassandra)
-    jobs = CassandraJobStore(settings.cassandra)
+    cassandra = Connection(settings.cassandra).start()
+    bank = CassandraBank(cassandra).start()
+    jobs = CassandraJobStore(cassandra).start()
     publisher = Publisher(settings.kafka, settings.topics)
     worker = _start_worker(settings, say)
     result: dict[str, Any] = {"seeds": list(seeds), "stack_ready_s": round(stack_s, 1)}
@@ -112,8 +114,7 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.wait(timeout=30)
         publisher.close()
-        jobs.close()
-        bank.close()
+        cassandra.close()
     result["wall_s"] = round(time.monotonic() - t0, 1)
     return result
 

@@ -209,7 +209,7 @@ def run(
         result["consume"] = consume
 
         # (b) baselines --------------------------------------------------------------------
-        bank = CassandraBank(cassandra)
+        bank = CassandraBank(cassandra).start()
         ns = prefix
         try:
             bank.create_namespace(NamespaceSpec(ns, default_kinds(EMBED, CLASSES, 16)))

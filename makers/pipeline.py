@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from carls.bank.errors import DimensionError
-from carls.bank.protocol import KnowledgeBank
-from carls.bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec, check_batch
+from carls.bank.protocol import MakerBank
+from carls.bank.rows import check_batch
+from carls.bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec
 from carls.makers.checkpoints import LoadedModel, ModelCache
 from carls.makers.compute import knowledge_batch, neighbours_batch, top_k_neighbours
 from carls.schemas import CheckpointManifest
@@ -59,7 +60,7 @@ class Maker:
 
     def __init__(
         self,
-        bank: KnowledgeBank,
+        bank: MakerBank,
         cache: ModelCache,
         makers: Sequence[str] = MAKERS,
         worker: str = "maker",

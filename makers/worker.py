@@ -43,18 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import DimensionError, NamespaceError
 from carls.bank.protocol import KnowledgeBank
-from carls.bank.session import CassandraConfig
 from carls.bank.types import NamespaceSpec
-from carls.bank.verdicts import (
-    CassandraCrashes,
-    CassandraVerdicts,
-    CheckpointVerdicts,
-    RecordCrashes,
-    record_key,
-)
+from carls.bank.verdicts import CheckpointVerdicts, RecordCrashes, record_key
 from carls.makers.checkpoints import ModelCache, warm_up
 from carls.makers.errors import BadModelOutputError, CheckpointError
 from carls.makers.pipeline import MAKERS, Maker, Outcome
@@ -81,7 +73,6 @@ CRASHES_TTL_S = 5.0
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     kafka: KafkaConnection
-    cassandra: CassandraConfig
     topics: Topics
     app_id: str = "carls-makers"
     checkpoint_root: Path | None = None
@@ -106,19 +97,22 @@ class WorkerConfig:
 
 
 class Makers:
-    """The worker's state: bank, model cache, manifest view, and the Faust app."""
+    """The worker's state: bank, model cache, manifest view, and the Faust app.
+
+    The bank and the records of broken checkpoints and crashes come from the caller (the
+    ``carls worker`` command builds them on Cassandra); ``close`` closes them."""
 
     def __init__(
         self,
         cfg: WorkerConfig,
-        bank: KnowledgeBank | None = None,
-        verdicts: CheckpointVerdicts | None = None,
-        crashes: RecordCrashes | None = None,
+        bank: KnowledgeBank,
+        verdicts: CheckpointVerdicts,
+        crashes: RecordCrashes,
     ) -> None:
         self.cfg = cfg
-        self.bank: KnowledgeBank = bank or CassandraBank(cfg.cassandra)
-        self.verdicts: CheckpointVerdicts = verdicts or CassandraVerdicts(cfg.cassandra)
-        self.crashes: RecordCrashes = crashes or CassandraCrashes(cfg.cassandra)
+        self.bank = bank
+        self.verdicts = verdicts
+        self.crashes = crashes
         self._crash_seen: dict[str, tuple[float, dict[str, int]]] = {}
         self.cache = ModelCache(max_per_namespace=2, root=cfg.checkpoint_root)
         self.maker = Maker(self.bank, self.cache, cfg.makers, worker=f"carls-maker@{cfg.worker}")
@@ -604,12 +598,20 @@ class _Parked:
     since: float
 
 
-def run_worker(cfg: WorkerConfig, loglevel: str = "warning") -> None:
+def run_worker(
+    cfg: WorkerConfig,
+    bank: KnowledgeBank,
+    verdicts: CheckpointVerdicts,
+    crashes: RecordCrashes,
+    loglevel: str = "warning",
+) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
-    makers = Makers(cfg)  # checkpoint then costs a load, not the libraries' start-up
+    makers = Makers(
+        cfg, bank, verdicts, crashes
+    )  # checkpoint then costs a load, not the libraries' start-up
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()

@@ -82,7 +82,7 @@ class StackEnv:
         self.settings = prefixed_settings(letter)
         self.prefix = self.settings.topic_prefix
         self.group = f"{self.prefix}-makers"
-        self.bank = CassandraBank(self.settings.cassandra)
+        self.bank = CassandraBank(self.settings.cassandra).start()
         self.publisher = Publisher(self.settings.kafka, self.settings.topics)
         self.namespaces: list[str] = []
         self.workers: list[subprocess.Popen[bytes]] = []

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carls.bank.protocol import KnowledgeBank
+from carls.bank.protocol import NamespaceLookup
 from carls.schemas import CheckpointManifest, ExampleBatch
 from carls.schemas.artifacts import FORMAT, SAVED_MODEL, artifact_relpath, fingerprint_of_config
 from carls.streams.errors import PublishError
@@ -183,7 +183,7 @@ class CheckpointPublisher:
                     pause = min(2 * pause, 8.0)
 
 
-def namespace_step(publisher: Publisher, bank: KnowledgeBank, namespace: str) -> int:
+def namespace_step(publisher: Publisher, bank: NamespaceLookup, namespace: str) -> int:
     """The newest checkpoint step of ``namespace`` (0: none). Steps are monotonic inside a
     namespace: a run on a namespace that already has checkpoints (an earlier job, a
     resumed run) numbers its own after the newest, so makers never rank them below the

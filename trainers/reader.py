@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from carls.bank.protocol import KnowledgeBank
-from carls.bank.types import stale_mask
+from carls.bank.protocol import KnowledgeSource
+from carls.bank.rows import stale_mask
 from carls.schemas.errors import CarlsError
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class KnowledgeReader:
 
     def __init__(
         self,
-        bank: KnowledgeBank,
+        bank: KnowledgeSource,
         ids: Sequence[str],
         source: Sequence[tuple[str, str, int]],
         *,

@@ -95,7 +95,7 @@ class World:
 
 @pytest.fixture
 def world(stack: Settings) -> Iterator[World]:
-    bank = CassandraBank(stack.cassandra)
+    bank = CassandraBank(stack.cassandra).start()
     w = World(bank)
     try:
         yield w

@@ -154,7 +154,7 @@ def write_in_child(
     """Run in a spawned process: its own bank, then the same writes as a thread does."""
     from carls.bank.cassandra import CassandraBank
 
-    bank = CassandraBank(config)
+    bank = CassandraBank(config).start()
     try:
         barrier.wait(timeout=60)
         write_shuffled(bank, namespace, ids, dim, step, seed=step, repeats=3, chunks=4)

@@ -44,7 +44,7 @@ def cassandra_harness() -> Iterator[Harness]:
         _unreachable(f"{config.hosts[0]}:{config.port}: {exc}")
     from carls.bank.cassandra import CassandraBank
 
-    bank = CassandraBank(config)
+    bank = CassandraBank(config).start()
     try:
         yield Harness("cassandra", bank, shared_across_processes=True, config=config)
     finally:

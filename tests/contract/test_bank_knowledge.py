@@ -20,7 +20,7 @@ from bank_contract_support import (
 
 from carls.bank.errors import DimensionError, KnowledgeKindError, NamespaceError, ValueRejectedError
 from carls.bank.protocol import KnowledgeBank, scan_all
-from carls.bank.types import KnowledgeBatch, Lineage, bucket_of
+from carls.bank.types import KnowledgeBatch, KnowledgeRead, Lineage, bucket_of
 
 
 @pytest.mark.parametrize("kind", list(CONTRACT_KINDS))
@@ -336,12 +336,10 @@ def test_rows_past_their_ttl_read_as_missing(
     ns = make_namespace(kinds={"embedding": 8, "prediction": 5}, ttl_s={"embedding": ttl}).name
     emb = batch_for("embedding", 8, ["a", "b"], 1)
     pred = batch_for("prediction", 5, ["a", "b"], 1)
-    written = time.monotonic()
-    bank.write(ns, "embedding", emb, lineage(1))
     bank.write(ns, "prediction", pred, lineage(1))
-    read = bank.read(ns, "embedding", ["a", "b"])
-    if time.monotonic() - written < ttl / 2:
-        assert_rows(read, [0, 1], emb, [0, 1], step=1)
+    read = _fresh_read(bank, ns, emb, ttl / 2, first_step=1)
+    expired_step = int(read.steps[0])
+    assert_rows(read, [0, 1], emb, [0, 1], step=expired_step)
 
     harness.let_time_pass(ttl + 1)
     deadline = time.monotonic() + 10
@@ -351,8 +349,25 @@ def test_rows_past_their_ttl_read_as_missing(
     assert bank.scan(ns, "embedding", bucket_of("a", 8)).ids == []
     assert_rows(bank.read(ns, "prediction", ["a", "b"]), [0, 1], pred, [0, 1], step=1)
 
-    rewritten = time.monotonic()
-    bank.write(ns, "embedding", emb, lineage(2))
-    read = bank.read(ns, "embedding", ["a", "b"])
-    if time.monotonic() - rewritten < ttl / 2:
-        assert_rows(read, [0, 1], emb, [0, 1], step=2)
+    read = _fresh_read(bank, ns, emb, ttl / 2, first_step=expired_step + 1)
+    assert_rows(read, [0, 1], emb, [0, 1], step=int(read.steps[0]))
+
+
+def _fresh_read(
+    bank: KnowledgeBank, ns: str, batch: KnowledgeBatch, seconds: float, first_step: int
+) -> KnowledgeRead:
+    """Write ``batch`` of embeddings and read it back within ``seconds``, so rows with a
+    short TTL are read before they can expire. A server's clock cannot be stopped: a slow
+    machine writes again, one step newer (an expired row shadows its own step), and one
+    that never manages it in 60 s fails the test rather than skipping the check."""
+    deadline = time.monotonic() + 60
+    step = first_step
+    while True:
+        started = time.monotonic()
+        bank.write(ns, "embedding", batch, lineage(step))
+        read = bank.read(ns, "embedding", ["a", "b"])
+        if time.monotonic() - started < seconds:
+            assert (read.steps == step).all()
+            return read
+        assert time.monotonic() < deadline, f"never read back within {seconds} s of writing"
+        step += 1

@@ -18,7 +18,10 @@ def stores(harness: Harness) -> Iterator[tuple[CheckpointVerdicts, CheckpointVer
         memory = MemoryVerdicts()
         yield memory, memory
         return
-    writer, reader = CassandraVerdicts(harness.config), CassandraVerdicts(harness.config)
+    writer, reader = (
+        CassandraVerdicts(harness.config).start(),
+        CassandraVerdicts(harness.config).start(),
+    )
     try:
         yield writer, reader
     finally:

@@ -33,7 +33,7 @@ def test_a_second_job_on_a_namespace_numbers_its_checkpoints_after_the_first(
             "train": {"steps": 200, "checkpoint_every": 100, "eval_every": 100},
         }
     )
-    bank = CassandraBank(settings.cassandra)
+    bank = CassandraBank(settings.cassandra).start()
     publisher = Publisher(settings.kafka, settings.topics)
     ctx = Context(bank=bank, publisher=publisher, store=tmp_path / "ckpt")
     try:

@@ -278,7 +278,7 @@ def test_a_broken_manifest_far_ahead_is_believed_only_once_it_loads_also_after_a
     assert len(env.dead_letters(1)) == 1
     env.publisher.manifest(env.save(20))  # real, and "older" than the broken one
     env.wait_coverage(20, KINDS)
-    verdicts = CassandraVerdicts(env.settings.cassandra)
+    verdicts = CassandraVerdicts(env.settings.cassandra).start()
     try:
         spec = env.bank.namespace(env.ns)
         assert broken.sha256 in verdicts.broken(env.ns, spec.created_at)

@@ -62,7 +62,7 @@ def test_a_training_job_goes_on_through_a_30_s_outage(
             },
         }
     )
-    jobs = CassandraJobStore(env.settings.cassandra)
+    jobs = CassandraJobStore(env.settings.cassandra).start()
     job_id = new_job_id(ns)
     run = JobRun(job_id, spec, Context(env.bank, env.publisher, env.checkpoints, jobs))
     outcome: dict[str, Any] = {}

@@ -26,7 +26,7 @@ def record(offset: int, value: bytes = b"ok") -> Any:
 
 def new_worker(crashes: MemoryCrashes, letters: list[tuple[int, str]]) -> Makers:
     s = Settings()
-    cfg = WorkerConfig(kafka=s.kafka, cassandra=s.cassandra, topics=s.topics, max_crashes=3)
+    cfg = WorkerConfig(kafka=s.kafka, topics=s.topics, max_crashes=3)
     w = Makers(cfg, bank=MemoryBank(), verdicts=MemoryVerdicts(), crashes=crashes)
 
     async def dead_letter(rec: Any, reason: str, error: Any) -> None:
@@ -104,9 +104,7 @@ def test_ids_that_are_not_registered_are_dead_lettered_and_the_others_made(
 
     crashes, letters = MemoryCrashes(), []
     s = Settings()
-    cfg = WorkerConfig(
-        kafka=s.kafka, cassandra=s.cassandra, topics=s.topics, checkpoint_root=tmp_path
-    )
+    cfg = WorkerConfig(kafka=s.kafka, topics=s.topics, checkpoint_root=tmp_path)
     bank = MemoryBank()
     w = Makers(cfg, bank=bank, verdicts=MemoryVerdicts(), crashes=crashes)
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from carls.bank.types import NamespaceSpec, check_batch, default_kinds
+from carls.bank.rows import check_batch
+from carls.bank.types import NamespaceSpec, default_kinds
 from carls.makers.compute import (
     check_finite,
     difficulty,
