@@ -17,14 +17,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
 from cassandra.cluster import ResponseFuture, Session
-from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from carls.bank.errors import DimensionError, NamespaceError
 from carls.bank.rows import (
@@ -128,11 +129,7 @@ class CassandraBank(Store):
             "WHERE ns = ? AND bucket = ? AND id IN ?"
         )
         self._q_ids = p("SELECT id FROM examples WHERE ns = ? AND bucket = ?")
-        self._q_ins = p(
-            f"INSERT INTO knowledge (ns, kind, bucket, {lin}) "
-            f"VALUES (?, ?, ?, {', '.join('?' * len(LINEAGE_COLUMNS))}) "
-            "USING TIMESTAMP ? AND TTL ?"
-        )
+        self._q_ins: dict[tuple[str, ...], PreparedStatement] = {}
         self._q_read = p(
             f"SELECT {cols} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ? AND id IN ?"
         )
@@ -140,6 +137,7 @@ class CassandraBank(Store):
             f"SELECT {lin} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ? AND id IN ?"
         )
         self._q_scan = p(f"SELECT {lin} FROM knowledge WHERE ns = ? AND kind = ? AND bucket = ?")
+        self._q_scan.fetch_size = self.config.fetch_size
         self._q_del = p(
             "DELETE FROM knowledge USING TIMESTAMP ? "
             "WHERE ns = ? AND kind = ? AND bucket = ? AND id = ?"
@@ -287,14 +285,37 @@ class CassandraBank(Store):
         ns = self._lookup(namespace)
         b = check_batch(ns.spec, kind, batch)
         ttl = int(ns.spec.ttl_s.get(kind, 0))
-        bucket, step = ns.spec.buckets, lineage.step
-        # Absent columns are left unset: a bound None would write a tombstone per cell.
-        rows = [
-            (ns.uid, kind, bucket_of(r.id, bucket), *_unset_none(r), step, ttl)
-            for r in encode(b, lineage, time.time())
-        ]
-        self._run_batched(self._q_ins, rows, key=lambda r: r[2], what="write knowledge")
-        return len(rows)
+        buckets, step = ns.spec.buckets, lineage.step
+        # Only the columns the batch has values for: a bound None would write a tombstone.
+        cols = encode(b, lineage, time.time())
+        n = len(b.ids)
+        rows = list(
+            zip(
+                repeat(ns.uid, n),
+                repeat(kind, n),
+                [bucket_of(i, buckets) for i in b.ids],
+                *cols.values(),
+                repeat(step, n),
+                repeat(ttl, n),
+                strict=True,
+            )
+        )
+        stmt = self._insert(tuple(cols))
+        self._run_batched(stmt, rows, key=lambda r: r[2], what="write knowledge")
+        return n
+
+    def _insert(self, cols: tuple[str, ...]) -> PreparedStatement:
+        """The insert of these knowledge columns, prepared once."""
+        stmt = self._q_ins.get(cols)
+        if stmt is None:
+            stmt = self._q_ins[cols] = backend(
+                "prepare a write",
+                lambda: self.session.prepare(
+                    f"INSERT INTO knowledge (ns, kind, bucket, {', '.join(cols)}) "
+                    f"VALUES (?, ?, ?, {', '.join('?' * len(cols))}) USING TIMESTAMP ? AND TTL ?"
+                ),
+            )
+        return stmt
 
     def read(
         self,
@@ -309,10 +330,12 @@ class CassandraBank(Store):
         ns = self._lookup(namespace)
         id_list = check_read(ns.spec, kind, ids, max_staleness)
         query = self._q_read_lin if lineage else self._q_read
-        found: dict[str, Stored] = {}
-        for rows in self._by_bucket(query, ns, kind, id_list, "read knowledge"):
-            for r in rows:
-                found[r[0]] = Stored(*r)
+        # Rows come back as plain tuples of Stored's columns, in its order.
+        found = {
+            r[0]: r
+            for rows in self._by_bucket(query, ns, kind, id_list, "read knowledge")
+            for r in rows
+        }
         return assemble(
             kind,
             ns.spec.dim(kind),
@@ -408,7 +431,3 @@ def _wait_all(what: str, futures: list[ResponseFuture]) -> list[list[tuple[Any, 
             rows += result.current_rows
         out.append(rows)
     return out
-
-
-def _unset_none(row: Stored) -> Iterable[Any]:
-    return (UNSET_VALUE if v is None else v for v in row)

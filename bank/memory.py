@@ -37,6 +37,7 @@ from carls.bank.rows import (
     check_read,
     check_spec,
     encode,
+    stored_rows,
 )
 from carls.bank.types import (
     F32,
@@ -210,7 +211,7 @@ class MemoryBank:
             ttl = spec.ttl_s.get(kind)
             buckets = ns.kind_rows(kind)
             tombs = ns.tombstones.setdefault(kind, {})
-            for stored in encode(checked, lineage, now):
+            for stored in stored_rows(encode(checked, lineage, now)):
                 if lineage.step <= tombs.get(stored.id, -1):
                     continue
                 row = _Row(stored, now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
@@ -59,60 +60,69 @@ READ_COLUMNS = Stored._fields[:6]
 LINEAGE_COLUMNS = Stored._fields
 
 
-def encode(batch: KnowledgeBatch, lineage: Lineage, now: float) -> list[Stored]:
-    """The rows of a batch ``check_batch`` returned, written at ``lineage.step``; rows
-    without their own ``written_at`` are stamped ``now`` (Unix seconds)."""
+def encode(batch: KnowledgeBatch, lineage: Lineage, now: float) -> dict[str, list[Any]]:
+    """The rows of a batch ``check_batch`` returned, written at ``lineage.step``, as
+    columns: name -> one value per row, for the columns the batch has values for (a kind
+    fills the same columns in every row), in ``Stored`` order. Rows without their own
+    ``written_at`` are stamped ``now`` (Unix seconds)."""
     n = len(batch.ids)
-    stamp = datetime.fromtimestamp(now, UTC)
-    at = (
-        [stamp] * n
+    cols: dict[str, list[Any]] = {
+        "id": batch.ids,
+        "value": [v.tobytes() for v in batch.values],
+        "step": [lineage.step] * n,
+    }
+    if batch.classes is not None:
+        cols["klass"] = batch.classes.tolist()
+    if batch.confidence is not None:
+        cols["confidence"] = batch.confidence.tolist()
+    if batch.neighbour_ids is not None:
+        cols["extra"] = [SEP.join(row).encode() for row in batch.neighbour_ids]
+    cols["maker"] = [lineage.maker] * n
+    cols["fingerprint"] = [lineage.fingerprint] * n
+    cols["written_at"] = (
+        [datetime.fromtimestamp(now, UTC)] * n
         if batch.written_at is None
         else [datetime.fromtimestamp(float(t), UTC) for t in batch.written_at]
     )
-    classes = [None] * n if batch.classes is None else batch.classes.tolist()
-    confidence = [None] * n if batch.confidence is None else batch.confidence.tolist()
-    extra = (
-        [None] * n
-        if batch.neighbour_ids is None
-        else [SEP.join(row).encode() for row in batch.neighbour_ids]
-    )
-    fingerprint = lineage.fingerprint
-    return [
-        Stored(
-            i,
-            batch.values[k].tobytes(),
-            lineage.step,
-            classes[k],
-            confidence[k],
-            extra[k],
-            lineage.maker,
-            fingerprint,
-            at[k],
-        )
-        for k, i in enumerate(batch.ids)
-    ]
+    return cols
+
+
+def stored_rows(columns: dict[str, list[Any]]) -> list[Stored]:
+    """The ``Stored`` rows of ``encode``'s columns (absent columns are ``None``)."""
+    names = list(columns)
+    rows = zip(*columns.values(), strict=True)
+    return [Stored(**dict(zip(names, row, strict=True))) for row in rows]
+
+
+_ID, _VALUE, _STEP, _KLASS, _CONFIDENCE, _EXTRA, _MAKER, _FINGERPRINT, _WRITTEN_AT = map(
+    itemgetter, range(len(Stored._fields))
+)
+"""Column getters by name: ``assemble`` also takes a driver's plain row tuples, selected
+in ``Stored`` column order, without building a ``Stored`` per row on the hot read path."""
 
 
 def assemble(
     kind: str,
     dim: int,
     ids: list[str],
-    rows: Sequence[Stored | None],
+    rows: Sequence[Sequence[Any] | None],
     lineage: bool,
     current_step: int | None = None,
     max_staleness: int | None = None,
 ) -> KnowledgeRead:
-    """A ``KnowledgeRead`` of ``ids`` from their rows (``None``: no knowledge), in order."""
+    """A ``KnowledgeRead`` of ``ids`` from their rows (``Stored``, or tuples with its
+    columns in its order; ``None``: no knowledge), in the order asked."""
     n = len(ids)
     values = np.zeros((n, dim), np.float32)
     steps = np.full(n, -1, np.int64)
     missing = np.ones(n, bool)
     present = [k for k, r in enumerate(rows) if r is not None]
+    hits: list[Sequence[Any]] = [rows[k] for k in present]  # type: ignore[misc]
     if present:
         idx = np.asarray(present)
         missing[idx] = False
-        steps[idx] = [rows[k].step for k in present]  # type: ignore[union-attr]
-        blobs = [rows[k].value for k in present]  # type: ignore[union-attr]
+        steps[idx] = list(map(_STEP, hits))
+        blobs = list(map(_VALUE, hits))
         if kind == "neighbours":
             for k, blob in zip(present, blobs, strict=True):
                 v = np.frombuffer(blob, "<f4")
@@ -124,19 +134,21 @@ def assemble(
     )
     if kind == "pseudo_label":
         read.classes = np.array(
-            [NO_LABEL if r is None or r.klass is None else r.klass for r in rows], np.int32
+            [NO_LABEL if r is None or _KLASS(r) is None else _KLASS(r) for r in rows], np.int32
         )
         read.confidence = np.array(
-            [0.0 if r is None or r.confidence is None else r.confidence for r in rows],
+            [0.0 if r is None or _CONFIDENCE(r) is None else _CONFIDENCE(r) for r in rows],
             np.float32,
         )
     if kind == "neighbours":
-        read.neighbour_ids = [r.extra.decode().split(SEP) if r and r.extra else [] for r in rows]
+        read.neighbour_ids = [
+            _EXTRA(r).decode().split(SEP) if r is not None and _EXTRA(r) else [] for r in rows
+        ]
     if lineage:
-        read.makers = [r.maker if r is not None else "" for r in rows]
-        read.fingerprints = [(r.fingerprint or "") if r is not None else "" for r in rows]
+        read.makers = [_MAKER(r) if r is not None else "" for r in rows]
+        read.fingerprints = [(_FINGERPRINT(r) or "") if r is not None else "" for r in rows]
         read.written_at = np.array(
-            [_unix(r.written_at) if r is not None else 0.0 for r in rows], np.float64
+            [_unix(_WRITTEN_AT(r)) if r is not None else 0.0 for r in rows], np.float64
         )
     return read
 

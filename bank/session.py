@@ -50,9 +50,9 @@ class CassandraConfig:
     ids_per_query: int = 128
     """Ids one lookup query asks for: responses much over ~100 KB cost ~40 ms more
     (128 ids x 128-d per query ~2 ms, 256 ids ~50 ms)."""
-    batch_rows: int = 64
-    """Rows of one partition per unlogged write batch."""
-    writes_in_flight: int = 64
+    batch_rows: int = 128
+    """Rows of one partition per unlogged write batch (64 wrote ~20 % slower here)."""
+    writes_in_flight: int = 32
     """Write batches in flight at once."""
     namespace_cache_s: float = 5.0
     """How long a namespace's spec is used before it is looked up again."""

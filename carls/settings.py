@@ -8,6 +8,7 @@ plain config objects built from it.
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,26 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from carls.bank.session import CassandraConfig
-from carls.infra.config import CASSANDRA_VERSION, KAFKA_VERSION, InfraConfig
+from carls.infra.config import InfraConfig
 from carls.schemas.errors import SchemaError
 from carls.schemas.names import validate_name
 from carls.streams.config import KafkaConnection
 from carls.streams.topics import Topics
+
+
+def _defaults(config: type) -> dict[str, Any]:
+    """The defaults a config dataclass declares: the one place each default is written."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+_INFRA = _defaults(InfraConfig)
+_CASSANDRA = _defaults(CassandraConfig)
 
 
 class Settings(BaseSettings):
@@ -28,16 +44,16 @@ class Settings(BaseSettings):
 
     # Local stack (carls infra)
     state_dir: Path = Field(Path(".carls"), description="data, logs and jars of the local stack")
-    host: str = Field("127.0.0.1", description="address the local servers bind to")
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    cassandra_port: int = 9042
-    cassandra_storage_port: int = 7000
-    kafka_version: str = KAFKA_VERSION
-    cassandra_version: str = CASSANDRA_VERSION
-    kafka_heap_mb: int = 512
-    cassandra_heap_mb: int = 1024
-    infra_ready_timeout_s: float = 180.0
+    host: str = Field(_INFRA["host"], description="address the local servers bind to")
+    kafka_port: int = _INFRA["kafka_port"]
+    kafka_controller_port: int = _INFRA["kafka_controller_port"]
+    cassandra_port: int = _CASSANDRA["port"]
+    cassandra_storage_port: int = _INFRA["cassandra_storage_port"]
+    kafka_version: str = _INFRA["kafka_version"]
+    cassandra_version: str = _INFRA["cassandra_version"]
+    kafka_heap_mb: int = _INFRA["kafka_heap_mb"]
+    cassandra_heap_mb: int = _INFRA["cassandra_heap_mb"]
+    infra_ready_timeout_s: float = _INFRA["ready_timeout_s"]
 
     # Kafka connection (defaults to the local stack)
     kafka_bootstrap_servers: str | None = Field(
@@ -63,13 +79,28 @@ class Settings(BaseSettings):
     cassandra_hosts: str | None = Field(
         None, description="comma-separated contact points; default: the local stack"
     )
-    keyspace: str = "carls"
+    keyspace: str = _CASSANDRA["keyspace"]
     cassandra_replication: dict[str, Any] = Field(
-        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1}
+        default_factory=lambda: dict(_CASSANDRA["replication"])
     )
     cassandra_username: str | None = None
     cassandra_password: SecretStr | None = None
     cassandra_local_dc: str | None = None
+    cassandra_request_timeout_s: float = _CASSANDRA["request_timeout_s"]
+    cassandra_connect_timeout_s: float = _CASSANDRA["connect_timeout_s"]
+    cassandra_fetch_size: int = Field(_CASSANDRA["fetch_size"], description="rows per scan page")
+    cassandra_ids_per_query: int = Field(
+        _CASSANDRA["ids_per_query"], description="ids one lookup query asks for"
+    )
+    cassandra_batch_rows: int = Field(
+        _CASSANDRA["batch_rows"], description="rows of one partition per write batch"
+    )
+    cassandra_writes_in_flight: int = Field(
+        _CASSANDRA["writes_in_flight"], description="write batches in flight at once"
+    )
+    cassandra_namespace_cache_s: float = Field(
+        _CASSANDRA["namespace_cache_s"], description="how long a namespace spec is reused"
+    )
 
     # Knowledge
     checkpoint_root: Path | None = Field(
@@ -129,6 +160,13 @@ class Settings(BaseSettings):
                 self.cassandra_password.get_secret_value() if self.cassandra_password else None
             ),
             local_dc=self.cassandra_local_dc,
+            request_timeout_s=self.cassandra_request_timeout_s,
+            connect_timeout_s=self.cassandra_connect_timeout_s,
+            fetch_size=self.cassandra_fetch_size,
+            ids_per_query=self.cassandra_ids_per_query,
+            batch_rows=self.cassandra_batch_rows,
+            writes_in_flight=self.cassandra_writes_in_flight,
+            namespace_cache_s=self.cassandra_namespace_cache_s,
         )
 
     @cached_property

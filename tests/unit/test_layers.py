@@ -1,6 +1,7 @@
 """The house rules, read from the source: which layer may import which, makers and
-trainers independent of each other, and each technology in its own room. A change that
-breaks one fails here (and so in ``.ci/run``), naming the file and the import."""
+trainers independent of each other, each technology in its own room, and concrete
+backends built only by the shell (``carls/``) and the benchmarks (``benches/``). A change
+that breaks one fails here (and so in ``.ci/run``), naming the file and the import."""
 
 from __future__ import annotations
 
@@ -20,33 +21,37 @@ MAY_IMPORT: dict[str, set[str]] = {
 """Our layers each may import besides itself (``carls`` itself: the shell, only in the
 trainers' docs and examples, see ``SHELL_USERS``)."""
 ROOMS: dict[str, set[str]] = {
-    "cassandra": {"bank", "infra"},
-    "kafka": {"streams", "infra", "carls"},
-    "aiokafka": {"streams"},
-    "faust": {"streams"},
-    "mode": {"streams"},
+    "cassandra": {"bank", "infra", "benches"},
+    "kafka": {"streams", "infra", "carls", "benches"},
+    "aiokafka": {"streams", "benches"},
+    "faust": {"streams", "benches"},
+    "mode": {"streams", "benches"},
 }
-"""Third-party clients of a technology and the layers (``carls``: the shell) that may
-import them."""
-BENCHES = {"makers/bench.py", "makers/bench_raw.py", "makers/bench_faust.py"}
-"""Benchmarks that drive Kafka clients directly to measure them against carls; they move
-to a package of their own (the house issue), until then they are the one exception."""
+"""Third-party clients of a technology and the layers (``carls``: the shell; ``benches``:
+the benchmarks, which measure carls against the raw clients) that may import them."""
+BACKEND_MODULES = {"carls.bank.cassandra", "carls.bank.kv", "carls.bank.session"}
+BUILDERS = {"bank", "carls", "benches"}
+"""Who may import a Cassandra backend (a ``Cassandra*`` class or the modules above): the
+makers and trainers receive theirs from the shell, typed by the bank's protocols."""
 SHELL_USERS = {"trainers/examples/digits_cnn.py", "trainers/__init__.py"}
 
 
 def sources(root: Path) -> list[Path]:
-    return sorted(p for layer in (*LAYERS, "carls") for p in (root / layer).rglob("*.py"))
+    return sorted(
+        p for layer in (*LAYERS, "carls", "benches") for p in (root / layer).rglob("*.py")
+    )
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """Every module ``path`` imports (at any depth: lazy imports count), with its line."""
+def imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every module ``path`` imports (at any depth: lazy imports count), with its line and
+    the names taken from it."""
     tree = ast.parse(path.read_text(), str(path))
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
+            out += [(node.lineno, a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.append((node.lineno, node.module))
+            out.append((node.lineno, node.module, [a.name for a in node.names]))
     return out
 
 
@@ -55,7 +60,7 @@ def violations(root: Path = ROOT) -> list[str]:
     for path in sources(root):
         rel = path.relative_to(root).as_posix()
         layer = rel.split("/")[0]
-        for line, module in imports(path):
+        for line, module, names in imports(path):
             parts = module.split(".")
             where = f"{rel}:{line}: import {module}"
             if parts[0] == "carls" and layer in MAY_IMPORT:
@@ -66,8 +71,13 @@ def violations(root: Path = ROOT) -> list[str]:
                 elif target != layer and target not in MAY_IMPORT[layer]:
                     found.append(f"{where} ({layer} may import only {MAY_IMPORT[layer]})")
             room = ROOMS.get(parts[0])
-            if room is not None and layer not in room and rel not in BENCHES:
+            if room is not None and layer not in room:
                 found.append(f"{where} ({parts[0]} belongs in {sorted(room)})")
+            backend = module in BACKEND_MODULES or (
+                module.startswith("carls.bank") and any(n.startswith("Cassandra") for n in names)
+            )
+            if backend and layer not in BUILDERS:
+                found.append(f"{where} (concrete backends are built by {sorted(BUILDERS)})")
     return found
 
 
@@ -79,8 +89,11 @@ def test_a_broken_rule_is_caught(tmp_path: Path) -> None:
     (tmp_path / "trainers").mkdir()
     (tmp_path / "trainers" / "probe.py").write_text(
         "import cassandra\nfrom carls.makers import worker\n\n\ndef f():\n    import faust\n"
+        "    from carls.bank.jobs import CassandraJobStore\n    import carls.benches\n"
     )
     found = violations(tmp_path)
     assert any("trainers/probe.py:1: import cassandra" in f for f in found)
     assert any("trainers/probe.py:2: import carls.makers" in f for f in found)
     assert any("trainers/probe.py:6: import faust" in f for f in found)  # lazy ones too
+    assert any("trainers/probe.py:7: import carls.bank.jobs (concrete" in f for f in found)
+    assert any("trainers/probe.py:8: import carls.benches" in f for f in found)

@@ -1,57 +1,16 @@
-"""The package as users get it: one import name, and the plan's layers kept apart."""
+"""The package as users get it: one import name holding every layer (which layer may
+import which is ``test_layers``)."""
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = ("schemas", "bank", "streams", "makers", "trainers", "infra")
-MAY_IMPORT = {
-    "schemas": set(),
-    "bank": {"schemas"},
-    "streams": {"schemas"},
-    "makers": {"schemas", "bank", "streams"},
-    "trainers": {"schemas", "bank", "streams"},
-    "infra": set(),
-}
-"""The house plan's table of folders: what each layer may import of ours (besides itself)."""
-
-
-def _carls_imports(path: Path) -> set[str]:
-    """The layers (``carls.<name>``) a module imports, at any depth of the file."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] in LAYERS:
-                found.add(f"top-level {parts[0]}")
-            elif parts[0] == "carls":
-                found.add(parts[1] if len(parts) > 1 else "carls")
-    return found
-
-
-@pytest.mark.parametrize("layer", LAYERS)
-def test_each_layer_imports_only_what_the_plan_allows(layer: str) -> None:
-    wrong = {
-        str(path.relative_to(ROOT)): sorted(bad)
-        for path in sorted((ROOT / layer).rglob("*.py"))
-        # examples/ holds users' programs, which may use the whole of carls
-        if "examples" not in path.relative_to(ROOT).parts
-        and (bad := _carls_imports(path) - MAY_IMPORT[layer] - {layer})
-    }
-    assert not wrong, f"{layer} may import only {sorted(MAY_IMPORT[layer])}: {wrong}"
+LAYERS = ("schemas", "bank", "streams", "makers", "trainers", "infra", "benches")
 
 
 def test_the_layers_are_reachable_as_carls_subpackages() -> None:

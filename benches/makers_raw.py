@@ -1,6 +1,6 @@
 """A bare aiokafka consumer that only counts records, for ``carls bench makers``.
 
-    python -m carls.makers.bench_raw BOOTSTRAP TOPIC COUNT PARTITIONS   (prints records/s)
+    python -m carls.benches.makers_raw BOOTSTRAP TOPIC COUNT PARTITIONS   (prints records/s)
 
 It runs in a process of its own, as the Faust bench worker does, so neither pays for the
 other's imports (a large heap slows Python's collector on every allocation-heavy fetch).
@@ -13,7 +13,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from carls.makers.rate import SteadyRate
+from carls.benches.rate import SteadyRate
 
 
 async def consume(bootstrap: str, topic: str, count: int, partitions: int) -> float:

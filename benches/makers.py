@@ -58,10 +58,10 @@ def _model(seed: int = 0) -> Any:
 
 
 def _consume_raw(conn: KafkaConnection, topic: str, count: int, partitions: int) -> float:
-    """Records/s of a bare aiokafka consumer (``makers.bench_raw``, its own process)."""
+    """Records/s of a bare aiokafka consumer (``benches.makers_raw``, its own process)."""
     args = [",".join(conn.bootstrap_servers), topic, str(count), str(partitions)]
     done = subprocess.run(
-        [sys.executable, "-m", "carls.makers.bench_raw", *args],
+        [sys.executable, "-m", "carls.benches.makers_raw", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,7 +89,15 @@ def _consume_faust(
     }
     log = (tmp / f"faust-{mode}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "carls.makers.bench_faust", "worker", "-l", "warn", "--without-web"],
+        [
+            sys.executable,
+            "-m",
+            "carls.benches.makers_faust",
+            "worker",
+            "-l",
+            "warn",
+            "--without-web",
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
