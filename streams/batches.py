@@ -223,6 +223,15 @@ class BatchConsumer(Service):
         if held is not None:
             held.discard(record.offset)
 
+    def fetched_up_to(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset as of the consumer's last fetch of it (its records
+        below that are in hand or buffered); ``None`` before a fetch, or when not owned."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        tp = TopicPartition(topic, partition)
+        return consumer.highwater(tp) if tp in consumer.assignment() else None
+
     def owns(self, record: Any) -> bool:
         """Whether ``record``'s partition is still this consumer's (not rebalanced away)."""
         consumer = self._consumer

@@ -111,6 +111,13 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
             self._publish(step)
         self.checkpoints.close()  # the last announcements go out before fit returns
 
+    def after_fit(self) -> None:
+        """Called by ``KnowledgeModel.fit`` however it ended: when training raised (and
+        ``on_train_end`` never ran), the checkpoints saved so far are still announced, up
+        to ``announce_wait_s``, and the announcing thread stops."""
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+
     def _publish(self, step: int) -> None:
         """Export and announce; with ``ema``, the averaged weights are swapped in for the
         export and the training weights put back after it."""

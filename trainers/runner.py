@@ -31,6 +31,7 @@ import numpy as np
 from carls.bank.errors import BankUnavailableError, NamespaceError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
+from carls.bank.retry import retry_unavailable
 from carls.bank.types import NamespaceSpec
 from carls.streams.producer import Publisher
 from carls.trainers import augment
@@ -160,22 +161,20 @@ def write_state(
     job's start and its end) is retried until the bank takes it, so a job is never left
     ``running``, and its offset is committed only after."""
     deadline = time.monotonic() + STATE_RETRY_S
-    pause = 0.5
-    while True:
-        try:
-            jobs.put(job_id, state)
-            return True
-        except BankUnavailableError as exc:
-            late = time.monotonic() + pause > deadline or (give_up is not None and give_up.is_set())
-            if not final and late:
-                log.warning("job %s: state not saved (%s); training goes on", job_id, exc)
-                return False
-            log.warning("job %s: saving its state failed (%s); retrying", job_id, exc)
-            if give_up is not None and not final:
-                give_up.wait(pause)
-            else:
-                time.sleep(pause)
-            pause = min(2 * pause, 8.0)
+
+    def stop(pause: float) -> bool:
+        late = time.monotonic() + pause > deadline or (give_up is not None and give_up.is_set())
+        return not final and late
+
+    wait = give_up.wait if give_up is not None and not final else time.sleep
+    try:
+        retry_unavailable(
+            lambda: jobs.put(job_id, state), f"job {job_id}: saving its state", stop=stop, wait=wait
+        )
+    except BankUnavailableError as exc:
+        log.warning("job %s: state not saved (%s); training goes on", job_id, exc)
+        return False
+    return True
 
 
 class _ProgressWriter:

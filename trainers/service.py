@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carls.bank.errors import BankUnavailableError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
+from carls.bank.retry import retry_unavailable
 from carls.schemas import TrainingJob, decode
 from carls.schemas.errors import CarlsError
 from carls.streams.config import KafkaConnection
@@ -127,11 +127,4 @@ def _run_one(
 def _read_state(jobs: JobStore, job_id: str) -> dict[str, Any] | None:
     """The job's recorded state, waiting with backoff while the bank is unavailable (a
     job is run only once what became of its earlier attempts is known)."""
-    pause = 0.5
-    while True:
-        try:
-            return jobs.get(job_id)
-        except BankUnavailableError as exc:
-            log.warning("job %s: its state cannot be read (%s); retrying", job_id, exc)
-            time.sleep(pause)
-            pause = min(2 * pause, 8.0)
+    return retry_unavailable(lambda: jobs.get(job_id), f"job {job_id}: reading its state")

@@ -217,6 +217,12 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         try:
             return super().fit(*args, **kwargs)
         finally:
+            # Keras skips ``on_train_end`` when training raises: callbacks that hold a
+            # thread (checkpoint announcements) release it here in any case.
+            for cb in callbacks:
+                after_fit = getattr(cb, "after_fit", None)
+                if callable(after_fit):
+                    after_fit()
             if started_here:  # outside ``with``: the reader lives as long as this fit
                 self.knowledge.close()
 

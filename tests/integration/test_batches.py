@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 def _produce(stack: Settings, topic: str, values: list[bytes]) -> None:
-    producer = KafkaProducer(**stack.kafka.kafka_python())
+    """Send ``values`` to partition 0 as one batch (lingering so that they go together:
+    a consumer then fetches all of them or none)."""
+    producer = KafkaProducer(**stack.kafka.kafka_python(), linger_ms=200)
     try:
         for v in values:
             producer.send(topic, value=v, partition=0)
@@ -119,7 +121,10 @@ def test_priority_records_go_ahead_of_records_waiting_in_other_topics(
             # While the worker is busy, refresh work queues up, then demand arrives.
             await asyncio.to_thread(_produce, stack, low, [b"later-%d" % i for i in range(20)])
             await asyncio.to_thread(_produce, stack, high, [b"urgent-%d" % i for i in range(3)])
-            await asyncio.sleep(1.5)  # both are fetched into the consumer's buffers
+            await _until(  # all demand, and refresh work, is fetched into the buffers
+                lambda: svc.fetched_up_to(high, 0) == 3 and (svc.fetched_up_to(low, 0) or 0) > 1,
+                "the queued records in the consumer's buffers",
+            )
             gate.set()
             await _until(lambda: sum(map(len, handled)) == 24, "every record")
         finally:

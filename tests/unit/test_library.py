@@ -346,23 +346,32 @@ class _Publisher:
         self.batches.append(batch)
 
 
+def _publishing_model(
+    monkeypatch: pytest.MonkeyPatch, namespace_step: int, optimizer: Any
+) -> KnowledgeModel:
+    """A compiled model without paradigms whose namespace stands at ``namespace_step``
+    (what ``PublishCheckpoints`` would learn from Kafka)."""
+    from carls.trainers import callbacks as callbacks_module
+
+    monkeypatch.setattr(callbacks_module, "namespace_step", lambda *_: namespace_step)
+    ids, x, labels = data()
+    km = KnowledgeModel(
+        functional(), [], bank=MemoryBank(), namespace="ns", ids=ids, labels=labels, features=x
+    )
+    km.compile(
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return km
+
+
 def test_publish_checkpoints_serves_the_averaged_weights_and_trains_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from carls.trainers import PublishCheckpoints
-    from carls.trainers import callbacks as callbacks_module
 
-    monkeypatch.setattr(callbacks_module, "namespace_step", lambda *_: 1000)
-    bank = MemoryBank()
     ids, x, labels = data()
-    km = KnowledgeModel(
-        functional(), [], bank=bank, namespace="ns", ids=ids, labels=labels, features=x
-    )
+    km = _publishing_model(monkeypatch, 1000, keras.optimizers.SGD(0.1))
     km.register_examples()
-    km.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
     pub = _Publisher()
     cb = PublishCheckpoints(pub, tmp_path, every_steps=4, warmup_steps=6, ema=0.5)  # type: ignore[arg-type]
     with km:
@@ -389,17 +398,10 @@ def test_publish_checkpoints_serves_the_optimizers_own_average(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from carls.trainers import PublishCheckpoints
-    from carls.trainers import callbacks as callbacks_module
 
-    monkeypatch.setattr(callbacks_module, "namespace_step", lambda *_: 0)
     ids, x, labels = data()
-    km = KnowledgeModel(
-        functional(), [], bank=MemoryBank(), namespace="ns", ids=ids, labels=labels, features=x
-    )
-    km.compile(
-        optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    optimizer = keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5)
+    km = _publishing_model(monkeypatch, 0, optimizer)
     pub = _Publisher()
     cb = PublishCheckpoints(pub, tmp_path, every_steps=4, ema=0.5)  # type: ignore[arg-type]
     with km:
@@ -592,3 +594,31 @@ def test_a_multimodal_model_declares_and_registers_its_modality() -> None:
     km.register_examples()
     assert bank.namespace("task_left").kinds["embedding/left"] == 4
     assert bank.fetch_examples("task_left", ids[:1]).modalities == ["left"]
+
+
+def test_a_failed_fit_still_announces_its_checkpoints_and_stops_the_announcer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from carls.trainers import PublishCheckpoints
+
+    ids, x, labels = data()
+    km = _publishing_model(monkeypatch, 0, "sgd")
+    pub = _Publisher()
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if batch == 5:
+                raise RuntimeError("the user's callback fails")
+
+    with pytest.raises(RuntimeError, match="the user's callback fails"):
+        km.fit(
+            example_batches(ids, x, labels, batch_size=8),
+            steps_per_epoch=10,
+            epochs=1,
+            verbose=0,
+            callbacks=[PublishCheckpoints(pub, tmp_path, every_steps=2), Crash()],  # type: ignore[arg-type]
+        )
+    assert [m.step for m in pub.manifests] == [2, 4, 6]
+    assert not [t for t in threading.enumerate() if t.name == "checkpoints"]
