@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cassandra import DriverException, RequestExecutionException
@@ -201,3 +202,19 @@ def apply_schema(cfg: CassandraConfig) -> int:
         return len(stmts)
     finally:
         cluster.shutdown()
+
+
+def echo(cfg: CassandraConfig, key: str, payload: bytes) -> bytes | None:
+    """Write ``payload`` to the ``roundtrip`` table, read it back and delete it (the
+    stack's smoke check); ``None`` when the row did not come back."""
+    cluster, session = connect(cfg)
+    try:
+        session.execute(
+            "INSERT INTO roundtrip (id, payload, written_at) VALUES (%s, %s, %s)",
+            (key, payload, datetime.now(UTC)),
+        )
+        row = session.execute("SELECT payload FROM roundtrip WHERE id = %s", (key,)).one()
+        session.execute("DELETE FROM roundtrip WHERE id = %s", (key,))
+    finally:
+        cluster.shutdown()
+    return None if row is None else bytes(row[0])

@@ -6,12 +6,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from carls.bank.session import apply_schema, connect
+from carls.bank.session import apply_schema
+from carls.bank.session import echo as cassandra_echo
 from carls.infra import UpReport, up
 from carls.schemas import ProgressEvent, decode, encode
 from carls.settings import Settings
+from carls.streams.producer import echo as kafka_echo
 from carls.streams.topics import ensure_topics, topic_specs
 
 
@@ -59,8 +60,6 @@ def round_trip(settings: Settings, timeout_s: float = 30.0) -> RoundTrip:
 
     Raises ``RuntimeError`` when anything does not come back intact.
     """
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
     record = ProgressEvent(
         namespace="smoke",
         kind="embedding",
@@ -70,47 +69,16 @@ def round_trip(settings: Settings, timeout_s: float = 30.0) -> RoundTrip:
         worker=f"smoke-{uuid.uuid4().hex[:8]}",
         at=time.time(),
     )
-    payload = encode(record)
-    topic = settings.topics.progress
     t0 = time.monotonic()
-    producer = KafkaProducer(**settings.kafka.kafka_python())
-    try:
-        meta = producer.send(topic, key=b"smoke", value=payload).get(timeout=timeout_s)
-    finally:
-        producer.close()
-    consumer = KafkaConsumer(
-        **settings.kafka.kafka_python(),
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        tp = TopicPartition(topic, meta.partition)
-        consumer.assign([tp])
-        consumer.seek(tp, meta.offset)
-        got = next(iter(consumer)).value
-    except StopIteration as exc:
-        raise RuntimeError(
-            f"record at {topic}[{meta.partition}]@{meta.offset} never came back"
-        ) from exc
-    finally:
-        consumer.close()
+    got = kafka_echo(settings.kafka, settings.topics.progress, b"smoke", encode(record), timeout_s)
     back = decode(got, ProgressEvent)
     if back != record:
         raise RuntimeError("the record read back from Kafka differs from the one produced")
     kafka_ms = (time.monotonic() - t0) * 1000
 
     t1 = time.monotonic()
-    cluster, session = connect(settings.cassandra)
-    try:
-        session.execute(
-            "INSERT INTO roundtrip (id, payload, written_at) VALUES (%s, %s, %s)",
-            (record.worker, got, datetime.now(UTC)),
-        )
-        row = session.execute("SELECT payload FROM roundtrip WHERE id = %s", (record.worker,)).one()
-        session.execute("DELETE FROM roundtrip WHERE id = %s", (record.worker,))
-    finally:
-        cluster.shutdown()
-    if row is None or decode(bytes(row[0]), ProgressEvent) != record:
+    row = cassandra_echo(settings.cassandra, record.worker, got)
+    if row is None or decode(row, ProgressEvent) != record:
         raise RuntimeError("the row read back from Cassandra differs from the one written")
     return RoundTrip(
         kafka_ms=round(kafka_ms, 1),

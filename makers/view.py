@@ -10,17 +10,15 @@ which reads the same topic in the worker group, dead-letters them once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Collection
 from typing import Any
 
-from carls.schemas import CheckpointManifest, decode
-from carls.schemas.errors import SchemaError
+from carls.schemas import CheckpointManifest
 from carls.streams.config import KafkaConnection
-from carls.streams.manifests import follow_from_start
+from carls.streams.manifests import follow_from_start, manifest_of
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +132,11 @@ class ManifestView:
         follow_from_start(self._conn, self._topic, self._take, self._stop)
 
     def _take(self, rec: Any) -> None:
-        if rec.value is None:  # a tombstone: forget the key's manifest
-            if rec.key is not None:
-                self.forget(rec.key.decode("utf-8", "replace"))
-        else:
-            with contextlib.suppress(SchemaError):
-                self.offer(decode(rec.value, CheckpointManifest))
+        namespace, manifest = manifest_of(rec)
+        if manifest is not None:
+            self.offer(manifest)
+        elif namespace is not None:  # a tombstone: forget the namespace's manifests
+            self.forget(namespace)
         with self._cond:
             self._positions[rec.partition] = rec.offset + 1
             self._cond.notify_all()

@@ -18,6 +18,19 @@ from carls.schemas.errors import SchemaError
 from carls.streams.config import KafkaConnection
 
 
+def manifest_of(rec: Any) -> tuple[str | None, CheckpointManifest | None]:
+    """A checkpoints-topic record as ``(namespace, manifest)``; a tombstone (a null value
+    under a namespace's key) is ``(namespace, None)``, an undecodable record
+    ``(None, None)``: both readers of the topic skip what they cannot read."""
+    if rec.value is None:
+        return (None if rec.key is None else rec.key.decode("utf-8", "replace")), None
+    try:
+        m = decode(rec.value, CheckpointManifest)
+    except SchemaError:
+        return None, None
+    return m.namespace, m
+
+
 def latest_manifest(
     conn: KafkaConnection, topic: str, namespace: str, since: float = 0.0, timeout_s: float = 15.0
 ) -> CheckpointManifest | None:
@@ -40,19 +53,12 @@ def latest_manifest(
                 break
             for records in consumer.poll(timeout_ms=500).values():
                 for rec in records:
-                    if rec.value is None:
-                        if rec.key is not None and rec.key.decode("utf-8", "replace") == namespace:
-                            best = None
+                    ns, m = manifest_of(rec)
+                    if ns != namespace:
                         continue
-                    try:
-                        m = decode(rec.value, CheckpointManifest)
-                    except SchemaError:
-                        continue
-                    if (
-                        m.namespace == namespace
-                        and m.created_at >= since
-                        and (best is None or m.step > best.step)
-                    ):
+                    if m is None:  # the namespace's tombstone
+                        best = None
+                    elif m.created_at >= since and (best is None or m.step > best.step):
                         best = m
         return best
     finally:

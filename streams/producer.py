@@ -92,3 +92,29 @@ class Publisher:
 
     def close(self) -> None:
         self._producer.close(timeout=30)
+
+
+def echo(conn: KafkaConnection, topic: str, key: bytes, value: bytes, timeout_s: float) -> bytes:
+    """Produce ``value`` to ``topic`` and consume it back from where it landed (the
+    stack's smoke check); ``RuntimeError`` when it never comes back."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    producer = KafkaProducer(**conn.kafka_python())
+    try:
+        meta = producer.send(topic, key=key, value=value).get(timeout=timeout_s)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(
+        **conn.kafka_python(), enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        tp = TopicPartition(topic, meta.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, meta.offset)
+        return bytes(next(iter(consumer)).value)
+    except StopIteration as exc:
+        raise RuntimeError(
+            f"record at {topic}[{meta.partition}]@{meta.offset} never came back"
+        ) from exc
+    finally:
+        consumer.close()

@@ -22,13 +22,13 @@ MAY_IMPORT: dict[str, set[str]] = {
 trainers' docs and examples, see ``SHELL_USERS``)."""
 ROOMS: dict[str, set[str]] = {
     "cassandra": {"bank", "infra", "benches"},
-    "kafka": {"streams", "infra", "carls", "benches"},
+    "kafka": {"streams", "infra", "benches"},
     "aiokafka": {"streams", "benches"},
     "faust": {"streams", "benches"},
     "mode": {"streams", "benches"},
 }
-"""Third-party clients of a technology and the layers (``carls``: the shell; ``benches``:
-the benchmarks, which measure carls against the raw clients) that may import them."""
+"""Third-party clients of a technology and the layers that may import them (``benches``:
+the benchmarks, which measure carls against the raw clients; the shell uses none)."""
 BACKEND_MODULES = {"carls.bank.cassandra", "carls.bank.kv", "carls.bank.session"}
 BUILDERS = {"bank", "carls", "benches"}
 """Who may import a Cassandra backend (a ``Cassandra*`` class or the modules above): the
