@@ -34,6 +34,8 @@ from carls.bank.types import (
 )
 from carls.schemas import names
 
+LATEST_TIMESTAMP = 253_402_300_799.0
+"""The last second of year 9999: later stamps are no datetime (nor Cassandra timestamp)."""
 SEP = "\x1f"
 """Joins a row's neighbour ids in its ``extra`` column (ids never hold control chars)."""
 
@@ -350,6 +352,10 @@ def check_batch(spec: NamespaceSpec, kind: str, batch: KnowledgeBatch) -> Knowle
         written_at = np.asarray(batch.written_at, dtype=np.float64).reshape(-1)
         if written_at.shape != (len(ids),) or not np.isfinite(written_at).all():
             raise ValueRejectedError(f"written_at: expected {len(ids)} finite timestamps")
+        if ((written_at < 0) | (written_at > LATEST_TIMESTAMP)).any():
+            raise ValueRejectedError(
+                f"written_at: Unix seconds must lie in 0..{LATEST_TIMESTAMP:.0f} (year 9999)"
+            )
     return KnowledgeBatch(ids, values, classes, confidence, neighbour_ids, written_at)
 
 
@@ -360,4 +366,4 @@ def stale_mask(
         raise ValueRejectedError("max_staleness: must be >= 0")
     if max_staleness is None or current_step is None:
         return np.zeros(len(steps), dtype=bool)
-    return ~missing & (steps < current_step - max_staleness)
+    return ~missing & (steps < int(current_step) - int(max_staleness))

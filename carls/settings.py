@@ -88,18 +88,20 @@ class Settings(BaseSettings):
     cassandra_local_dc: str | None = None
     cassandra_request_timeout_s: float = _CASSANDRA["request_timeout_s"]
     cassandra_connect_timeout_s: float = _CASSANDRA["connect_timeout_s"]
-    cassandra_fetch_size: int = Field(_CASSANDRA["fetch_size"], description="rows per scan page")
+    cassandra_fetch_size: int = Field(
+        _CASSANDRA["fetch_size"], ge=1, description="rows per scan page"
+    )
     cassandra_ids_per_query: int = Field(
-        _CASSANDRA["ids_per_query"], description="ids one lookup query asks for"
+        _CASSANDRA["ids_per_query"], ge=1, description="ids one lookup query asks for"
     )
     cassandra_batch_rows: int = Field(
-        _CASSANDRA["batch_rows"], description="rows of one partition per write batch"
+        _CASSANDRA["batch_rows"], ge=1, description="rows of one partition per write batch"
     )
     cassandra_writes_in_flight: int = Field(
-        _CASSANDRA["writes_in_flight"], description="write batches in flight at once"
+        _CASSANDRA["writes_in_flight"], ge=2, description="write batches in flight at once"
     )
     cassandra_namespace_cache_s: float = Field(
-        _CASSANDRA["namespace_cache_s"], description="how long a namespace spec is reused"
+        _CASSANDRA["namespace_cache_s"], ge=0, description="how long a namespace spec is reused"
     )
 
     # Knowledge

@@ -222,7 +222,10 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
             for cb in callbacks:
                 after_fit = getattr(cb, "after_fit", None)
                 if callable(after_fit):
-                    after_fit()
+                    try:
+                        after_fit()
+                    except Exception:  # never hides how fit ended, nor stops the rest
+                        log.exception("%s.after_fit failed", type(cb).__name__)
             if started_here:  # outside ``with``: the reader lives as long as this fit
                 self.knowledge.close()
 

@@ -4,6 +4,7 @@ real stack, on topics of their own (a unique ``CARLS_TOPIC_PREFIX``)."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from carls.bank.cassandra import CassandraBank
+from carls.bank.retry import retry_unavailable
 from carls.settings import Settings
 from tests.acceptance.conftest import CarlsRun, json_of
 from tests.stack_support import prefixed_settings, remove
@@ -53,7 +55,15 @@ def env(stack: Settings, tmp_path: Path) -> Iterator[Env]:
     try:
         yield e
     finally:
-        with CassandraBank(settings.cassandra) as bank:
+        # test_infra_cli restarts the stack: a node that has just started may take more
+        # than the 10 s connect timeout to answer, so the clean-up waits for it (60 s).
+        deadline = time.monotonic() + 60
+        bank = retry_unavailable(
+            CassandraBank(settings.cassandra).start,
+            "connecting for clean-up",
+            stop=lambda pause: time.monotonic() + pause > deadline,
+        )
+        with bank:
             remove(settings, bank, e.namespaces)
 
 

@@ -47,6 +47,24 @@ BAD_CALLS: dict[str, tuple[Call, type[Exception]]] = {
         lambda b, ns: b.read(ns, "embedding", ["a"], current_step=5, max_staleness=0.5),  # type: ignore[arg-type]
         ValueRejectedError,
     ),
+    "write stamped after year 9999": (
+        lambda b, ns: b.write(
+            ns,
+            "embedding",
+            KnowledgeBatch(["z"], np.ones((1, 8), np.float32), written_at=np.array([1e20])),
+            lineage(2),
+        ),
+        ValueRejectedError,
+    ),
+    "write stamped before 1970": (
+        lambda b, ns: b.write(
+            ns,
+            "embedding",
+            KnowledgeBatch(["z"], np.ones((1, 8), np.float32), written_at=np.array([-1e13])),
+            lineage(2),
+        ),
+        ValueRejectedError,
+    ),
     # namespaces are created from a NamespaceSpec
     "create from a dict": (
         lambda b, ns: b.create_namespace({"name": ns + "x", "kinds": {"embedding": 8}}),  # type: ignore[arg-type]

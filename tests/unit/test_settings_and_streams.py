@@ -44,6 +44,24 @@ def test_an_invalid_keyspace_is_rejected_with_its_name(monkeypatch: pytest.Monke
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CARLS_CASSANDRA_WRITES_IN_FLIGHT", "1"), ("CARLS_CASSANDRA_IDS_PER_QUERY", "0")],
+)
+def test_bank_tuning_that_cannot_work_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("CARLS_").lower()):
+        Settings()
+
+
+def test_bank_tuning_reaches_the_bank_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARLS_CASSANDRA_BATCH_ROWS", "32")
+    assert Settings().cassandra.batch_rows == 32
+    assert Settings().cassandra.ids_per_query == 192  # the default, declared in the bank
+
+
 def test_one_connection_translates_to_every_client() -> None:
     conn = KafkaConnection(
         bootstrap_servers=("b1:9093", "b2:9093"),
