@@ -43,7 +43,7 @@ from carls.bank.rows import (
     check_spec,
     encode,
 )
-from carls.bank.session import Store, backend
+from carls.bank.session import CassandraConfig, Connection, Store, backend
 from carls.bank.types import (
     F32,
     NO_LABEL,
@@ -99,7 +99,7 @@ class CassandraBank(Store):
     Give it the process's shared ``Connection`` (or a ``CassandraConfig`` to own one);
     ``start()`` (or ``with``) connects and prepares the statements."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Connection | CassandraConfig) -> None:
         super().__init__(connection)
         self._ns: dict[str, _Ns] = {}
 

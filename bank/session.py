@@ -73,7 +73,8 @@ logging.getLogger("cassandra.cluster").addFilter(_QuietConnectFailure())
 
 
 def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Session]:
-    """Open a cluster and session (rows come back as plain tuples: they decode fastest);
+    """Open a cluster and session (the driver's default named-tuple rows; the bank reads them by
+    position in its selected column order);
     raise :class:`BankUnavailableError` when unreachable."""
     auth = PlainTextAuthProvider(cfg.username, cfg.password) if cfg.username is not None else None
     profile = ExecutionProfile(
