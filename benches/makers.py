@@ -231,7 +231,7 @@ def run(
                     ns, ids[s : s + 10_000], feats[s : s + 10_000], labels[s : s + 10_000].tolist()
                 )
             manifest = save_artifact(_model(), tmp / "ckpt", ns, 1)
-            loaded = load_model(manifest)
+            loaded = load_model(manifest, tmp / "ckpt")
             say("raw inference and raw bank writes")
             t = time.perf_counter()
             for s in range(0, examples, INFER_CHUNK):

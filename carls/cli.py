@@ -96,6 +96,7 @@ def _register() -> None:
     from carls import (
         cmd_bank,
         cmd_bench,
+        cmd_datasets,
         cmd_demo,
         cmd_infra,
         cmd_jobs,
@@ -111,6 +112,7 @@ def _register() -> None:
     main.add_command(cmd_publish.checkpoint)
     main.add_command(cmd_publish.examples)
     main.add_command(cmd_submit.submit)
+    main.add_command(cmd_datasets.dataset)
     main.add_command(cmd_worker.worker)
     main.add_command(cmd_jobs.trainer)
     main.add_command(cmd_jobs.job)

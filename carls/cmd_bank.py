@@ -399,7 +399,10 @@ def quarantine(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def drop(ctx: click.Context, namespace: str, yes: bool, as_json: bool) -> None:
-    """Delete NAMESPACE with all its examples and knowledge (asks unless --yes)."""
+    """Delete NAMESPACE with all its examples, knowledge and the checkpoints kept in the
+    bank's store (asks unless --yes)."""
+    from carls.bank.blobs import CassandraBlobs
+
     with _bank(ctx) as b:
         b.namespace(namespace)  # unknown: error before asking
         if not yes and not click.confirm(
@@ -407,7 +410,8 @@ def drop(ctx: click.Context, namespace: str, yes: bool, as_json: bool) -> None:
         ):
             raise click.Abort()
         b.drop_namespace(namespace)
+        checkpoints = CassandraBlobs(b.connection).start().delete_scope(f"checkpoints/{namespace}")
     if as_json:
-        emit_json({"dropped": namespace})
+        emit_json({"dropped": namespace, "checkpoints_deleted": checkpoints})
     else:
-        click.echo(f"dropped namespace {namespace}")
+        click.echo(f"dropped namespace {namespace} ({checkpoints} stored checkpoint(s) deleted)")

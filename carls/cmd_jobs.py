@@ -25,6 +25,7 @@ def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
     Each job's state, test accuracy and knowledge staleness are kept for `carls job status`;
     a failed job is marked failed with its reason and the trainer goes on.
     """
+    from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
     from carls.bank.jobs import CassandraJobStore
     from carls.bank.session import Connection
@@ -41,7 +42,7 @@ def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
             settings.topics,
             bank,
             jobs,
-            settings.checkpoint_dir,
+            settings.artifact_store(CassandraBlobs(cassandra).start()),
             group or f"{settings.topic_prefix}-trainers",
             say=progress,
             once=once,

@@ -40,23 +40,37 @@ def checkpoint() -> None:
     required=True,
     help="The model file makers load (a .keras file).",
 )
-@click.option("--format", "fmt", default="keras", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["keras", "tf_saved_model"]),
+    default="keras",
+    show_default=True,
+    help="The artifact's format (schemas.artifacts).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
 def checkpoint_publish(
     ctx: click.Context, namespace: str, step: int, artifact: Path, fmt: str, as_json: bool
 ) -> None:
-    """Publish a manifest (uri, sha256, size) for ARTIFACT at STEP of NAMESPACE."""
+    """Copy ARTIFACT, saved at STEP of NAMESPACE, into the checkpoint store
+    (CARLS_CHECKPOINT_STORE: the bank by default) and publish its manifest (uri, sha256,
+    size)."""
+    from carls.bank.blobs import CassandraBlobs
+    from carls.bank.session import Connection
     from carls.cli import settings_of
     from carls.schemas import CheckpointManifest
     from carls.streams.producer import Publisher
 
     settings = settings_of(ctx)
     path = artifact.resolve()
+    with Connection(settings.cassandra) as cassandra:
+        store = settings.artifact_store(CassandraBlobs(cassandra).start())
+        uri = store.publish_copy(path, namespace, step, fmt)
     manifest = CheckpointManifest(
         namespace=namespace,
         step=step,
-        uri=path.as_uri(),
+        uri=uri,
         format=fmt,
         sha256=_sha256(path),
         size=path.stat().st_size,

@@ -21,14 +21,23 @@ if TYPE_CHECKING:
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Validate the spec and its dataset only; touch neither Kafka nor Cassandra.",
+    help="Validate the spec and its dataset only; submit nothing (a dataset named by a "
+    "bank:// URI is still read from the bank).",
+)
+@click.option(
+    "--local-files",
+    is_flag=True,
+    help="Send the dataset's local path as it is (only trainers on this machine can run the "
+    "job) instead of registering the file in the bank.",
 )
 @click.pass_context
-def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
+def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool, local_files: bool) -> None:
     """Submit the training job in JOB (a .yaml, .yml or .json job spec).
 
     The spec and its dataset are checked first, and so is the namespace when it already
-    exists in the bank (its dimensions must match the job's). Prints the job id.
+    exists in the bank (its dimensions must match the job's). A dataset given by a local
+    `path` is registered in the bank (`carls dataset register`) and the job names it by its
+    bank:// URI, so a trainer on any machine can run it. Prints the job id.
     """
     from carls.bank.errors import BankUnavailableError, NamespaceError
     from carls.cli import settings_of
@@ -36,8 +45,17 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
     from carls.trainers.datasets import load_dataset, validate_against_namespace
     from carls.trainers.spec import load_spec
 
+    settings = settings_of(ctx)
     spec = load_spec(job)
-    data = load_dataset(spec.dataset, spec.train.seed)
+    if spec.dataset.uri is not None:  # read, even with --dry-run: it is checked like a file
+        from carls.bank.blobs import CassandraBlobs
+
+        with CassandraBlobs(settings.cassandra) as blobs:
+            data = load_dataset(
+                spec.dataset, spec.train.seed, blobs, settings.artifact_max_mb << 20
+            )
+    else:
+        data = load_dataset(spec.dataset, spec.train.seed)
     shape = (
         f"{data.feature_dim} features"
         if len(data.input_shape) == 1
@@ -62,7 +80,6 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
         progress(
             f"model {user_model}: embedding of {shapes.embedding_dim}, {shapes.classes} logits"
         )
-    settings = settings_of(ctx)
     if not dry_run:
         from carls.bank.cassandra import CassandraBank
 
@@ -83,6 +100,17 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool) -> None:
             f"namespace {spec.namespace}: "
             f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"
         )
+        if spec.dataset.path is not None and not local_files:
+            from carls.bank.artifacts import register_data
+            from carls.bank.blobs import CassandraBlobs
+
+            with CassandraBlobs(settings.cassandra) as blobs:
+                uri, _ = register_data(
+                    blobs, spec.dataset.path, max_bytes=settings.artifact_max_mb << 20
+                )
+            progress(f"dataset {spec.dataset.path.name}: in the bank as {uri}")
+            dataset = spec.dataset.model_copy(update={"path": None, "uri": uri})
+            spec = spec.model_copy(update={"dataset": dataset})
     record = TrainingJob(
         job_id=f"{spec.namespace}-{uuid.uuid4().hex[:8]}",
         namespace=spec.namespace,

@@ -82,6 +82,7 @@ def worker(
     demand and examples topics into knowledge in the bank. Start more workers with the
     same --app-id to share partitions; kill one and the others take over its work.
     """
+    from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
     from carls.bank.session import Connection
     from carls.bank.verdicts import CassandraCrashes, CassandraVerdicts
@@ -99,7 +100,6 @@ def worker(
         kafka=settings.kafka,
         topics=settings.topics,
         app_id=app_id or f"{settings.topic_prefix}-makers",
-        checkpoint_root=settings.checkpoint_dir,
         stats_path=Path(stats) if stats else None,
         data_dir=settings.state_dir.resolve() / "faust",
         makers=chosen,
@@ -121,5 +121,6 @@ def worker(
             CassandraBank(cassandra).start(),
             CassandraVerdicts(cassandra).start(),
             CassandraCrashes(cassandra).start(),
+            settings.artifact_store(CassandraBlobs(cassandra).start()),
             loglevel={"warning": "warn"}.get(level, level),
         )

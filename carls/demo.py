@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import NamespaceError
 from carls.bank.jobs import CassandraJobStore
@@ -70,6 +71,8 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
     cassandra = Connection(settings.cassandra).start()
     bank = CassandraBank(cassandra).start()
     jobs = CassandraJobStore(cassandra).start()
+    blobs = CassandraBlobs(cassandra).start()
+    store = settings.artifact_store(blobs)
     publisher = Publisher(settings.kafka, settings.topics)
     worker = _start_worker(settings, say)
     result: dict[str, Any] = {"seeds": list(seeds), "stack_ready_s": round(stack_s, 1)}
@@ -83,17 +86,18 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
             if DEMO_NAMESPACE.fullmatch(old.name):
                 with contextlib.suppress(NamespaceError):
                     bank.drop_namespace(old.name)
+                blobs.delete_scope(f"checkpoints/{old.name}")
                 shutil.rmtree(settings.checkpoint_dir / old.name, ignore_errors=True)
         run_id = uuid.uuid4().hex[:6]
         for seed in seeds:
             ns_base, ns_carls = f"demo_base_s{seed}_{run_id}", f"demo_carls_s{seed}_{run_id}"
             say(f"seed {seed}: supervised-only baseline (50 labels)")
             spec = example_spec("digits_supervised", ns_base, seed)
-            ctx = Context(bank=bank, publisher=None, store=settings.checkpoint_dir, jobs=jobs)
+            ctx = Context(bank=bank, publisher=None, store=store, jobs=jobs)
             base.append(JobRun(new_job_id(ns_base), spec, ctx, say).run()["test_accuracy"])
             say(f"seed {seed}: carls (pseudo labels + graph regularization from the bank)")
             spec = example_spec("digits_ssl", ns_carls, seed)
-            ctx = Context(bank=bank, publisher=publisher, store=settings.checkpoint_dir, jobs=jobs)
+            ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs)
             job_id = new_job_id(ns_carls)
             state = JobRun(job_id, spec, ctx, say).run()
             job_ids.append(job_id)

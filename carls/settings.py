@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from carls.bank.artifacts import DESTINATIONS, ArtifactStore
+from carls.bank.blobs import BlobStore
 from carls.bank.session import CassandraConfig
 from carls.infra.config import InfraConfig
 from carls.schemas.errors import SchemaError
@@ -106,8 +108,29 @@ class Settings(BaseSettings):
 
     # Knowledge
     checkpoint_root: Path | None = Field(
-        None, description="where checkpoint artifacts are stored; default <state_dir>/checkpoints"
+        None,
+        description="this machine's checkpoint folder: trainers save there first, workers "
+        "read file:// checkpoints only inside it; default <state_dir>/checkpoints",
     )
+    checkpoint_store: str = Field(
+        "bank",
+        description="where trainers publish checkpoints: 'bank' (chunked in Cassandra, every "
+        "machine reads them), 'file' (the checkpoint root: one machine) or an object-store "
+        "URI prefix such as s3://bucket/carls (with its fsspec backend installed)",
+    )
+    checkpoint_keep: int = Field(
+        3, ge=1, description="checkpoints kept per namespace in the store; older are deleted"
+    )
+    artifact_max_mb: int = Field(
+        1024, ge=1, description="the largest checkpoint or data file carls stores or loads (MiB)"
+    )
+
+    @field_validator("checkpoint_store")
+    @classmethod
+    def _store_is_known(cls, value: str) -> str:
+        if value not in ("bank", "file") and "://" not in value:
+            raise ValueError(f"expected {DESTINATIONS}, got {value!r}")
+        return value
 
     @field_validator("keyspace")
     @classmethod
@@ -189,3 +212,14 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return (self.checkpoint_root or self.state_dir / "checkpoints").resolve()
+
+    def artifact_store(self, blobs: BlobStore | None) -> ArtifactStore:
+        """Where this process publishes and finds checkpoints; ``blobs`` is the bank's blob
+        store (needed for the ``bank`` destination, and to read ``bank://`` URIs)."""
+        return ArtifactStore(
+            self.checkpoint_dir,
+            self.checkpoint_store,
+            blobs,
+            keep=self.checkpoint_keep,
+            max_bytes=self.artifact_max_mb << 20,
+        )

@@ -9,14 +9,16 @@ the built-in model's ``keras`` file, whose convention is:
 * **one input**: the features, float32 ``(n, d)``;
 * **two outputs, in this order**: ``embedding`` ``(n, e)`` and ``probabilities``
   ``(n, classes)`` (softmax outputs: each row in ``[0, 1]`` summing to 1);
-* stored as ``<store>/<namespace>/step-<step:012d>.keras`` and announced by a
-  ``CheckpointManifest`` (``format="keras"``, ``uri="file://<absolute path>"``, sha256,
-  size, and ``model_fingerprint``: the first 16 hex digits of the sha256 of the model's
-  JSON config, so knowledge can name the architecture that made it).
+* saved as ``<root>/<namespace>/step-<step:012d>.keras`` and announced by a
+  ``CheckpointManifest`` (``format="keras"``, the ``uri`` of the checkpoint store it was
+  copied to, sha256, size, and ``model_fingerprint``: the first 16 hex digits of the
+  sha256 of the model's JSON config, so knowledge can name the architecture that made it).
 
-Trainers write it (``trainers.checkpoints.save_artifact``). Here ``load_model`` verifies
-size and sha256, loads the file and wraps the model in a traced ``tf.function`` (one trace
-for any batch size; ``model.predict`` costs tens of milliseconds per call);
+Trainers write it (``trainers.checkpoints``). Here ``fetch_artifact`` gets a verified local
+file of it (``bank.artifacts.ArtifactStore``: from the bank's blob store, an object store,
+or the worker's own checkpoint root), ``load_model`` loads that file and wraps the model
+in a traced ``tf.function`` (one trace for any batch size; ``model.predict`` costs tens of
+milliseconds per call);
 ``ModelCache`` loads each checkpoint once and keeps the newest few per namespace, and a
 checkpoint that fails to load never displaces the model already serving.
 
@@ -26,6 +28,7 @@ stays light.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,14 +36,21 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import numpy.typing as npt
 
+from carls.bank.artifacts import FILE, ArtifactStore
+from carls.bank.errors import (
+    BlobCorruptError,
+    BlobMissingError,
+    BlobTooLargeError,
+    UnreadableUriError,
+)
 from carls.bank.types import F32
 from carls.makers.compute import check_finite
 from carls.makers.errors import (
@@ -58,6 +68,7 @@ from carls.schemas.artifacts import (
     OUTPUT_NAMES,
     SAVED_MODEL,
     SAVED_MODEL_DIR,
+    SUFFIXES,
     artifact_relpath,
     fingerprint_of_config,
 )
@@ -97,64 +108,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_uri(uri: str, root: Path | None = None) -> Path:
-    """The local path a manifest's URI names.
-
-    Accepted: ``file://`` URIs with an absolute path (host empty or ``localhost``), plain
-    absolute paths, and relative paths, which resolve against ``root``. With a ``root``
-    (a worker always has one: its checkpoint store), the path, symlinks followed, must lie
-    inside it, whichever form names it. Anything else raises ``ArtifactMissingError``.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ArtifactMissingError(
-                f"{uri}: file URIs must name a local absolute path (file:///...), "
-                f"not host {parsed.netloc!r}"
-            )
-        path = Path(unquote(parsed.path))
-        if not path.is_absolute():
-            raise ArtifactMissingError(f"{uri}: a file URI needs an absolute path")
-    elif parsed.scheme:
-        raise ArtifactMissingError(
-            f"{uri}: scheme {parsed.scheme!r} is not supported; makers read file:// URIs and paths"
-        )
-    else:
-        path = Path(uri)
-    if root is None:
-        if not path.is_absolute():
-            raise ArtifactMissingError(f"{uri}: a relative path needs a checkpoint root")
-        return path
-    base = Path(root).resolve()
-    resolved = (base / path).resolve()  # an absolute path replaces the base
-    if not resolved.is_relative_to(base):
-        raise ArtifactMissingError(
-            f"{uri}: outside the checkpoint store {base}; a worker loads only checkpoints "
-            "in its store (set CARLS_CHECKPOINT_ROOT to the folder trainers write to)"
-        )
-    return resolved
+StoreLike = ArtifactStore | Path
+"""Where a worker finds artifacts: an ``ArtifactStore``, or a folder (local files only)."""
 
 
-def verify_artifact(manifest: CheckpointManifest, root: Path | None = None) -> Path:
-    """The artifact's path, once its size and sha256 match the manifest. Reasons name
-    only what the manifest says, never the file's own size or digest."""
-    path = resolve_uri(manifest.uri, root)
+def as_store(store: StoreLike) -> ArtifactStore:
+    return store if isinstance(store, ArtifactStore) else ArtifactStore(Path(store), FILE)
+
+
+@contextlib.contextmanager
+def fetch_artifact(manifest: CheckpointManifest, store: StoreLike) -> Iterator[Path]:
+    """A local file of the manifest's artifact whose size and sha256 match the manifest:
+    in place inside the store's root for a ``file://`` URI, a temporary copy of a
+    ``bank://`` or object-store one. A store that does not answer raises the bank's
+    retriable ``BankUnavailableError``; anything else about the artifact is the
+    checkpoint's fault: ``ArtifactMissingError`` (not there, not readable by this worker,
+    outside the root) or ``ArtifactCorruptError`` (other bytes than the manifest's, a
+    missing or truncated chunk, over the size limit)."""
     what = f"checkpoint {manifest.namespace} step {manifest.step}"
-    if not path.is_file():
-        raise ArtifactMissingError(f"{what}: {manifest.uri} does not exist")
+    suffix = SUFFIXES.get(manifest.format, "")
     try:
-        if path.stat().st_size != manifest.size:
-            raise ArtifactCorruptError(
-                f"{what}: {manifest.uri} is not of the manifest's size ({manifest.size} bytes)"
-            )
-        actual = file_sha256(path)
-    except OSError as exc:
-        raise ArtifactMissingError(f"{what}: cannot read {manifest.uri}") from exc
-    if actual != manifest.sha256:
-        raise ArtifactCorruptError(
-            f"{what}: {manifest.uri} does not have the manifest's sha256 ({manifest.sha256})"
-        )
-    return path
+        with as_store(store).fetch(manifest.uri, manifest.sha256, manifest.size, suffix) as path:
+            yield path
+    except (BlobMissingError, UnreadableUriError) as exc:
+        raise ArtifactMissingError(f"{what}: {exc}") from exc
+    except (BlobCorruptError, BlobTooLargeError) as exc:
+        raise ArtifactCorruptError(f"{what}: {exc}") from exc
 
 
 @dataclass(eq=False)
@@ -269,15 +248,19 @@ def warm_up() -> float:
     return time.perf_counter() - started
 
 
-def load_model(manifest: CheckpointManifest, root: Path | None = None) -> LoadedModel:
-    """Verify the artifact, load it as Keras (no trainer code, safe mode) and trace its
-    inference function; ``NotAModelError`` says why a file is not a usable model."""
+def load_model(manifest: CheckpointManifest, store: StoreLike) -> LoadedModel:
+    """Fetch and verify the artifact (``fetch_artifact``), load it without trainer code and
+    trace its inference function; ``NotAModelError`` says why a file is not a usable model."""
     what = f"checkpoint {manifest.namespace} step {manifest.step}"
     if manifest.format not in FORMATS:
         raise NotAModelError(
             f"{what}: format {manifest.format!r}; makers load {' or '.join(map(repr, FORMATS))}"
         )
-    path = verify_artifact(manifest, root)
+    with fetch_artifact(manifest, store) as path:
+        return _load_file(manifest, path, what)
+
+
+def _load_file(manifest: CheckpointManifest, path: Path, what: str) -> LoadedModel:
     started = time.perf_counter()
     if manifest.format == SAVED_MODEL:
         loaded = _load_saved_model(manifest, path, what)
@@ -401,11 +384,11 @@ class ModelCache:
     model already serving keeps serving). Thread-safe; loads of different checkpoints run
     concurrently. ``loads`` counts successful loads."""
 
-    def __init__(self, max_per_namespace: int = 2, root: Path | None = None) -> None:
+    def __init__(self, store: StoreLike, max_per_namespace: int = 2) -> None:
         if isinstance(max_per_namespace, bool) or max_per_namespace < 1:
             raise InvalidInputError(f"max_per_namespace: must be >= 1, got {max_per_namespace}")
         self.max_per_namespace = max_per_namespace
-        self.root = root
+        self.store = as_store(store)
         self.loads = 0
         self._lock = threading.Lock()
         self._models: dict[str, dict[int, LoadedModel]] = {}
@@ -435,7 +418,7 @@ class ModelCache:
             if cached is not None:
                 return cached
             try:
-                model = load_model(manifest, self.root)
+                model = load_model(manifest, self.store)
             except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)

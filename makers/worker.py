@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from carls.bank.artifacts import ArtifactStore
 from carls.bank.errors import DimensionError, NamespaceError
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import NamespaceSpec
@@ -75,7 +76,6 @@ class WorkerConfig:
     kafka: KafkaConnection
     topics: Topics
     app_id: str = "carls-makers"
-    checkpoint_root: Path | None = None
     makers: tuple[str, ...] = MAKERS
     concurrency: int = 1
     fetch_messages: int = 32
@@ -99,8 +99,10 @@ class WorkerConfig:
 class Makers:
     """The worker's state: bank, model cache, manifest view, and the Faust app.
 
-    The bank and the records of broken checkpoints and crashes come from the caller (the
-    ``carls worker`` command builds them on Cassandra); ``close`` closes them."""
+    The bank, the records of broken checkpoints and crashes, and where checkpoint
+    artifacts are found (``artifacts``: the bank's blob store, object stores, and local
+    files inside its root) come from the caller (the ``carls worker`` command builds them
+    on Cassandra); ``close`` closes the bank and the records."""
 
     def __init__(
         self,
@@ -108,13 +110,14 @@ class Makers:
         bank: KnowledgeBank,
         verdicts: CheckpointVerdicts,
         crashes: RecordCrashes,
+        artifacts: ArtifactStore,
     ) -> None:
         self.cfg = cfg
         self.bank = bank
         self.verdicts = verdicts
         self.crashes = crashes
         self._crash_seen: dict[str, tuple[float, dict[str, int]]] = {}
-        self.cache = ModelCache(max_per_namespace=2, root=cfg.checkpoint_root)
+        self.cache = ModelCache(artifacts, max_per_namespace=2)
         self.maker = Maker(self.bank, self.cache, cfg.makers, worker=f"carls-maker@{cfg.worker}")
         self.view = ManifestView(cfg.kafka, cfg.topics.checkpoints, cfg.max_step_ahead)
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 2, thread_name_prefix="maker")
@@ -603,15 +606,15 @@ def run_worker(
     bank: KnowledgeBank,
     verdicts: CheckpointVerdicts,
     crashes: RecordCrashes,
+    artifacts: ArtifactStore,
     loglevel: str = "warning",
 ) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
-    makers = Makers(
-        cfg, bank, verdicts, crashes
-    )  # checkpoint then costs a load, not the libraries' start-up
+    # checkpoint then costs a load, not the libraries' start-up
+    makers = Makers(cfg, bank, verdicts, crashes, artifacts)
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()

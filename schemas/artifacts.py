@@ -22,7 +22,8 @@ Two formats; a maker loads either without the trainer's Python code.
   ``embedding`` ``(n, e)`` and ``probabilities`` ``(n, classes)`` (softmax);
 * stored at ``<store>/<namespace>/step-<step:012d>.keras``.
 
-Either is announced by a ``CheckpointManifest`` with its ``format``, a ``file://`` URI, the
+Either is announced by a ``CheckpointManifest`` with its ``format``, the URI where every
+worker reads it (``bank://``, an object store's, or ``file://`` on one machine), the
 sha256 and size of the file, and ``model_fingerprint``: the first 16 hex digits of the
 sha256 of a JSON description of the model with keys sorted (its Keras config for
 ``keras``; its class, input shape and dtype, output widths and variables' shapes for

@@ -11,7 +11,15 @@ from __future__ import annotations
 from carls.schemas.errors import InvalidValueError
 from carls.schemas.names import validate_name
 
-TABLES: tuple[str, ...] = ("namespaces", "examples", "knowledge", "kv", "roundtrip")
+TABLES: tuple[str, ...] = (
+    "namespaces",
+    "examples",
+    "knowledge",
+    "kv",
+    "blob_index",
+    "blob_chunks",
+    "roundtrip",
+)
 """The tables ``schema_statements`` creates, in creation order."""
 
 _TABLE_BODIES: dict[str, str] = {
@@ -63,6 +71,31 @@ _TABLE_BODIES: dict[str, str] = {
     value text,
     PRIMARY KEY (namespace, key)
 )""",
+    # Files kept in the bank (checkpoint artifacts, registered datasets): one row per blob
+    # under its scope (``checkpoints/<namespace>``, ``datasets``). ``pending`` rows mark
+    # uploads under way, so an upload that died is found and its chunks collected.
+    "blob_index": """(
+    scope text,
+    name text,
+    sha256 text,
+    size bigint,
+    chunks int,
+    chunk_bytes int,
+    created_at timestamp,
+    meta text,
+    pending boolean,
+    PRIMARY KEY (scope, name)
+)""",
+    # A blob's bytes, one partition per chunk (no partition grows with the file), keyed by
+    # the content's sha256 too: a name given new content never mixes old and new chunks.
+    "blob_chunks": """(
+    scope text,
+    name text,
+    sha256 text,
+    chunk int,
+    data blob,
+    PRIMARY KEY ((scope, name, sha256, chunk))
+)""",
     # Written and read back by the stack's smoke check.
     "roundtrip": """(
     id text PRIMARY KEY,
@@ -77,6 +110,7 @@ _TABLE_BODIES: dict[str, str] = {
 _TABLE_OPTIONS: dict[str, str] = {
     "examples": " WITH compression = {'enabled': 'false'}",
     "knowledge": " WITH compression = {'enabled': 'false'} AND speculative_retry = 'NONE'",
+    "blob_chunks": " WITH compression = {'enabled': 'false'}",
 }
 
 

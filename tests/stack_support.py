@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import NamespaceError
 from carls.schemas import DeadLetter, decode
@@ -31,10 +32,13 @@ def prefixed_settings(letter: str) -> Settings:
 
 
 def remove(settings: Settings, bank: CassandraBank, namespaces: list[str]) -> None:
-    """Drop ``namespaces`` and delete the prefix's topics (best effort: it is unique)."""
+    """Drop ``namespaces`` with their stored checkpoints and delete the prefix's topics
+    (best effort: it is unique)."""
+    blobs = CassandraBlobs(bank.connection).start()
     for ns in namespaces:
         with contextlib.suppress(NamespaceError):
             bank.drop_namespace(ns)
+        blobs.delete_scope(f"checkpoints/{ns}")
     admin = KafkaAdminClient(**settings.kafka.kafka_python())
     try:
         with contextlib.suppress(Exception):

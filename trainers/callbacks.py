@@ -1,7 +1,8 @@
 """``PublishCheckpoints``: the Keras callback that serves a ``KnowledgeModel`` to makers.
 
 Every ``every_steps`` steps (or ``every_s`` seconds), from ``warmup_steps`` on, it exports
-the model as a ``tf_saved_model`` artifact into the checkpoint store and announces it on
+the model as a ``tf_saved_model`` artifact into the checkpoint store (an ``ArtifactStore``:
+the bank's blob store by default; or a folder, for one machine) and announces it on
 the checkpoints topic; makers load it without the model's code and refresh the
 namespace's knowledge. The untrained model is never published: the first checkpoint comes
 ``max(warmup_steps, every_steps)`` steps into training, and one more at the end. Steps
@@ -22,6 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from carls.bank.artifacts import ArtifactStore
 from carls.streams.producer import Publisher
 from carls.trainers.checkpoints import CheckpointPublisher, demand_publisher, namespace_step
 from carls.trainers.errors import ModelError
@@ -35,7 +37,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
     def __init__(
         self,
         publisher: Publisher,
-        store: Path,
+        store: ArtifactStore | Path,
         *,
         every_steps: int = 200,
         every_s: float | None = None,
@@ -54,7 +56,7 @@ class PublishCheckpoints(keras.callbacks.Callback):  # type: ignore[misc]  # Ker
         self._from_optimizer = False
         self._first = 0
         self.publisher = publisher
-        self.store = Path(store)
+        self.store = store
         self.every_steps, self.every_s, self.warmup_steps = every_steps, every_s, warmup_steps
         self.producer = producer
         self.demand = demand

@@ -2,13 +2,17 @@
 
 Saves follow ``schemas.artifacts``: a ``SavedModelExporter``'s SavedModel tar (any Keras
 model), or a functional Keras model of standard layers as a ``.keras`` file. Either is
-written atomically and needs no trainer code to load; then a ``CheckpointManifest`` goes
-to the compacted checkpoints topic keyed by namespace.
+written atomically under the local checkpoint root and needs no trainer code to load;
+then it is copied to the store's destination (``bank.artifacts.ArtifactStore``: the
+bank's blob store by default, where every worker of a cluster reads it) and a
+``CheckpointManifest`` naming it goes to the compacted checkpoints topic keyed by
+namespace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -19,16 +23,41 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from carls.bank.artifacts import FILE, ArtifactStore, is_local
 from carls.bank.protocol import NamespaceLookup
 from carls.schemas import CheckpointManifest, ExampleBatch
 from carls.schemas.artifacts import FORMAT, SAVED_MODEL, artifact_relpath, fingerprint_of_config
-from carls.streams.errors import PublishError
+from carls.schemas.errors import CarlsError
 from carls.streams.manifests import latest_manifest
 from carls.streams.producer import Publisher
 from carls.trainers.export import SavedModelExporter
 
 log = logging.getLogger(__name__)
+
+
+def as_store(store: ArtifactStore | Path) -> ArtifactStore:
+    """A folder stands for a store that keeps checkpoints in it (one machine)."""
+    return store if isinstance(store, ArtifactStore) else ArtifactStore(Path(store), FILE)
+
+
+def publish_artifact(
+    model: Any,
+    store: ArtifactStore | Path,
+    namespace: str,
+    step: int,
+    *,
+    producer: str = "carls",
+) -> CheckpointManifest:
+    """Save ``model`` (``save_artifact``) and copy it to the store's destination; return
+    the manifest (not yet announced) with the URI every worker reads."""
+    artifacts = as_store(store)
+    manifest = save_artifact(model, artifacts.root, namespace, step, producer=producer)
+    local = Path(urlparse(manifest.uri).path)
+    uri = artifacts.publish(local, namespace)
+    artifacts.retain_local(local)
+    return dataclasses.replace(manifest, uri=uri)
 
 
 def save_artifact(
@@ -79,22 +108,24 @@ def save_artifact(
 
 class CheckpointPublisher:
     """Saves and publishes a checkpoint every ``every_steps`` steps or ``every_s`` seconds,
-    whichever comes first, counted from ``start_step`` (the step the job starts from).
+    whichever comes first, counted from ``start_step`` (the step the job starts from), into
+    ``store`` (an ``ArtifactStore``, or a folder: one machine).
 
     The model at ``start_step`` is never published: an untrained model's predictions are
     noise, and a peer distilling them, or a trainer taking them as pseudo labels, learns
     that noise. The first checkpoint comes ``every_steps`` steps (or ``every_s`` seconds)
     into the job.
 
-    The artifact is saved in the training thread; its announcement on Kafka goes from a
-    thread of its own, in order, retried with backoff while Kafka is away, so an outage
-    never stalls training. ``close`` waits (up to ``announce_wait_s``) for what is still
-    to be announced."""
+    The artifact is saved in the training thread; its copy to the store's destination and
+    its announcement on Kafka go from a thread of its own, in order, retried with backoff
+    while the bank or Kafka is away, so an outage never stalls training. A checkpoint over
+    the store's size limit raises ``BlobTooLargeError`` from ``publish``. ``close`` waits
+    (up to ``announce_wait_s``) for what is still to be announced."""
 
     def __init__(
         self,
         publisher: Publisher,
-        store: Path,
+        store: ArtifactStore | Path,
         namespace: str,
         producer: str,
         every_steps: int,
@@ -103,7 +134,7 @@ class CheckpointPublisher:
         announce_wait_s: float = 60.0,
     ) -> None:
         self.publisher = publisher
-        self.store = store
+        self.store = as_store(store)
         self.namespace = namespace
         self.producer = producer
         self.every_steps = every_steps
@@ -128,7 +159,10 @@ class CheckpointPublisher:
 
     def publish(self, model: Any, step: int) -> CheckpointManifest:
         """Save the model at ``step``; its announcement is queued."""
-        manifest = save_artifact(model, self.store, self.namespace, step, producer=self.producer)
+        manifest = save_artifact(
+            model, self.store.root, self.namespace, step, producer=self.producer
+        )
+        self.store.check_size(Path(urlparse(manifest.uri).path), self.namespace)
         self.last_step, self.last_at = step, time.monotonic()
         if self._thread is None:
             self._thread = threading.Thread(target=self._announce, name="checkpoints", daemon=True)
@@ -156,12 +190,26 @@ class CheckpointPublisher:
                 return
             while True:
                 try:
+                    if is_local(manifest.uri):  # not yet at the destination
+                        local = Path(urlparse(manifest.uri).path)
+                        uri = self.store.publish(local, self.namespace)
+                        manifest = dataclasses.replace(manifest, uri=uri)
                     self.publisher.manifest(manifest)
+                    if is_local(manifest.uri):
+                        self.store.retain_local(Path(urlparse(manifest.uri).path))
                     self.published.append(manifest)
                     log.info("published %s step %d", self.namespace, manifest.step)
                     pause = 0.5
                     break
-                except PublishError as exc:
+                except OSError as exc:  # the saved file is gone: nothing to announce
+                    log.error("%s step %d: not published: %s", self.namespace, manifest.step, exc)
+                    break
+                except CarlsError as exc:
+                    if not exc.retriable:
+                        log.error(
+                            "%s step %d: not published: %s", self.namespace, manifest.step, exc
+                        )
+                        break
                     if self._closing.is_set():
                         left = self._queue.qsize()
                         log.warning(

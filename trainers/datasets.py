@@ -27,6 +27,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from carls.bank.artifacts import local_copy
+from carls.bank.blobs import MAX_BYTES, BlobStore
+from carls.bank.errors import (
+    BlobCorruptError,
+    BlobMissingError,
+    BlobTooLargeError,
+    UnreadableUriError,
+)
 from carls.bank.types import NO_LABEL, NamespaceSpec
 from carls.trainers.errors import DatasetError, SpecError
 from carls.trainers.paradigms.graph import Graph
@@ -90,15 +98,19 @@ class _Raw:
     columns: list[str] | None
     """Names of the feature columns of flat data (``None``: a position names a value)."""
     where: str
-    """The spec field that names the source (``dataset.name`` or ``dataset.path``)."""
+    """The spec field that names the source (``dataset.name``, ``.path`` or ``.uri``)."""
 
 
-def load_dataset(spec: DatasetSpec, seed: int) -> Dataset:
-    """Load, check, split, standardise and label ``spec``'s data; ``DatasetError`` if bad."""
+def load_dataset(
+    spec: DatasetSpec, seed: int, blobs: BlobStore | None = None, max_bytes: int = MAX_BYTES
+) -> Dataset:
+    """Load, check, split, standardise and label ``spec``'s data; ``DatasetError`` if bad.
+    A ``bank://`` URI is read from ``blobs`` (the bank's blob store); no file over
+    ``max_bytes`` is fetched. A store that does not answer raises its retriable error."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    raw = _load_raw(spec)
+    raw = _load_raw(spec, blobs, max_bytes)
     _check_finite(raw)
     values, inverse = np.unique(raw.labels, return_inverse=True)
     y: I32 = inverse.astype(np.int32).reshape(-1)
@@ -212,30 +224,39 @@ def _choose_labeled(y: I32, classes: int, count: int, rng: np.random.Generator) 
 # Sources
 
 
-def _load_raw(spec: DatasetSpec) -> _Raw:
+def _load_raw(spec: DatasetSpec, blobs: BlobStore | None, max_bytes: int) -> _Raw:
     if spec.name is not None:
         from sklearn import datasets
 
         x, y = getattr(datasets, f"load_{spec.name}")(return_X_y=True)
         x = np.asarray(x, dtype=np.float64)
         return _Raw(x, np.asarray(y), None, _numbered(x.shape[1]), "dataset.name")
+    if spec.uri is not None:
+        try:
+            with local_copy(spec.uri, blobs, max_bytes=max_bytes) as path:
+                return _load_file(path, spec, "dataset.uri")
+        except (BlobMissingError, BlobCorruptError, BlobTooLargeError, UnreadableUriError) as exc:
+            raise DatasetError("dataset.uri", str(exc)) from exc
     if spec.path is None:
         raise SpecError("dataset", "give exactly one of name or path")
     if not spec.path.is_file():
         raise DatasetError("dataset.path", f"no such file: {spec.path}")
-    if spec.path.suffix.lower() == ".npz":
-        return _load_npz(spec.path)
+    return _load_file(spec.path, spec, "dataset.path")
+
+
+def _load_file(path: Path, spec: DatasetSpec, where: str) -> _Raw:
+    if spec.suffix == ".npz":
+        return _load_npz(path, where)
     if spec.label_column is None:
         raise DatasetError("dataset.label_column", "required for a .csv dataset")
-    return _load_csv(spec.path, spec.label_column)
+    return _load_csv(path, spec.label_column, where)
 
 
 def _numbered(d: int) -> list[str]:
     return [f"column {j}" for j in range(d)]
 
 
-def _load_npz(path: Path) -> _Raw:
-    where = "dataset.path"
+def _load_npz(path: Path, where: str) -> _Raw:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
@@ -272,8 +293,7 @@ def _load_npz(path: Path) -> _Raw:
     return _Raw(x.astype(np.float64), labels, mask, columns, where)
 
 
-def _load_csv(path: Path, label_column: str) -> _Raw:
-    where = "dataset.path"
+def _load_csv(path: Path, label_column: str, where: str) -> _Raw:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             lines = list(csv.reader(f))

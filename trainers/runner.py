@@ -28,6 +28,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from carls.bank.artifacts import ArtifactStore
+from carls.bank.blobs import MAX_BYTES
 from carls.bank.errors import BankUnavailableError, NamespaceError
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
@@ -54,7 +56,8 @@ class Context:
 
     bank: KnowledgeBank
     publisher: Publisher | None
-    store: Path
+    store: ArtifactStore | Path
+    """Where checkpoints go (a folder: kept there, for one machine)."""
     jobs: JobStore | None = None
     producer: str = "carls-trainer"
     buckets: int = 8
@@ -276,9 +279,17 @@ class JobRun:
     # ------------------------------------------------------------------------------------
     def _train(self) -> None:
         spec, tr = self.spec, self.spec.train
+        started = time.monotonic()
         np.random.seed(tr.seed)
         keras.utils.set_random_seed(tr.seed)
-        ds = load_dataset(spec.dataset, tr.seed)
+        store = self.ctx.store
+        blobs = store.blobs if isinstance(store, ArtifactStore) else None
+        limit = store.max_bytes if isinstance(store, ArtifactStore) else MAX_BYTES
+        ds = retry_unavailable(  # a bank:// dataset: wait for the bank as for job state
+            lambda: load_dataset(spec.dataset, tr.seed, blobs, limit),
+            f"{self.job_id}: reading dataset {spec.dataset.display_name}",
+            stop=lambda _: time.monotonic() - started > STATE_RETRY_S,
+        )
         inputs = _inputs(spec, ds)
         _check_augment(spec, inputs)  # check_job's first half; _wrap checks the model
         km = self._wrap(ds, inputs)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from carls.bank.artifacts import ArtifactStore
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.retry import retry_unavailable
@@ -40,7 +41,7 @@ def serve(
     topics: Topics,
     bank: KnowledgeBank,
     jobs: JobStore,
-    store: Path,
+    store: ArtifactStore | Path,
     group: str,
     say: Callable[[str], None] = lambda _: None,
     once: bool = False,
@@ -76,7 +77,7 @@ def _run_one(
     bank: KnowledgeBank,
     jobs: JobStore,
     publisher: Publisher,
-    store: Path,
+    store: ArtifactStore | Path,
     producer: str,
     say: Callable[[str], None],
 ) -> int:

@@ -26,8 +26,9 @@ import importlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self, Union, get_args, get_origin
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -43,7 +44,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from carls.bank.artifacts import check_uri, is_local
 from carls.bank.types import default_kinds
+from carls.schemas.errors import CarlsError
 from carls.trainers.errors import SpecError
 from carls.trainers.fields import (
     FieldProblem,
@@ -113,15 +116,38 @@ Columns = Annotated[tuple[Int, Int], AfterValidator(_columns)]
 """``[start, stop)`` feature columns."""
 
 
+_REGISTERED = re.compile(r"-[0-9a-f]{12}$")
+
+
+def _data_uri(value: str) -> str:
+    """A remote data file's URI: ``bank://datasets/<name>`` (``carls dataset register``)
+    or an object store's, naming an .npz or .csv file."""
+    if is_local(value):
+        raise ValueError(f"{value}: a local file goes in path:, a URI in uri:")
+    try:
+        check_uri(value)
+    except CarlsError as exc:
+        raise ValueError(str(exc)) from exc
+    if PurePosixPath(urlparse(value).path).suffix.lower() not in (".npz", ".csv"):
+        raise ValueError(f"{value}: expected an .npz or .csv file")
+    return value
+
+
 class DatasetSpec(_Spec):
-    """A bundled dataset (``name``) or a file (``path``: .npz or .csv)."""
+    """A bundled dataset (``name``), a file on this machine (``path``: .npz or .csv), or a
+    file every machine can read (``uri``: registered in the bank, or in an object store).
+    """
 
     name: DatasetName | None = None
     """A scikit-learn bundled dataset (one of ``DATASETS``)."""
     path: Annotated[Path | None, resolved_path] = None
     """An .npz file (``X``: N examples of any shape, N x D features or N x H x W x C
     images or N x T sequences; ``y``: N labels; optional ``labeled``: N booleans), or a
-    .csv file with a header row. Relative to the spec file."""
+    .csv file with a header row. Relative to the spec file. ``carls submit`` registers it
+    in the bank and sends the job with its ``uri``, so a trainer on any machine reads it."""
+    uri: Annotated[Text, AfterValidator(_data_uri)] | None = None
+    """The same kinds of file at a URI: ``bank://datasets/<name>`` (``carls dataset
+    register``) or an object store's (``s3://…``, with its fsspec backend installed)."""
     label_column: Text | None = None
     """The label column of a .csv file (required for a .csv, and only for one)."""
     labeled: Annotated[Int, Field(ge=1)] | None = None
@@ -138,11 +164,12 @@ class DatasetSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
-        if (self.name is None) == (self.path is None):
+        if sum(source is not None for source in (self.name, self.path, self.uri)) != 1:
             raise ValueError(
-                "give exactly one of name (a bundled dataset) or path (an .npz or .csv file)"
+                "give exactly one of name (a bundled dataset), path (an .npz or .csv file) "
+                "or uri (one registered in the bank or in an object store)"
             )
-        csv = self.path is not None and self.path.suffix.lower() == ".csv"
+        csv = self.suffix == ".csv"
         if self.path is not None:
             try:
                 check_file(self.path, (".npz", ".csv"))
@@ -155,9 +182,23 @@ class DatasetSpec(_Spec):
         return self
 
     @property
+    def suffix(self) -> str:
+        """The file's suffix, lower case (``""`` for a bundled dataset)."""
+        if self.uri is not None:
+            return PurePosixPath(urlparse(self.uri).path).suffix.lower()
+        return self.path.suffix.lower() if self.path is not None else ""
+
+    @property
     def display_name(self) -> str:
-        """The bundled dataset's name, or the file's stem."""
-        return self.name if self.name is not None else Path(str(self.path)).stem
+        """The bundled dataset's name, or the file's stem (example ids start with it). A
+        registered file's stem drops the ``-<sha256[:12]>`` its registration added, so a
+        job reading it registered names its examples as one reading the file would."""
+        if self.name is not None:
+            return self.name
+        if self.uri is not None:
+            stem = PurePosixPath(urlparse(self.uri).path).stem
+            return _REGISTERED.sub("", stem) or stem
+        return Path(str(self.path)).stem
 
 
 def _import_builder(ref: str) -> Callable[..., Any]:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ def run_carls(
     env: dict[str, str] | None = None,
     timeout: float = 600,
     input_text: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "carls", *args],
@@ -28,6 +30,7 @@ def run_carls(
         env={**os.environ, **(env or {})},
         input=input_text,
         check=False,
+        cwd=cwd,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import NamespaceError
 from carls.bank.types import (
@@ -344,16 +345,22 @@ def test_quarantine(world: World, unique: str, carls: CarlsRun) -> None:
     assert rows[0]["missing"] is True and rows[1]["step"] == 100
 
 
-def test_drop_asks_unless_yes(world: World, unique: str, carls: CarlsRun) -> None:
+def test_drop_asks_unless_yes(world: World, unique: str, carls: CarlsRun, tmp_path: Path) -> None:
     ns = world.populate(unique)
+    blobs = CassandraBlobs(world.bank.connection).start()
+    artifact = tmp_path / "step-000000000001.keras"
+    artifact.write_bytes(b"a checkpoint")
+    blobs.put(f"checkpoints/{ns}", artifact.name, artifact)
     kept = carls("bank", "drop", ns, input_text="n\n")
     assert kept.returncode == 1 and "Traceback" not in kept.stderr
     assert f"drop namespace {ns} and all its knowledge?" in kept.stderr
     assert world.exists(ns)
     assert ns in {s["name"] for s in json_of(carls("bank", "namespaces", "--json"))}
 
-    assert json_of(carls("bank", "drop", ns, "--yes", "--json")) == {"dropped": ns}
+    dropped = json_of(carls("bank", "drop", ns, "--yes", "--json"))
+    assert dropped == {"dropped": ns, "checkpoints_deleted": 1}
     assert not world.exists(ns)
+    assert blobs.entries(f"checkpoints/{ns}") == []
     assert ns not in {s["name"] for s in json_of(carls("bank", "namespaces", "--json"))}
 
     again = world.populate(unique)  # same name: starts empty, then dropped by answering y

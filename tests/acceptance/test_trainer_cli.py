@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
+from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.retry import retry_unavailable
 from carls.settings import Settings
@@ -118,6 +121,54 @@ train: {{steps: 150, eval_every: 50, checkpoint_every: 100}}
     assert plotted.returncode == 0, plotted.stderr
     assert png.read_bytes()[:8] == PNG
     assert "succeeded" in plotted.stdout
+
+
+def test_a_trainer_on_another_machine_runs_a_job_whose_files_only_the_submitter_had(
+    env: Env, carls: CarlsRun, tmp_path: Path
+) -> None:
+    ns = env.namespace()
+    x, y = load_digits(return_X_y=True)
+    data = env.tmp / "mine.npz"
+    np.savez(data, X=x[:600], y=y[:600])
+    job = env.write(
+        "mine.yaml",
+        f"""
+namespace: {ns}
+dataset: {{path: mine.npz, labeled: 100}}
+model: {{hidden: [32], embedding_dim: 16}}
+paradigm: {{name: supervised}}
+train: {{steps: 60, eval_every: 30, checkpoint_every: 30}}
+""",
+    )
+    submitted = carls("submit", str(job), env=env.vars)
+    assert submitted.returncode == 0, submitted.stderr
+    match = re.search(
+        r"mine\.npz: in the bank as (bank://datasets/mine-[0-9a-f]{12}\.npz)", submitted.stderr
+    )
+    assert match, submitted.stderr
+    job_id = submitted.stdout.strip()
+    data.unlink()
+    job.unlink()
+
+    # Another machine: another working folder, an empty checkpoint root of its own.
+    other = tmp_path / "other-machine"
+    other.mkdir()
+    there = {**env.vars, "CARLS_CHECKPOINT_ROOT": str(other / "ckpt")}
+    trainer = carls("trainer", "--once", env=there, cwd=other)
+    assert f"job {job_id} succeeded" in trainer.stderr, trainer.stderr
+    state = json_of(carls("job", "status", job_id, "--json", env=env.vars))
+    assert state["checkpoints"] >= 2
+    assert not list((other / "ckpt").rglob("step-*"))  # checkpoints went to the bank
+    with CassandraBlobs(env.settings.cassandra) as blobs:
+        stored = [e.name for e in blobs.entries(f"checkpoints/{ns}")]
+    assert stored and all(n.startswith("step-") for n in stored)
+
+    listed = json_of(carls("dataset", "list", "--json", env=env.vars))
+    assert match.group(1) in [r["uri"] for r in listed]
+    removed = carls("dataset", "remove", match.group(1), env=env.vars)
+    assert removed.returncode == 0, removed.stderr
+    listed = json_of(carls("dataset", "list", "--json", env=env.vars))
+    assert match.group(1) not in [r["uri"] for r in listed]
 
 
 def _csv(env: Env, name: str, rows: list[str]) -> Path:

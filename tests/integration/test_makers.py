@@ -3,6 +3,7 @@ and a worker killed mid-campaign."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carls.bank.artifacts import ArtifactStore
+from carls.bank.blobs import CassandraBlobs
 from carls.schemas import CheckpointManifest, ExampleBatch, encode
 from carls.settings import Settings
 from carls.streams.manifests import latest_manifest
-from tests.integration.makers_support import MakerEnv
+from carls.trainers.checkpoints import publish_artifact
+from tests.integration.makers_support import MakerEnv, tiny_model
 
 pytestmark = pytest.mark.integration
 KINDS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
@@ -165,7 +169,7 @@ def test_bad_checkpoints_are_dead_lettered_and_the_previous_model_keeps_serving(
     assert "absent.keras" in reasons
     assert "dimension" in reasons.lower()
     assert "nan" in reasons.lower()
-    assert "outside the checkpoint store" in letters[-1].reason
+    assert "outside the checkpoint root" in letters[-1].reason
 
     # Demand is still served, by the last model that loaded; nothing in the bank regressed.
     env.publisher.examples(
@@ -174,6 +178,61 @@ def test_bad_checkpoints_are_dead_lettered_and_the_previous_model_keeps_serving(
     after = env.bank.read(env.ns, "embedding", env.ids, lineage=True)
     assert set(after.steps.tolist()) == {10}
     assert np.array_equal(after.values, before.values)
+
+
+def test_a_worker_with_an_empty_root_of_its_own_serves_checkpoints_from_the_banks_store(
+    env: MakerEnv, tmp_path: Path
+) -> None:
+    blobs = CassandraBlobs(env.settings.cassandra).start()
+    scope = f"checkpoints/{env.ns}"
+    try:
+        trainer = ArtifactStore(tmp_path / "trainer", "bank", blobs, keep=2)
+        env.checkpoints = tmp_path / "worker"  # the worker's root: empty, and not the trainer's
+        env.start_worker()
+        first = publish_artifact(tiny_model(10), trainer, env.ns, 10)
+        assert first.uri == f"bank://{scope}/step-000000000010.keras"
+        assert not list(trainer.root.rglob("step-*"))  # nothing left on the trainer's disk
+        env.publisher.manifest(first)
+        env.wait_coverage(10, KINDS)
+        before = env.bank.read(env.ns, "embedding", env.ids, lineage=True)
+
+        # A chunk cut short in the store, a scheme nothing reads, an artifact over the
+        # worker's limit: each dead-lettered with its reason; step 10 keeps serving.
+        cut = publish_artifact(tiny_model(20), trainer, env.ns, 20)
+        info = blobs.info(scope, "step-000000000020.keras")
+        assert info is not None
+        blobs.session.execute(
+            "UPDATE blob_chunks SET data = %s "
+            "WHERE scope = %s AND name = %s AND sha256 = %s AND chunk = 0",
+            (b"cut", scope, info.name, info.sha256),
+        )
+        # (other digests: a worker ignores a sha256 it has already found broken)
+        unknown = dataclasses.replace(
+            cut, step=21, uri="nosuch://bucket/step-21.keras", sha256="1" * 64
+        )
+        huge = dataclasses.replace(cut, step=22, size=(1 << 30) + 1, sha256="2" * 64)
+        for n, m in enumerate((cut, unknown, huge), start=1):
+            env.publisher.manifest(m)
+            assert len(env.dead_letters(n, timeout=60)) == n, env.worker_logs()
+        reasons = [d.reason for d in env.dead_letters(3)]
+        assert f"chunk 0 of {info.chunks} has 3 bytes" in reasons[0]
+        assert "no reader for scheme 'nosuch'" in reasons[1]
+        assert "over the limit" in reasons[2]
+        after = env.bank.read(env.ns, "embedding", env.ids, lineage=True)
+        assert set(after.steps.tolist()) == {10}
+        assert np.array_equal(after.values, before.values)
+
+        # The next good checkpoint serves, and the store keeps the newest two.
+        env.publisher.manifest(publish_artifact(tiny_model(30), trainer, env.ns, 30))
+        env.wait_coverage(30, KINDS)
+        assert [i.name for i in blobs.entries(scope)] == [
+            "step-000000000020.keras",
+            "step-000000000030.keras",
+        ]
+        assert not list((tmp_path / "worker").rglob("*.keras"))  # fetched copies are gone
+    finally:
+        blobs.delete_scope(scope)
+        blobs.close()
 
 
 def test_two_workers_share_a_campaign_and_one_killed_midway_leaves_nothing_behind(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from carls.bank.blobs import CassandraBlobs
 from carls.bank.jobs import CassandraJobStore
 from carls.infra.cassandra import CassandraServer
 from carls.settings import Settings
@@ -63,8 +64,10 @@ def test_a_training_job_goes_on_through_a_30_s_outage(
         }
     )
     jobs = CassandraJobStore(env.settings.cassandra).start()
+    blobs = CassandraBlobs(env.settings.cassandra).start()
+    store = env.settings.artifact_store(blobs)  # the default: checkpoints go to the bank
     job_id = new_job_id(ns)
-    run = JobRun(job_id, spec, Context(env.bank, env.publisher, env.checkpoints, jobs))
+    run = JobRun(job_id, spec, Context(env.bank, env.publisher, store, jobs))
     outcome: dict[str, Any] = {}
 
     def train() -> None:
@@ -101,9 +104,13 @@ def test_a_training_job_goes_on_through_a_30_s_outage(
     jobs.close()
     assert saved is not None and saved["state"] == "succeeded"
     assert saved["step"] == 4000 and saved["test_accuracy"] > 0.5
-    # every checkpoint saved was announced, those of the outage once Kafka was back
-    artifacts = [f for f in (env.checkpoints / ns).iterdir() if f.name.startswith("step-")]
-    assert saved["checkpoints"] == len(artifacts) > 1
+    # every checkpoint saved was stored and announced, those of the outage once the bank
+    # and Kafka were back; the store keeps the newest three
+    assert saved["checkpoints"] == 4000 // 200
+    kept = [e.name for e in blobs.entries(f"checkpoints/{ns}")]
+    blobs.close()
+    assert kept == [f"step-{s:012d}.tar" for s in (3600, 3800, 4000)]
+    assert not list(store.root.glob(f"{ns}/step-*"))
     # the knowledge reader stopped with the job
     assert not [t for t in threading.enumerate() if t.name == "knowledge-reader"]
 

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from carls.bank.artifacts import register_data
+from carls.bank.blobs import MemoryBlobs
 from carls.bank.types import NamespaceSpec, default_kinds
+from carls.schemas.errors import CarlsError
 from carls.trainers.datasets import CLIP, Dataset, load_dataset, validate_against_namespace
 from carls.trainers.errors import DatasetError, SpecError
 from carls.trainers.spec import DatasetSpec, load_spec
@@ -298,3 +301,28 @@ def test_namespace_dimensions_must_match_the_job(digits: Dataset) -> None:
             spec, digits, NamespaceSpec("digits_ssl", default_kinds(64, 3, 8))
         )
     assert info.value.field == "dataset" and "3 classes" in str(info.value)
+
+
+def test_a_registered_file_loads_like_the_file_and_a_missing_one_names_the_uri(
+    tmp_path: Path,
+) -> None:
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path / "mine.npz"
+    np.savez(path, X=x[:300], y=y[:300])
+    blobs = MemoryBlobs()
+    uri, info = register_data(blobs, path)
+    assert uri == f"bank://datasets/mine-{info.sha256[:12]}.npz"
+    assert register_data(blobs, path) == (uri, info)  # the same bytes: the same entry
+    local = load_dataset(DatasetSpec(path=path, labeled=40), seed=1)
+    remote = load_dataset(DatasetSpec(uri=uri, labeled=40), seed=1, blobs=blobs)
+    assert remote.ids_train == local.ids_train
+    assert np.array_equal(remote.x_train, local.x_train)
+    assert np.array_equal(remote.labeled, local.labeled)
+    assert remote.name == "mine"  # its examples' ids are those of the file's
+    with pytest.raises(DatasetError, match=r"datasets/gone\.npz is not in the bank") as err:
+        load_dataset(DatasetSpec(uri="bank://datasets/gone.npz"), seed=0, blobs=blobs)
+    assert err.value.field == "dataset.uri"
+    with pytest.raises(DatasetError, match="over the limit of 100 bytes"):
+        load_dataset(DatasetSpec(uri=uri), seed=0, blobs=blobs, max_bytes=100)
+    with pytest.raises(CarlsError, match=r"must end in \.npz"):
+        register_data(blobs, path, "mine.csv")

@@ -7,12 +7,15 @@ share the bank."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from carls.bank.artifacts import ArtifactStore
 from carls.bank.memory import MemoryBank
 from carls.bank.verdicts import MemoryCrashes, MemoryVerdicts
 from carls.makers import worker as worker_module
@@ -27,7 +30,13 @@ def record(offset: int, value: bytes = b"ok") -> Any:
 def new_worker(crashes: MemoryCrashes, letters: list[tuple[int, str]]) -> Makers:
     s = Settings()
     cfg = WorkerConfig(kafka=s.kafka, topics=s.topics, max_crashes=3)
-    w = Makers(cfg, bank=MemoryBank(), verdicts=MemoryVerdicts(), crashes=crashes)
+    w = Makers(
+        cfg,
+        bank=MemoryBank(),
+        verdicts=MemoryVerdicts(),
+        crashes=crashes,
+        artifacts=ArtifactStore(Path(tempfile.gettempdir()), "file"),
+    )
 
     async def dead_letter(rec: Any, reason: str, error: Any) -> None:
         letters.append((rec.offset, reason))
@@ -104,9 +113,10 @@ def test_ids_that_are_not_registered_are_dead_lettered_and_the_others_made(
 
     crashes, letters = MemoryCrashes(), []
     s = Settings()
-    cfg = WorkerConfig(kafka=s.kafka, topics=s.topics, checkpoint_root=tmp_path)
+    cfg = WorkerConfig(kafka=s.kafka, topics=s.topics)
     bank = MemoryBank()
-    w = Makers(cfg, bank=bank, verdicts=MemoryVerdicts(), crashes=crashes)
+    store = ArtifactStore(tmp_path, "file")
+    w = Makers(cfg, bank=bank, verdicts=MemoryVerdicts(), crashes=crashes, artifacts=store)
 
     async def dead_letter(rec: Any, reason: str, error: Any) -> None:
         letters.append((rec.offset, reason))

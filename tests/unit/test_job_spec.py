@@ -542,3 +542,21 @@ def test_submit_reports_bad_specs(tmp_path: Path, changes: dict[str, Any], messa
 def test_dataset_errors_are_spec_errors() -> None:
     assert issubclass(DatasetError, SpecError)
     assert isinstance(load_spec(BASE), JobSpec)
+
+
+def test_a_dataset_at_a_uri_is_checked_before_anything_is_read(tmp_path: Path) -> None:
+    spec = load_spec(spec_dict({"dataset": {"uri": "bank://datasets/mine-0123456789ab.npz"}}))
+    assert spec.dataset.uri == "bank://datasets/mine-0123456789ab.npz"
+    assert spec.dataset.display_name == "mine" and spec.dataset.suffix == ".npz"
+    assert load_spec(spec.to_dict()) == spec
+    for uri, problem in (
+        ("bank://datasets/mine.txt", "expected an .npz or .csv file"),
+        ("nosuch://bucket/mine.npz", "no reader for scheme 'nosuch'"),
+        ("s3://bucket/mine.npz", "s3fs"),  # fsspec knows s3; its package is not installed
+        ("file:///data/mine.npz", "a local file goes in path:"),
+        ("bank://mine.npz", "not a bank://<scope>/<name> URI"),
+    ):
+        err = spec_error(spec_dict({"dataset": {"uri": uri}}), "dataset.uri")
+        assert problem in str(err), (uri, str(err))
+    both = {"dataset": {"uri": "bank://datasets/a.npz", "name": "digits"}}
+    assert "exactly one of name" in str(spec_error(spec_dict(both), "dataset"))

@@ -276,6 +276,7 @@ def test_an_exported_model_with_a_custom_layer_serves_where_its_code_is_absent(
         import json, sys
         import numpy as np
         from carls.schemas import CheckpointManifest
+        from pathlib import Path
         from carls.makers.checkpoints import load_model
         assert "user_layers" not in sys.modules
         try:
@@ -284,7 +285,7 @@ def test_an_exported_model_with_a_custom_layer_serves_where_its_code_is_absent(
             pass
         else:
             raise SystemExit("the user's module is importable here")
-        m = load_model(CheckpointManifest(**json.loads(sys.argv[1])))
+        m = load_model(CheckpointManifest(**json.loads(sys.argv[1])), Path(sys.argv[3]))
         emb, probs = m.infer(np.asarray(json.loads(sys.argv[2]), np.float32))
         print(json.dumps([m.feature_dim, m.embedding_dim, m.classes, probs.tolist()]))
         """
@@ -299,6 +300,7 @@ def test_an_exported_model_with_a_custom_layer_serves_where_its_code_is_absent(
             probe,
             json.dumps(dataclasses.asdict(manifest)),
             json.dumps(x.tolist()),
+            str(tmp_path),
         ],
         check=True,
         capture_output=True,
@@ -309,7 +311,7 @@ def test_an_exported_model_with_a_custom_layer_serves_where_its_code_is_absent(
     assert (feature_dim, emb_dim, classes) == (16, 48, CLASSES)
     np.testing.assert_allclose(np.asarray(probs), expected, atol=1e-5)
     # and in this process too, through the same loader
-    assert load_model(manifest).infer(x)[1].shape == (5, CLASSES)
+    assert load_model(manifest, tmp_path).infer(x)[1].shape == (5, CLASSES)
 
 
 def test_graph_prepares_neighbours_distributions_for_the_batch() -> None:
@@ -385,7 +387,7 @@ def test_publish_checkpoints_serves_the_averaged_weights_and_trains_on(
     # never the untrained model; steps continue the namespace's numbering; one at the end
     assert [m.step for m in pub.manifests] == [1006, 1010, 1011]
     assert {m.format for m in pub.manifests} == {"tf_saved_model"}
-    served = load_model(pub.manifests[-1]).infer(x)[1]
+    served = load_model(pub.manifests[-1], tmp_path).infer(x)[1]
     trained = keras.ops.softmax(km.base(x)["logits"]).numpy()
     averaged = functional()
     averaged.set_weights([np.asarray(a) for a in cb._average])
@@ -414,9 +416,9 @@ def test_publish_checkpoints_serves_the_optimizers_own_average(
         )
     assert [m.step for m in pub.manifests] == [4, 6] and cb._average == []
     # fit ends with the optimizer's average in the model: the last checkpoint serves it
-    served = load_model(pub.manifests[-1]).infer(x)[1]
+    served = load_model(pub.manifests[-1], tmp_path).infer(x)[1]
     np.testing.assert_allclose(served, keras.ops.softmax(km.base(x)["logits"]), atol=1e-5)
-    first = load_model(pub.manifests[0]).infer(x)[1]
+    first = load_model(pub.manifests[0], tmp_path).infer(x)[1]
     assert not np.allclose(first, served, atol=1e-4)
 
 
@@ -445,9 +447,9 @@ def test_a_tar_that_is_not_a_saved_model_is_not_a_model(tmp_path: Path) -> None:
         created_at=0.0,
     )
     with pytest.raises(NotAModelError, match="not a carls SavedModel tar"):
-        load_model(manifest)
+        load_model(manifest, tmp_path)
     with pytest.raises(NotAModelError, match="format 'onnx'"):
-        load_model(dataclasses.replace(manifest, format="onnx"))
+        load_model(dataclasses.replace(manifest, format="onnx"), tmp_path)
 
 
 def test_a_failing_fit_stops_the_knowledge_reader() -> None:

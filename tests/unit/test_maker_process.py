@@ -32,7 +32,7 @@ def made(tmp_path: Path) -> tuple[MemoryBank, Maker, Any, Any, np.ndarray]:
     bank.register_examples("ns", [f"e{i}" for i in range(N)], x, labels)
     model = tiny_model(3)
     manifest = save_artifact(model, tmp_path, "ns", 3)
-    maker = Maker(bank, ModelCache(root=tmp_path), worker="test")
+    maker = Maker(bank, ModelCache(tmp_path), worker="test")
     return bank, maker, manifest, model, x
 
 
