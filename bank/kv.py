@@ -15,6 +15,13 @@ class KvTable(Store):
         self._put = session.prepare("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)")
         self._get = session.prepare("SELECT value FROM kv WHERE namespace = ? AND key = ?")
         self._items = session.prepare("SELECT key, value FROM kv WHERE namespace = ?")
+        self._insert_new = session.prepare(
+            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) IF NOT EXISTS"
+        )
+        self._swap = session.prepare(
+            "UPDATE kv SET value = ? WHERE namespace = ? AND key = ? IF value = ?"
+        )
+        self._delete = session.prepare("DELETE FROM kv WHERE namespace = ? AND key = ?")
 
     def put_records(self, what: str, partition: str, records: dict[str, str]) -> None:
         """Write ``records`` (key -> value) into ``partition``; ``what`` names the work in
@@ -29,3 +36,17 @@ class KvTable(Store):
     def records(self, what: str, partition: str) -> dict[str, str]:
         rows = backend(what, lambda: list(self.session.execute(self._items, (partition,))))
         return {r[0]: r[1] for r in rows}
+
+    def swap(self, what: str, partition: str, key: str, expected: str | None, new: str) -> bool:
+        """Set ``key`` to ``new`` only if its value is ``expected`` (``None``: absent), as
+        one lightweight transaction (Paxos): of processes racing, exactly one wins."""
+        values: tuple[str, ...]
+        if expected is None:
+            statement, values = self._insert_new, (partition, key, new)
+        else:
+            statement, values = self._swap, (new, partition, key, expected)
+        row = backend(what, lambda: self.session.execute(statement, values).one())
+        return bool(row[0])
+
+    def delete_record(self, what: str, partition: str, key: str) -> None:
+        backend(what, lambda: self.session.execute(self._delete, (partition, key)))

@@ -1,7 +1,8 @@
-"""``carls trainer`` and ``carls job status``."""
+"""``carls trainer`` and ``carls job status|list|cancel``."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -18,12 +19,22 @@ from carls.output import emit_json, progress, table
     help="Consumer group of trainers sharing the jobs (default <prefix>-trainers).",
 )
 @click.option("--once", is_flag=True, help="Run the jobs waiting on the topic, then exit.")
+@click.option(
+    "--slots",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Jobs run at once (the members of a job group do not count against it).",
+)
 @click.pass_context
-def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
-    """Consume training jobs from the jobs topic and run them, one after another.
+def trainer(ctx: click.Context, group: str | None, once: bool, slots: int) -> None:
+    """Consume training jobs from the jobs topic and run them, up to --slots at a time.
 
-    Each job's state, test accuracy and knowledge staleness are kept for `carls job status`;
-    a failed job is marked failed with its reason and the trainer goes on.
+    Any number of trainers, on any machines, share the topic's partitions; each job runs
+    once, and again on another trainer if its trainer dies (`carls job status` lists the
+    retries). Job groups start together. Each job's state, test accuracy and knowledge
+    staleness are kept for `carls job status`; a failed job is marked failed with its
+    reason and the trainer goes on.
     """
     from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
@@ -46,6 +57,8 @@ def trainer(ctx: click.Context, group: str | None, once: bool) -> None:
             group or f"{settings.topic_prefix}-trainers",
             say=progress,
             once=once,
+            slots=slots,
+            lease_s=settings.job_lease_s,
         )
     finally:
         cassandra.close()
@@ -102,6 +115,109 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
         ),
         ("knowledge coverage", last.get("knowledge_coverage")),
     ]
+    rows += [
+        ("attempt", state.get("attempts")),
+        ("trainer", state.get("trainer")),
+        ("group", state.get("group")),
+        ("started", _when(state.get("started_at"))),
+        ("finished", _when(state.get("finished_at"))),
+    ]
+    for retry in state.get("retries") or []:
+        rows.append(
+            (f"attempt {retry.get('attempt')}", f"{retry.get('trainer')}: {retry.get('reason')}")
+        )
     if state.get("reason"):
         rows.append(("reason", state["reason"]))
-    click.echo(table(rows, ["", ""]))
+    click.echo(table([r for r in rows if r[1] is not None], ["", ""]))
+
+
+def _when(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(sep=" ", timespec="seconds")
+
+
+@job.command(name="list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+    help="Only jobs in this state (repeat for several).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_(ctx: click.Context, states: tuple[str, ...], as_json: bool) -> None:
+    """The jobs the bank knows, newest first."""
+    from carls.bank.jobs import CassandraJobStore
+    from carls.cli import settings_of
+
+    with CassandraJobStore(settings_of(ctx).cassandra) as store:
+        jobs = store.all()
+    jobs = [j for j in jobs if not states or j.get("state") in states]
+    jobs.sort(key=lambda j: j.get("submitted_at") or j.get("created_at") or 0.0, reverse=True)
+    rows = [
+        {
+            "job_id": j.get("job_id"),
+            "state": j.get("state"),
+            "namespace": j.get("namespace"),
+            "paradigm": j.get("paradigm"),
+            "group": j.get("group"),
+            "attempts": j.get("attempts"),
+            "trainer": j.get("trainer"),
+            "step": j.get("step"),
+            "steps": j.get("steps"),
+            "test_accuracy": j.get("test_accuracy"),
+            "started_at": j.get("started_at"),
+            "finished_at": j.get("finished_at"),
+        }
+        for j in jobs
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no jobs" + (f" {' or '.join(states)}" if states else ""))
+        return
+    click.echo(
+        table(
+            [
+                (
+                    r["job_id"],
+                    r["state"],
+                    r["namespace"],
+                    r["paradigm"],
+                    f"{r['step'] or 0}/{r['steps'] or '?'}",
+                    r["test_accuracy"],
+                    r["group"] or "",
+                )
+                for r in rows
+            ],
+            ["job", "state", "namespace", "paradigm", "step", "test accuracy", "group"],
+        )
+    )
+
+
+@job.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel JOB_ID: a queued job never starts; a running one stops at its next step
+    (its trainer looks every 10 s) and is marked cancelled."""
+    from carls.bank.jobs import CassandraJobStore
+    from carls.cli import settings_of
+
+    with CassandraJobStore(settings_of(ctx).cassandra) as store:
+        state = store.get(job_id)
+        if state is None:
+            raise click.UsageError(f"no job {job_id} (see `carls job list`)")
+        if state.get("state") in ("succeeded", "failed", "cancelled"):
+            raise click.UsageError(f"job {job_id} already {state['state']}: nothing to cancel")
+        store.request_cancel(job_id)
+        lease = store.lease(job_id)
+        if lease is None and state.get("state") == "queued":
+            state.update(state="cancelled", reason="cancelled before it started")
+            store.put(job_id, state)
+            click.echo(f"cancelled job {job_id} (it had not started)")
+            return
+    click.echo(f"asked the trainer running job {job_id} to stop; it is marked cancelled then")

@@ -1,59 +1,124 @@
-"""``carls submit JOB``: validate a job spec and its dataset, then put it on the jobs topic."""
+"""``carls submit JOB...``: validate job specs and their data, then put them on the jobs
+topic; several specs make a job group whose members start together."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from carls.output import emit_json, fail, progress
 
 if TYPE_CHECKING:
-    from carls.bank.types import NamespaceSpec
+    from carls.settings import Settings
+    from carls.trainers.datasets import Dataset
+    from carls.trainers.spec import JobSpec
+
+
+@dataclass
+class _Job:
+    path: Path
+    spec: JobSpec
+    data: Dataset
+    embedding_dim: int | None
 
 
 @click.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("jobs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Validate the spec and its dataset only; submit nothing (a dataset named by a "
+    help="Validate the specs and their datasets only; submit nothing (a dataset named by a "
     "bank:// URI is still read from the bank).",
 )
 @click.option(
     "--local-files",
     is_flag=True,
-    help="Send the dataset's local path as it is (only trainers on this machine can run the "
+    help="Send a dataset's local path as it is (only trainers on this machine can run the "
     "job) instead of registering the file in the bank.",
 )
 @click.pass_context
-def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool, local_files: bool) -> None:
-    """Submit the training job in JOB (a .yaml, .yml or .json job spec).
+def submit(
+    ctx: click.Context, jobs: tuple[Path, ...], as_json: bool, dry_run: bool, local_files: bool
+) -> None:
+    """Submit the training job in each JOB (a .yaml, .yml or .json job spec).
 
-    The spec and its dataset are checked first, and so is the namespace when it already
+    Each spec and its dataset are checked first, and so is each namespace that already
     exists in the bank (its dimensions must match the job's). A dataset given by a local
     `path` is registered in the bank (`carls dataset register`) and the job names it by its
-    bank:// URI, so a trainer on any machine can run it. Prints the job id.
+    bank:// URI, so a trainer on any machine can run it.
+
+    Two or more JOBs form a group: peers (codistillation partners, the learners of one
+    multimodal task) that start together, on different trainers or concurrently in one.
+    Their datasets and seeds must agree and their namespaces differ. Prints the job ids.
     """
-    from carls.bank.errors import BankUnavailableError, NamespaceError
     from carls.cli import settings_of
     from carls.schemas import TrainingJob
-    from carls.trainers.datasets import load_dataset, validate_against_namespace
-    from carls.trainers.spec import load_spec
 
     settings = settings_of(ctx)
-    spec = load_spec(job)
+    prepared = [_prepare(path, settings, dry_run) for path in jobs]
+    if len(prepared) > 1:
+        _check_group(prepared)
+    if not dry_run:
+        for job in prepared:
+            _check_namespace(job, settings)
+            if job.spec.dataset.path is not None and not local_files:
+                job.spec = _registered(job.spec, settings)
+    group = f"group-{uuid.uuid4().hex[:8]}" if len(prepared) > 1 else None
+    records = [
+        TrainingJob(
+            job_id=f"{job.spec.namespace}-{uuid.uuid4().hex[:8]}",
+            namespace=job.spec.namespace,
+            spec=job.spec.to_dict(),
+            submitted_at=time.time(),
+            group=group,
+            group_size=len(prepared),
+        )
+        for job in prepared
+    ]
+    topic = settings.topics.jobs
+    if not dry_run:
+        _queue(records, prepared, settings)
+    if as_json:
+        out: dict[str, Any] = {
+            "job_id": records[0].job_id,
+            "namespace": records[0].namespace,
+            "topic": topic,
+            "dry_run": dry_run,
+        }
+        if group is not None:
+            out |= {
+                "group": group,
+                "jobs": [{"job_id": r.job_id, "namespace": r.namespace} for r in records],
+            }
+        emit_json(out)
+        return
+    for job, record in zip(prepared, records, strict=True):
+        what = f"{job.spec.paradigm.name} on {job.data.name}"
+        if dry_run:
+            progress(f"valid: {what}; nothing submitted (--dry-run)")
+        else:
+            progress(f"submitted {what} to {topic}" + (f" (group {group})" if group else ""))
+            click.echo(record.job_id)
+
+
+def _prepare(path: Path, settings: Settings, dry_run: bool) -> _Job:
+    """Load and check one spec, its dataset and its model."""
+    from carls.trainers.datasets import load_dataset
+    from carls.trainers.spec import load_spec
+
+    spec = load_spec(path)
     if spec.dataset.uri is not None:  # read, even with --dry-run: it is checked like a file
         from carls.bank.blobs import CassandraBlobs
 
+        limit = settings.artifact_max_mb << 20
         with CassandraBlobs(settings.cassandra) as blobs:
-            data = load_dataset(
-                spec.dataset, spec.train.seed, blobs, settings.artifact_max_mb << 20
-            )
+            data = load_dataset(spec.dataset, spec.train.seed, blobs, limit)
     else:
         data = load_dataset(spec.dataset, spec.train.seed)
     shape = (
@@ -80,76 +145,89 @@ def submit(ctx: click.Context, job: Path, as_json: bool, dry_run: bool, local_fi
         progress(
             f"model {user_model}: embedding of {shapes.embedding_dim}, {shapes.classes} logits"
         )
-    if not dry_run:
-        from carls.bank.cassandra import CassandraBank
+    return _Job(path, spec, data, embedding_dim)
 
-        existing: NamespaceSpec | None = None
-        try:
-            with CassandraBank(settings.cassandra) as bank:
-                existing = bank.namespace(spec.namespace)
-        except NamespaceError:
-            pass  # a new namespace: the trainer creates it
-        except BankUnavailableError as exc:
-            fail(
-                f"cannot check namespace {spec.namespace} in the bank: {exc}",
-                hint="start the stack (`carls infra up`), or validate only with --dry-run",
-            )
-            return
-        validate_against_namespace(spec, data, existing, embedding_dim)
-        progress(
-            f"namespace {spec.namespace}: "
-            f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"
+
+def _check_group(jobs: list[_Job]) -> None:
+    """Peers must train on the same task with the same seed, each in its own namespace."""
+    first = jobs[0]
+    names = [j.spec.namespace for j in jobs]
+    if len(set(names)) != len(names):
+        raise click.UsageError(
+            f"a group's jobs need namespaces of their own; {', '.join(names)} repeat one"
         )
-        if spec.dataset.path is not None and not local_files:
-            from carls.bank.artifacts import register_data
-            from carls.bank.blobs import CassandraBlobs
-
-            with CassandraBlobs(settings.cassandra) as blobs:
-                uri, _ = register_data(
-                    blobs, spec.dataset.path, max_bytes=settings.artifact_max_mb << 20
+    for job in jobs[1:]:
+        for what, mine, theirs in (
+            ("dataset", job.spec.dataset, first.spec.dataset),
+            ("train.seed", job.spec.train.seed, first.spec.train.seed),
+        ):
+            if mine != theirs:
+                raise click.UsageError(
+                    f"{job.path} and {first.path} disagree on {what}: the jobs of a group "
+                    "train on one task with one seed (submit them one by one otherwise)"
                 )
-            progress(f"dataset {spec.dataset.path.name}: in the bank as {uri}")
-            dataset = spec.dataset.model_copy(update={"path": None, "uri": uri})
-            spec = spec.model_copy(update={"dataset": dataset})
-    record = TrainingJob(
-        job_id=f"{spec.namespace}-{uuid.uuid4().hex[:8]}",
-        namespace=spec.namespace,
-        spec=spec.to_dict(),
-        submitted_at=time.time(),
-    )
-    topic = settings.topics.jobs
-    if not dry_run:
-        from carls.bank.jobs import CassandraJobStore
-        from carls.streams.producer import Publisher
 
-        store = CassandraJobStore(settings.cassandra).start()
-        try:  # queued before it is on the topic, so a fast trainer never goes back in time
+
+def _check_namespace(job: _Job, settings: Settings) -> None:
+    from carls.bank.cassandra import CassandraBank
+    from carls.bank.errors import BankUnavailableError, NamespaceError
+    from carls.trainers.datasets import validate_against_namespace
+
+    spec = job.spec
+    existing = None
+    try:
+        with CassandraBank(settings.cassandra) as bank:
+            existing = bank.namespace(spec.namespace)
+    except NamespaceError:
+        pass  # a new namespace: the trainer creates it
+    except BankUnavailableError as exc:
+        fail(
+            f"cannot check namespace {spec.namespace} in the bank: {exc}",
+            hint="start the stack (`carls infra up`), or validate only with --dry-run",
+        )
+    validate_against_namespace(spec, job.data, existing, job.embedding_dim)
+    progress(
+        f"namespace {spec.namespace}: "
+        f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"
+    )
+
+
+def _registered(spec: JobSpec, settings: Settings) -> JobSpec:
+    """``spec`` with its local dataset file registered in the bank and named by URI."""
+    from carls.bank.artifacts import register_data
+    from carls.bank.blobs import CassandraBlobs
+
+    assert spec.dataset.path is not None
+    with CassandraBlobs(settings.cassandra) as blobs:
+        uri, _ = register_data(blobs, spec.dataset.path, max_bytes=settings.artifact_max_mb << 20)
+    progress(f"dataset {spec.dataset.path.name}: in the bank as {uri}")
+    dataset = spec.dataset.model_copy(update={"path": None, "uri": uri})
+    return spec.model_copy(update={"dataset": dataset})
+
+
+def _queue(records: list[Any], jobs: list[_Job], settings: Settings) -> None:
+    """Record each job queued, then put them on the topic (queued before it is on the
+    topic, so a fast trainer never goes back in time)."""
+    from carls.bank.jobs import CassandraJobStore
+    from carls.streams.producer import Publisher
+
+    store = CassandraJobStore(settings.cassandra).start()
+    try:
+        for record, job in zip(records, jobs, strict=True):
             store.put(
                 record.job_id,
                 {
                     "job_id": record.job_id,
                     "namespace": record.namespace,
-                    "paradigm": spec.paradigm.name,
+                    "paradigm": job.spec.paradigm.name,
                     "state": "queued",
                     "history": [],
                     "submitted_at": record.submitted_at,
+                    "group": record.group,
                 },
             )
-        finally:
-            store.close()
-        with Publisher(settings.kafka, settings.topics) as pub:
+    finally:
+        store.close()
+    with Publisher(settings.kafka, settings.topics) as pub:
+        for record in records:
             pub.job(record)
-    if as_json:
-        emit_json(
-            {
-                "job_id": record.job_id,
-                "namespace": record.namespace,
-                "topic": topic,
-                "dry_run": dry_run,
-            }
-        )
-    elif dry_run:
-        progress(f"valid: {spec.paradigm.name} on {data.name}; nothing submitted (--dry-run)")
-    else:
-        progress(f"submitted {spec.paradigm.name} on {data.name} to {topic}")
-        click.echo(record.job_id)

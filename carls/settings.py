@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = None
     topic_prefix: str = Field("carls", description="topics are <prefix>.jobs, ...")
     replication_factor: int = 1
-    partitions_jobs: int = 1
+    partitions_jobs: int = Field(
+        4, ge=1, description="partitions of the jobs topic: at most this many trainers share it"
+    )
     partitions_checkpoints: int = 1
     partitions_examples: int = 4
     partitions_demand: int = 2
@@ -117,6 +119,12 @@ class Settings(BaseSettings):
         description="where trainers publish checkpoints: 'bank' (chunked in Cassandra, every "
         "machine reads them), 'file' (the checkpoint root: one machine) or an object-store "
         "URI prefix such as s3://bucket/carls (with its fsspec backend installed)",
+    )
+    job_lease_s: float = Field(
+        30.0,
+        gt=1,
+        description="a job whose trainer has not renewed its lease for this long is run "
+        "again by another trainer",
     )
     checkpoint_keep: int = Field(
         3, ge=1, description="checkpoints kept per namespace in the store; older are deleted"

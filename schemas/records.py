@@ -104,7 +104,8 @@ def _timestamp(value: float, field: str) -> None:
 @register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainingJob(Record):
-    """A job submitted to ``carls.jobs``; ``spec`` is the full job spec, validated by trainers."""
+    """A job submitted to ``carls.jobs``; ``spec`` is the full job spec, validated by trainers.
+    Jobs of one ``group`` (``group_size`` of them) start together."""
 
     SCHEMA: ClassVar[str] = "carls.job"
     VERSION: ClassVar[int] = 1
@@ -113,11 +114,24 @@ class TrainingJob(Record):
     namespace: str
     spec: dict[str, Any]
     submitted_at: float
+    group: str | None = None
+    group_size: int = 1
 
     def _validate(self) -> None:
         validate_id(self.job_id, "job_id")
         validate_name(self.namespace, "namespace")
         _timestamp(self.submitted_at, "submitted_at")
+        if self.group is None:
+            if self.group_size != 1:
+                raise InvalidValueError(
+                    "a job without a group has group_size 1", field="group_size"
+                )
+        else:
+            validate_id(self.group, "group")
+            if not 2 <= self.group_size <= 64:
+                raise InvalidValueError(
+                    f"a group has 2 to 64 jobs, got {self.group_size}", field="group_size"
+                )
 
 
 @register

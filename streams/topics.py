@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from carls.streams.config import KafkaConnection
@@ -28,6 +28,8 @@ class TopicSpec:
     partitions: int
     replication: int = 1
     configs: dict[str, str] = field(default_factory=dict)
+    grow: bool = False
+    """An existing topic with fewer partitions gets more (only where keys carry no order)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,11 @@ def topic_specs(
     }
     return [
         TopicSpec(
-            getattr(topics, role), partitions.get(role, 1), replication, configs.get(role, {})
+            getattr(topics, role),
+            partitions.get(role, 1),
+            replication,
+            configs.get(role, {}),
+            grow=role == "jobs",  # trainers take jobs by lease, not by partition order
         )
         for role in ROLES
     ]
@@ -89,7 +95,8 @@ def ensure_topics(
     """Create the topics that do not exist yet; return the names created.
 
     An existing topic with fewer partitions than declared is an error (Kafka can add
-    partitions, but that reshuffles keys, so it is left to the operator)."""
+    partitions, but that reshuffles keys, so it is left to the operator), except for a
+    topic declared to ``grow`` (the jobs topic), which is given the partitions it lacks."""
     admin = KafkaAdminClient(**conn.kafka_python(), request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
@@ -117,6 +124,10 @@ def ensure_topics(
 def _check_partitions(admin: KafkaAdminClient, spec: TopicSpec) -> None:
     described = admin.describe_topics([spec.name])
     have = len(described[0].get("partitions", [])) if described else 0
+    if have < spec.partitions and spec.grow:
+        admin.create_partitions({spec.name: NewPartitions(total_count=spec.partitions)})
+        log.info("topic %s: %d partitions, grown to %d", spec.name, have, spec.partitions)
+        return
     if have < spec.partitions:
         raise TopicSetupError(
             f"topic {spec.name} has {have} partitions, settings declare {spec.partitions}; "

@@ -44,6 +44,8 @@ from carls.trainers.paradigms import Multimodal, from_spec
 from carls.trainers.spec import JobSpec
 
 log = logging.getLogger(__name__)
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+"""States a job never leaves."""
 STATE_RETRY_S = 60.0
 """How long a job keeps retrying a state write while the bank is unavailable."""
 Say = Callable[[str], None]
@@ -216,8 +218,43 @@ class _ProgressWriter:
             write_state(self.jobs, self.job_id, state, final=False, give_up=self._closing)
 
 
+class StopSignal:
+    """Asks a running job to stop at its next step, saying why (the first reason wins)."""
+
+    CANCELLED = "cancelled (carls job cancel)"
+    LOST = "its trainer lost the job's lease: another trainer runs it now"
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+class _StopTraining(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    def __init__(self, stop: StopSignal) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.stop.is_set():
+            self.model.stop_training = True
+
+
 class JobRun:
-    """One job from start to finish; ``run()`` returns the final state dict."""
+    """One job from start to finish; ``run()`` returns the final state dict.
+
+    ``stop`` ends it early: cancelled (its state says so), or taken over by another
+    trainer (nothing more is written: the state is the new attempt's now)."""
 
     def __init__(
         self,
@@ -226,8 +263,14 @@ class JobRun:
         ctx: Context,
         say: Say = lambda _: None,
         attempt: int = 1,
+        *,
+        retries: list[dict[str, Any]] | None = None,
+        trainer: str | None = None,
+        group: str | None = None,
+        stop: StopSignal | None = None,
     ):
         self.job_id, self.spec, self.ctx, self.say = job_id, spec, ctx, say
+        self.stop = stop if stop is not None else StopSignal()
         self._progress: _ProgressWriter | None = None
         self.model: Any = None
         """The job's ``KnowledgeModel``, once built (its reader, its paradigms)."""
@@ -244,6 +287,9 @@ class JobRun:
             "spec": spec.to_dict(),
             "created_at": time.time(),
             "attempts": attempt,
+            "retries": list(retries or []),
+            "trainer": trainer,
+            "group": group,
         }
 
     def save_state(self, *, final: bool = False, **changes: Any) -> None:
@@ -264,17 +310,27 @@ class JobRun:
         try:
             self._train()
         except Exception as exc:
+            if self.stop.reason == StopSignal.LOST:
+                self._end(write=False)
+                raise
             log.exception("job %s failed", self.job_id)
             self._end(state="failed", reason=f"{type(exc).__name__}: {exc}")
             raise
-        self._end(state="succeeded")
+        if self.stop.reason == StopSignal.LOST:
+            self.say(f"{self.job_id}: stopped: {StopSignal.LOST}")
+            self._end(write=False)
+        elif self.stop.reason is not None:
+            self._end(state="cancelled", reason=self.stop.reason)
+        else:
+            self._end(state="succeeded")
         return self.state
 
-    def _end(self, **changes: Any) -> None:
+    def _end(self, write: bool = True, **changes: Any) -> None:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        self.save_state(final=True, finished_at=time.time(), **changes)
+        if write:
+            self.save_state(final=True, finished_at=time.time(), **changes)
 
     # ------------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -306,7 +362,7 @@ class JobRun:
         if publish is not None:
             callbacks.append(publish)
         job_log = _JobLog(self, km, inputs.x_test, ds.y_test)
-        callbacks.append(job_log)
+        callbacks += [job_log, _StopTraining(self.stop)]
         every = min(tr.eval_every, tr.steps)
         with km:  # the reader stops whatever happens
             km.fit(

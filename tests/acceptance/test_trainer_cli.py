@@ -3,12 +3,17 @@ real stack, on topics of their own (a unique ``CARLS_TOPIC_PREFIX``)."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -222,3 +227,130 @@ def test_status_of_an_unknown_job_fails_clearly(env: Env, carls: CarlsRun) -> No
     as_json = carls("job", "status", "no-such-job", "--json", env=env.vars)
     assert as_json.returncode != 0 and as_json.stdout == ""
     assert "no job no-such-job" in as_json.stderr
+
+
+def _peer_spec(env: Env, ns: str, peer: str, steps: int) -> Path:
+    return env.write(
+        f"{ns}.yaml",
+        f"""
+namespace: {ns}
+dataset: {{name: digits, labeled: 100}}
+model: {{hidden: [32], embedding_dim: 16}}
+paradigm: {{name: codistillation, params: {{peer: {peer}}}}}
+train: {{steps: {steps}, eval_every: 50, checkpoint_every: 50}}
+""",
+    )
+
+
+class _Trainers:
+    """`carls trainer` processes, each in a session of its own, killed at the end."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = (self.env.tmp / f"trainer-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carls", "trainer"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env.vars},
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(
+            (self.env.tmp / f"trainer-{i}.log").read_text(errors="replace")[-2000:]
+            for i in range(len(self.procs))
+        )
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def _wait_state(
+    env: Env, carls: CarlsRun, job_id: str, ok: Any, trainers: _Trainers, timeout: float = 300
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = json_of(carls("job", "status", job_id, "--json", env=env.vars))
+        if ok(state):
+            return state
+        assert time.monotonic() < deadline, f"{state}\n{trainers.logs()}"
+        time.sleep(1.0)
+
+
+def test_trainers_share_the_jobs_run_a_group_together_and_take_over_a_killed_ones_job(
+    env: Env, carls: CarlsRun
+) -> None:
+    env.vars["CARLS_JOB_LEASE_S"] = "5"
+    trainers = _Trainers(env)
+    try:
+        first, second = trainers.start(), trainers.start()
+        a, b = env.namespace(), env.namespace()
+        group = json_of(
+            carls(
+                "submit",
+                str(_peer_spec(env, a, b, 300)),
+                str(_peer_spec(env, b, a, 300)),
+                "--json",
+                env=env.vars,
+            )
+        )
+        peers = [j["job_id"] for j in group["jobs"]]
+        assert [j["namespace"] for j in group["jobs"]] == [a, b]
+        states = [
+            _wait_state(env, carls, j, lambda s: s["state"] == "succeeded", trainers) for j in peers
+        ]
+        assert max(s["started_at"] for s in states) < min(s["finished_at"] for s in states)
+        assert {s["group"] for s in states} == {group["group"]}
+        listed = json_of(carls("job", "list", "--json", env=env.vars))
+        assert {r["job_id"]: r["state"] for r in listed if r["job_id"] in peers} == dict.fromkeys(
+            peers, "succeeded"
+        )
+
+        # A long job; the trainer running it is killed: the other one takes it over.
+        long = env.namespace()
+        job = env.write(
+            "long.yaml",
+            f"""
+namespace: {long}
+dataset: {{name: digits, labeled: 100}}
+model: {{hidden: [32], embedding_dim: 16}}
+paradigm: {{name: supervised}}
+train: {{steps: 100000, eval_every: 50, checkpoint_every: 1000}}
+""",
+        )
+        submitted = carls("submit", str(job), env=env.vars)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        running = _wait_state(env, carls, job_id, lambda s: s.get("step", 0) >= 50, trainers)
+        victim = next(p for p in (first, second) if running["trainer"].endswith(f"-{p.pid}"))
+        os.killpg(victim.pid, signal.SIGKILL)
+        again = _wait_state(
+            env,
+            carls,
+            job_id,
+            lambda s: s.get("attempts") == 2 and s["state"] == "running",
+            trainers,
+        )
+        (retry,) = again["retries"]
+        assert retry["trainer"] == running["trainer"] and "its trainer stopped" in retry["reason"]
+        assert again["trainer"] != running["trainer"]
+        shown = carls("job", "status", job_id, env=env.vars)
+        assert "attempt 1" in shown.stdout and "its trainer stopped" in shown.stdout
+
+        cancelled = carls("job", "cancel", job_id, env=env.vars)
+        assert cancelled.returncode == 0, cancelled.stderr
+        final = _wait_state(env, carls, job_id, lambda s: s["state"] == "cancelled", trainers)
+        assert final["step"] < 100_000
+        again = carls("job", "cancel", job_id, env=env.vars)
+        assert again.returncode != 0 and "already cancelled" in again.stderr
+    finally:
+        trainers.close()

@@ -6,6 +6,7 @@ models or options refused before anything is written."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -216,33 +217,57 @@ def test_the_trainer_runs_a_job_once_and_sets_aside_one_that_keeps_stopping_trai
     from types import SimpleNamespace
 
     from carls.schemas import TrainingJob, encode
-    from carls.trainers.service import MAX_ATTEMPTS, _run_one
+    from carls.settings import Settings
+    from carls.trainers.service import MAX_ATTEMPTS, TrainerService
 
     spec = job(images, train={"steps": 10, "eval_every": 10})
     spec["paradigm"] = {"name": "supervised"}
+    offsets = iter(range(100))
 
     def record(job_id: str) -> Any:
         value = encode(
             TrainingJob(job_id=job_id, namespace="images_job", spec=spec, submitted_at=1.0)
         )
-        return SimpleNamespace(topic="jobs", partition=0, offset=0, value=value)
+        return SimpleNamespace(topic="jobs", partition=0, offset=next(offsets), value=value)
 
     store, said = MemoryJobStore(), []
+    settings = Settings()
+    service = TrainerService(
+        settings.kafka,
+        settings.topics,
+        MemoryBank(),
+        store,
+        Path("unused"),
+        "trainers",
+        say=said.append,
+        name="me",
+        lease_s=0.2,
+    )
 
-    def run(rec: Any) -> int:
-        return _run_one(rec, MemoryBank(), store, None, Path("unused"), "t", said.append)  # type: ignore[arg-type]
+    def run(rec: Any) -> None:
+        service._accept(rec)
+        deadline = time.monotonic() + 120
+        while service.running or service.watched:
+            assert time.monotonic() < deadline, said
+            service._tend()
+            time.sleep(0.05)
 
+    # Trainers that took these jobs and stopped: their leases go stale.
+    assert store.take("j-crash", "gone", MAX_ATTEMPTS, None) is not None
+    assert store.take("j-again", "gone", 1, None) is not None
+    time.sleep(0.3)
     # a job that was running when MAX_ATTEMPTS trainers stopped is not run again
-    store.put("j-crash", {"job_id": "j-crash", "state": "running", "attempts": MAX_ATTEMPTS})
-    assert run(record("j-crash")) == 1
+    run(record("j-crash"))
     crashed = store.get("j-crash")
     assert crashed is not None and crashed["state"] == "failed"
     assert "suspected poison pill" in crashed["reason"]
-    # one that stopped fewer trainers runs, counting the attempt
-    store.put("j-again", {"job_id": "j-again", "state": "running", "attempts": 1})
-    assert run(record("j-again")) == 1
+    # one that stopped fewer trainers runs, counting the attempt and saying why
+    run(record("j-again"))
     again = store.get("j-again")
     assert again is not None and again["state"] == "succeeded" and again["attempts"] == 2
+    assert [(r["attempt"], r["trainer"]) for r in again["retries"]] == [(1, "gone")]
     # a replay of a job that already ended is skipped; a tombstone too
-    assert run(record("j-again")) == 0 and "already succeeded" in said[-1]
-    assert run(SimpleNamespace(topic="jobs", partition=0, offset=1, value=None)) == 0
+    run(record("j-again"))
+    assert "already succeeded" in said[-1]
+    run(SimpleNamespace(topic="jobs", partition=0, offset=next(offsets), value=None))
+    assert service.ran == 2  # the one set aside and the one run

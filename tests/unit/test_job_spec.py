@@ -560,3 +560,24 @@ def test_a_dataset_at_a_uri_is_checked_before_anything_is_read(tmp_path: Path) -
         assert problem in str(err), (uri, str(err))
     both = {"dataset": {"uri": "bank://datasets/a.npz", "name": "digits"}}
     assert "exactly one of name" in str(spec_error(spec_dict(both), "dataset"))
+
+
+def test_a_group_whose_jobs_disagree_on_task_or_seed_is_refused(tmp_path: Path) -> None:
+    def peer(name: str, **changes: Any) -> str:
+        path = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.yaml"
+        base = {"namespace": name, "dataset": {"name": "iris", "labeled": 6}, **changes}
+        path.write_text(yaml.safe_dump(spec_dict(base)))
+        return str(path)
+
+    ok = CliRunner().invoke(main, ["submit", peer("a"), peer("b"), "--dry-run", "--json"])
+    assert ok.exit_code == 0, ok.output
+    out = json.loads(ok.stdout)
+    assert out["group"].startswith("group-")
+    assert [j["namespace"] for j in out["jobs"]] == ["a", "b"]
+    for other, what in (
+        (peer("c", **{"train.seed": 7}), "train.seed"),
+        (peer("d", dataset={"name": "wine", "labeled": 6}), "dataset"),
+        (peer("a"), "namespaces of their own"),
+    ):
+        bad = CliRunner().invoke(main, ["submit", peer("a"), other, "--dry-run"])
+        assert bad.exit_code == 2 and what in bad.stderr, bad.output

@@ -454,3 +454,21 @@ def test_replication_needs_a_class_and_quotes_strings() -> None:
         schema_statements("carls", {"replication_factor": 1})
     statement = schema_statements("carls", {"class": "Simple'Strategy"})[0]
     assert "'Simple''Strategy'" in statement
+
+
+def test_a_job_group_names_itself_and_its_size() -> None:
+    member = TrainingJob(
+        job_id="j", namespace="n", spec={}, submitted_at=1, group="group-1", group_size=2
+    )
+    assert decode(encode(member), TrainingJob) == member
+    legacy = decode(encode(TrainingJob(job_id="j", namespace="n", spec={}, submitted_at=1)))
+    assert (legacy.group, legacy.group_size) == (None, 1)  # type: ignore[attr-defined]
+    for group, size, problem in (
+        (None, 2, "without a group"),
+        ("group-1", 1, "2 to 64"),
+        ("", 2, "must not be empty"),
+    ):
+        with pytest.raises(InvalidValueError, match=problem):
+            TrainingJob(
+                job_id="j", namespace="n", spec={}, submitted_at=1, group=group, group_size=size
+            )
