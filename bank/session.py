@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from cassandra import DriverException, RequestExecutionException
+from cassandra import ConsistencyLevel, DriverException, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -43,6 +43,10 @@ class CassandraConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     local_dc: str | None = None
+    consistency: str = "LOCAL_QUORUM"
+    """Of every read and write: a majority of the copies (all of one when there is one),
+    so a read sees every acknowledged write while a minority of the nodes is down.
+    Lightweight transactions run at LOCAL_SERIAL."""
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
     # Tuning of the bank's queries (measured on loopback; see ``carls bench bank``):
@@ -80,6 +84,8 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc)),
         request_timeout=cfg.request_timeout_s,
+        consistency_level=ConsistencyLevel.name_to_value[cfg.consistency.upper()],
+        serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
     )
     cluster = Cluster(
         list(cfg.hosts),
@@ -219,3 +225,14 @@ def echo(cfg: CassandraConfig, key: str, payload: bytes) -> bytes | None:
     finally:
         cluster.shutdown()
     return None if row is None else bytes(row[0])
+
+
+def check_consistency(name: str) -> str:
+    """``name`` as one of the driver's consistency levels (upper case), or ValueError."""
+    from cassandra import ConsistencyLevel
+
+    level = name.upper()
+    if level not in ConsistencyLevel.name_to_value:
+        known = ", ".join(sorted(ConsistencyLevel.name_to_value))
+        raise ValueError(f"expected one of {known}, got {name!r}")
+    return level

@@ -1,4 +1,4 @@
-"""``carls infra up|down|status``: the local single-node Kafka and Cassandra."""
+"""``carls infra up|down|status``: the local Kafka and Cassandra (one node, or several)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from carls.output import emit_json, progress, table
 
 @click.group()
 def infra() -> None:
-    """Run the local stack: single-node Kafka 4 (KRaft) and Cassandra 5 on Java 17.
+    """Run the local stack: Kafka 4 (KRaft) and Cassandra 5 on Java 17, one node of each by
+    default, or a cluster of each on consecutive loopback addresses (--nodes 3: 127.0.0.1,
+    .2 and .3, every record and row kept three times).
 
     Jars are resolved from Maven Central on the first start and cached under the state
     folder (CARLS_STATE_DIR, default ./.carls), which also holds data and logs.
@@ -19,14 +21,25 @@ def infra() -> None:
 
 
 @infra.command()
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Kafka brokers and Cassandra nodes to run, each on its own loopback address "
+    "(default: as many as the stack in the state folder has, else 1). With 3, topics and "
+    "the keyspace keep 3 copies, Kafka writes need 2 in sync, reads and writes use "
+    "LOCAL_QUORUM: the stack serves on while any one node is down. Later commands find "
+    "the count in the state folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @click.pass_context
-def up(ctx: click.Context, as_json: bool) -> None:
-    """Start both servers (no-op if running), then create topics and the CQL schema."""
+def up(ctx: click.Context, nodes: int | None, as_json: bool) -> None:
+    """Start the servers (no-op if running), then create topics and the CQL schema."""
     from carls.cli import settings_of
+    from carls.settings import Settings
     from carls.wiring import bring_up
 
-    settings = settings_of(ctx)
+    settings = settings_of(ctx) if nodes is None else Settings(nodes=nodes)
     report = bring_up(settings, say=progress)
     if as_json:
         emit_json(dataclasses.asdict(report))
@@ -35,8 +48,8 @@ def up(ctx: click.Context, as_json: bool) -> None:
     else:
         click.echo(
             f"the stack is up ({report.wall_s:.1f} s): kafka "
-            f"{settings.kafka.bootstrap_servers[0]}, cassandra "
-            f"{settings.cassandra.hosts[0]}:{settings.cassandra.port}"
+            f"{','.join(settings.kafka.bootstrap_servers)}, cassandra "
+            f"{','.join(settings.cassandra.hosts)} port {settings.cassandra.port}"
         )
 
 
@@ -47,7 +60,7 @@ def up(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def down(ctx: click.Context, wipe: bool, as_json: bool) -> None:
-    """Stop both servers; data is kept unless --wipe."""
+    """Stop every server node; data is kept unless --wipe."""
     from carls.cli import settings_of
     from carls.infra import down as stop
 
@@ -65,7 +78,8 @@ def down(ctx: click.Context, wipe: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Health, versions, ports and memory of both servers. Exits 1 unless both are healthy."""
+    """Health, versions, addresses and memory of every server node. Exits 1 unless all are
+    healthy."""
     from carls.cli import settings_of
     from carls.infra import status as check
 

@@ -1,4 +1,5 @@
-"""Single-node Cassandra 5.0 on Java 17."""
+"""Cassandra 5.0 on Java 17: one node, or one of several on consecutive loopback
+addresses (the first is the seed)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,12 @@ class CassandraServer(Server):
 
     @property
     def directory(self) -> Path:
-        return self.config.cassandra_dir
+        return self.config.node_dir("cassandra", self.index)
+
+    @property
+    def token(self) -> int:
+        """This node's token (one per node, evenly spread over Murmur3's range)."""
+        return -(2**63) + self.index * (2**64 // self.config.nodes) if self.config.nodes > 1 else 0
 
     @property
     def version(self) -> str:
@@ -79,7 +85,9 @@ class CassandraServer(Server):
         render(
             "cassandra.yaml.tmpl",
             yaml,
-            host=self.config.host,
+            host=self.host,
+            seeds=f"{self.config.node_host(0)}:{self.config.cassandra_storage_port}",
+            token=self.token,
             port=self.config.cassandra_port,
             storage_port=self.config.cassandra_storage_port,
             data_dir=d / "data",
@@ -111,28 +119,39 @@ class CassandraServer(Server):
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=1000",
             "-Dcassandra.load_ring_state=false",
-            "-Dcassandra.initial_token=0",
+            f"-Dcassandra.initial_token={self.token}",
+            # A new cluster's nodes join at once: there is no data to stream yet.
+            "-Dcassandra.consistent.rangemovement=false",
             "-cp",
             runtime.classpath(lib),
             "org.apache.cassandra.service.CassandraDaemon",
         ]
 
     def probe(self, timeout_s: float) -> str:
-        from cassandra.cluster import Cluster  # heavy import, only when probing
-        from cassandra.policies import RoundRobinPolicy
+        # heavy imports, only when probing
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
 
+        # this node answers, not whichever of the ring the driver would pick
+        only_this = ExecutionProfile(
+            load_balancing_policy=WhiteListRoundRobinPolicy([self.host]), request_timeout=timeout_s
+        )
         cluster = Cluster(
-            [self.config.host],
+            [self.host],
             port=self.config.cassandra_port,
             protocol_version=5,
             connect_timeout=timeout_s,
-            load_balancing_policy=RoundRobinPolicy(),
+            execution_profiles={EXEC_PROFILE_DEFAULT: only_this},
         )
         try:
             session = cluster.connect()
             row = session.execute(
                 "SELECT release_version FROM system.local", timeout=timeout_s
             ).one()
+            if self.config.nodes > 1:  # ready once it sees every node of the ring
+                peers = list(session.execute("SELECT peer FROM system.peers", timeout=timeout_s))
+                if len(peers) < self.config.nodes - 1:
+                    raise RuntimeError(f"sees {len(peers) + 1} of {self.config.nodes} nodes")
             return str(row.release_version)
         finally:
             cluster.shutdown()

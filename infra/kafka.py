@@ -1,4 +1,5 @@
-"""Single-node Kafka 4 in KRaft mode (combined broker and controller)."""
+"""Kafka 4 in KRaft mode: one node, or one of several on consecutive loopback addresses,
+each a combined broker and controller (the controllers form the quorum)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class KafkaServer(Server):
 
     @property
     def directory(self) -> Path:
-        return self.config.kafka_dir
+        return self.config.node_dir("kafka", self.index)
 
     @property
     def version(self) -> str:
@@ -44,12 +45,20 @@ class KafkaServer(Server):
     def prepare(self, lib: Path) -> list[str]:
         d = self.directory
         props, log4j = d / "server.properties", d / "log4j2.properties"
+        cfg = self.config
+        voters = ",".join(
+            f"{i + 1}@{cfg.node_host(i)}:{cfg.kafka_controller_port}" for i in range(cfg.nodes)
+        )
         render(
             "kafka-server.properties.tmpl",
             props,
-            host=self.config.host,
-            port=self.config.kafka_port,
-            controller_port=self.config.kafka_controller_port,
+            host=self.host,
+            node_id=self.index + 1,
+            voters=voters,
+            replication=cfg.replication,
+            min_isr=cfg.min_insync,
+            port=cfg.kafka_port,
+            controller_port=cfg.kafka_controller_port,
             data_dir=d / "data",
         )
         render("kafka-log4j2.properties.tmpl", log4j, log_dir=d / "logs")
@@ -71,10 +80,15 @@ class KafkaServer(Server):
         return [*java, "kafka.Kafka", str(props)]
 
     def _format_storage(self, java: list[str], props: Path) -> None:
-        """Format the log dir once; the cluster id is kept so data survives restarts."""
+        """Format the log dir once; the cluster id is kept so data survives restarts (every
+        node of a cluster shares the first node's)."""
+        first = self.config.node_dir("kafka", 0) / "cluster.id"
+        first.parent.mkdir(parents=True, exist_ok=True)
+        if not first.exists():
+            first.write_text(_cluster_id())
         id_file = self.directory / "cluster.id"
         if not id_file.exists():
-            id_file.write_text(_cluster_id())
+            id_file.write_text(first.read_text())
         proc = subprocess.run(
             [
                 *java,
@@ -102,14 +116,15 @@ class KafkaServer(Server):
         from kafka import KafkaAdminClient  # heavy import, only when probing
 
         admin = KafkaAdminClient(
-            bootstrap_servers=f"{self.config.host}:{self.config.kafka_port}",
+            bootstrap_servers=f"{self.host}:{self.config.kafka_port}",
             request_timeout_ms=int(timeout_s * 1000),
             client_id="carls-infra-probe",
         )
         try:
             cluster = admin.describe_cluster()
-            if not cluster.get("brokers"):
-                raise StartFailedError("Kafka answered but reports no brokers yet")
+            brokers = len(cluster.get("brokers") or [])
+            if brokers < self.config.nodes:
+                raise StartFailedError(f"Kafka reports {brokers} of {self.config.nodes} brokers")
         finally:
             admin.close()
         return self.version

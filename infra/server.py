@@ -47,8 +47,13 @@ class Server(ABC):
     name: str
     port_env: dict[str, str]
 
-    def __init__(self, config: InfraConfig) -> None:
+    def __init__(self, config: InfraConfig, index: int = 0) -> None:
         self.config = config
+        self.index = index
+        self.host = config.node_host(index)
+        """This node's address."""
+        if config.nodes > 1:
+            self.name = f"{type(self).name}-{index + 1}"
 
     @property
     @abstractmethod
@@ -80,9 +85,14 @@ class Server(ABC):
     def probe(self, timeout_s: float) -> str:
         """Talk to the server; return its reported version or raise."""
 
+    @property
+    def kind(self) -> str:
+        """``kafka`` or ``cassandra``, whichever node this is."""
+        return type(self).name
+
     def resolve(self) -> Path:
         return runtime.resolve_jars(
-            self.name, self.version, self.config.lib_dir, self.config.maven, self.maven_properties()
+            self.kind, self.version, self.config.lib_dir, self.config.maven, self.maven_properties()
         )
 
     def maven_properties(self) -> dict[str, str]:
@@ -96,11 +106,11 @@ class Server(ABC):
         pid = self.pid()
         if pid is not None:
             return pid
-        process.check_ports_free(self.config.host, self.ports(), self.port_env)
+        process.check_ports_free(self.host, self.ports(), self.port_env)
         lib = self.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         cmd = self.prepare(lib)
-        log.info("starting %s %s on %s:%d", self.name, self.version, self.config.host, self.port)
+        log.info("starting %s %s on %s:%d", self.name, self.version, self.host, self.port)
         return process.start(cmd, self.directory, self.log_file)
 
     def stop_server(self, timeout_s: float = 60.0) -> bool:
@@ -117,7 +127,7 @@ class Server(ABC):
                     hint=f"see {self.server_log()}",
                     log_tail=self._tail(),
                 )
-            if process.port_open(self.config.host, self.port):
+            if process.port_open(self.host, self.port):
                 try:
                     self.probe(timeout_s=10.0)
                     return time.monotonic()
@@ -137,7 +147,7 @@ class Server(ABC):
             running=pid is not None,
             healthy=False,
             version=self.version,
-            host=self.config.host,
+            host=self.host,
             port=self.port,
             pid=pid,
         )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
 
 from carls.streams.config import KafkaConnection
 
@@ -19,8 +20,13 @@ logging.getLogger("kafka.admin._groups").addFilter(
 
 
 def group_members(admin: KafkaAdminClient, group: str) -> tuple[str, int]:
-    """The group's state (``Stable``, ``PreparingRebalance``, ``Dead`` ...) and members."""
-    described = admin.describe_groups([group]).get(group, {})
+    """The group's state (``Stable``, ``PreparingRebalance``, ``Dead`` ...) and members;
+    ``NoCoordinator`` while the cluster has no coordinator for it yet (a new cluster still
+    making its offsets topic, or a broker gone and its groups moving)."""
+    try:
+        described = admin.describe_groups([group]).get(group, {})
+    except (CoordinatorNotAvailableError, NotCoordinatorError):
+        return "NoCoordinator", 0
     return str(described.get("group_state", "Dead")), len(described.get("members", []))
 
 

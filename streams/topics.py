@@ -64,11 +64,10 @@ class Topics:
         return f"{self.prefix}.deadletter"
 
 
-def topic_specs(
-    topics: Topics, partitions: dict[str, int], replication: int = 1
-) -> list[TopicSpec]:
+def topic_specs(topics: Topics, partitions: dict[str, int], replication: int) -> list[TopicSpec]:
     """The declared topics. ``checkpoints`` is compacted and keyed by namespace, so the
-    newest manifest of every namespace is kept forever and a new worker learns them all."""
+    newest manifest of every namespace is kept forever and a new worker learns them all.
+    With several copies, a write needs a majority of them in sync."""
     configs = {
         "checkpoints": {
             "cleanup.policy": "compact",
@@ -77,6 +76,9 @@ def topic_specs(
         },
         "deadletter": {"retention.ms": str(30 * 24 * 3600 * 1000)},
     }
+    if replication > 1:  # a write needs a majority of the copies in sync (acks=all)
+        durable = {"min.insync.replicas": str(replication // 2 + 1)}
+        configs = {role: {**configs.get(role, {}), **durable} for role in ROLES}
     return [
         TopicSpec(
             getattr(topics, role),

@@ -8,16 +8,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import NamespaceError
-from carls.schemas import DeadLetter, decode
+from carls.schemas import DeadLetter, ProgressEvent, decode
 from carls.settings import Settings
 from carls.streams.groups import wait_stable
 from carls.streams.producer import Publisher
@@ -27,22 +30,26 @@ from carls.streams.topics import ensure_topics, topic_specs
 def prefixed_settings(letter: str) -> Settings:
     """Settings on a fresh topic prefix (``<letter><hex>``), its topics created."""
     settings = Settings(topic_prefix=letter + uuid.uuid4().hex[:10])
-    ensure_topics(settings.kafka, topic_specs(settings.topics, settings.partitions))
+    specs = topic_specs(settings.topics, settings.partitions, settings.topic_replication)
+    ensure_topics(settings.kafka, specs)
     return settings
 
 
 def remove(settings: Settings, bank: CassandraBank, namespaces: list[str]) -> None:
-    """Drop ``namespaces`` with their stored checkpoints and delete the prefix's topics
-    (best effort: it is unique)."""
+    """Drop ``namespaces`` with their stored checkpoints and neighbour indexes, and delete
+    the prefix's topics,
+    the workers' own among them (best effort: it is unique)."""
     blobs = CassandraBlobs(bank.connection).start()
     for ns in namespaces:
         with contextlib.suppress(NamespaceError):
             bank.drop_namespace(ns)
         blobs.delete_scope(f"checkpoints/{ns}")
+        blobs.delete_scope(f"indexes/{ns}")
     admin = KafkaAdminClient(**settings.kafka.kafka_python())
     try:
         with contextlib.suppress(Exception):
-            admin.delete_topics([s.name for s in topic_specs(settings.topics, settings.partitions)])
+            mine = (settings.topic_prefix + ".", settings.topic_prefix + "-")  # and Faust's
+            admin.delete_topics([t for t in admin.list_topics() if t.startswith(mine)])
     finally:
         admin.close()
 
@@ -55,6 +62,40 @@ def committed_offsets(settings: Settings, group: str) -> dict[tuple[str, int], i
     finally:
         admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+
+
+class ProgressReader:
+    """The workers' progress events for one namespace, read from the progress topic as
+    they come (from the moment this reader starts)."""
+
+    def __init__(self, settings: Settings, ns: str) -> None:
+        self.ns = ns
+        self.events: list[ProgressEvent] = []
+        self.consumer = KafkaConsumer(**settings.kafka.kafka_python(), enable_auto_commit=False)
+        topic = settings.topics.progress
+        tps = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_end(*tps)
+        for tp in tps:  # resolved now, not at the first poll: nothing later is missed
+            self.consumer.position(tp)
+
+    def embedded(self, step: int, until: float = float("inf")) -> int:
+        """Ids whose embeddings at ``step`` the workers reported written by ``until``."""
+        deadline = time.monotonic() + 5.0  # all that has come so far, within reason
+        while time.monotonic() < deadline and (batch := self.consumer.poll(timeout_ms=200)):
+            for records in batch.values():
+                for r in records:
+                    event = decode(r.value, ProgressEvent)
+                    if event.namespace == self.ns:
+                        self.events.append(event)
+        return sum(
+            e.processed
+            for e in self.events
+            if e.kind == "embedding" and e.step == step and e.total is None and e.at <= until
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def read_dead_letters(settings: Settings, count: int, timeout: float) -> list[DeadLetter]:
@@ -163,3 +204,19 @@ class StackEnv:
             remove(self.settings, self.bank, self.namespaces)
         finally:
             self.bank.close()
+
+
+def in_background(run: Callable[[], Any], name: str) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``run`` in a thread; its result lands in ``outcome["state"]``, or what it
+    raised in ``outcome["error"]``."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["state"] = run()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    return thread, outcome

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +20,7 @@ from carls.infra.cassandra import CassandraServer
 from carls.settings import Settings
 from carls.trainers.runner import Context, JobRun, new_job_id
 from carls.trainers.spec import load_spec
-from tests.stack_support import StackEnv
+from tests.stack_support import StackEnv, in_background
 
 pytestmark = pytest.mark.integration
 OUTAGE_S = {"cassandra": 30.0, "kafka": 15.0}
@@ -68,16 +67,7 @@ def test_a_training_job_goes_on_through_a_30_s_outage(
     store = env.settings.artifact_store(blobs)  # the default: checkpoints go to the bank
     job_id = new_job_id(ns)
     run = JobRun(job_id, spec, Context(env.bank, env.publisher, store, jobs))
-    outcome: dict[str, Any] = {}
-
-    def train() -> None:
-        try:
-            outcome["state"] = run.run()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    trainer = threading.Thread(target=train)
-    trainer.start()
+    trainer, outcome = in_background(run.run, "outage-trainer")
     try:
         deadline = time.monotonic() + 300
         while run.state["step"] < 300 and trainer.is_alive():  # well into training

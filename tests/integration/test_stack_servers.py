@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_declared_topics_exist_with_their_configs(stack: Settings) -> None:
-    specs = topic_specs(stack.topics, stack.partitions, stack.replication_factor)
+    specs = topic_specs(stack.topics, stack.partitions, stack.topic_replication)
     assert ensure_topics(stack.kafka, specs) == []  # `carls infra up` created them all
     configs = topic_configs(stack.kafka, [s.name for s in specs])
     assert configs[stack.topics.checkpoints]["cleanup.policy"] == "compact"
@@ -35,7 +35,7 @@ def test_topic_creation_is_idempotent_and_new_prefix_gets_its_own(
 ) -> None:
     from carls.streams.topics import Topics
 
-    specs = topic_specs(Topics(unique), {"examples": 3})
+    specs = topic_specs(Topics(unique), {"examples": 3}, stack.topic_replication)
     assert sorted(ensure_topics(stack.kafka, specs)) == sorted(s.name for s in specs)
     assert ensure_topics(stack.kafka, specs) == []
     configs = topic_configs(stack.kafka, [f"{unique}.checkpoints"])

@@ -23,6 +23,10 @@ def test_kafka_config_is_single_node_kraft_on_the_configured_ports(tmp_path: Pat
         "kafka-server.properties.tmpl",
         tmp_path / "p",
         host="127.0.0.1",
+        node_id=1,
+        voters="1@127.0.0.1:19093",
+        replication=cfg.replication,
+        min_isr=cfg.min_insync,
         port=19092,
         controller_port=19093,
         data_dir=tmp_path / "d",
@@ -45,6 +49,8 @@ def test_cassandra_config_keeps_everything_under_the_state_dir(tmp_path: Path) -
         "cassandra.yaml.tmpl",
         tmp_path / "c.yaml",
         host="127.0.0.1",
+        seeds="127.0.0.1:17000",
+        token=0,
         port=19042,
         storage_port=17000,
         data_dir=tmp_path / "data",
@@ -113,3 +119,17 @@ def test_log_tail_returns_the_last_lines(tmp_path: Path) -> None:
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert process.tail(log, 3) == "line 97\nline 98\nline 99"
     assert "no log" in process.tail(tmp_path / "absent.log")
+
+
+def test_three_nodes_get_their_own_addresses_folders_tokens_and_three_copies(
+    tmp_path: Path,
+) -> None:
+    one, three = InfraConfig(state_dir=tmp_path), InfraConfig(state_dir=tmp_path, nodes=3)
+    assert (one.replication, one.min_insync, one.node_dir("kafka", 0)) == (1, 1, tmp_path / "kafka")
+    assert (three.replication, three.min_insync) == (3, 2)
+    assert [three.node_host(i) for i in range(3)] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    nodes = [CassandraServer(three, i) for i in range(3)]
+    assert [n.name for n in nodes] == ["cassandra-1", "cassandra-2", "cassandra-3"]
+    assert [n.directory for n in nodes] == [tmp_path / f"cassandra-{i}" for i in (1, 2, 3)]
+    assert len({n.token for n in nodes}) == 3
+    assert KafkaServer(three, 2).host == "127.0.0.3"

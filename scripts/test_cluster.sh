@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The node-fault tests: a three-node stack (`carls infra up --nodes 3`) of its own, in its
+# own state folder and on its own ports (so a single-node stack may keep running), the tests
+# of tests/cluster against it, then the stack stopped and wiped. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+
+export CARLS_STATE_DIR="${CARLS_CLUSTER_STATE_DIR:-$PWD/.carls-cluster}"
+export CARLS_KAFKA_PORT=19092 CARLS_KAFKA_CONTROLLER_PORT=19093
+export CARLS_CASSANDRA_PORT=19042 CARLS_CASSANDRA_STORAGE_PORT=17000
+unset CARLS_NODES CARLS_KAFKA_BOOTSTRAP_SERVERS CARLS_CASSANDRA_HOSTS
+# Three Cassandra nodes join one after another; on two busy cores (scripts/test.sh runs the
+# learning tests meanwhile) that can take several minutes.
+export CARLS_INFRA_READY_TIMEOUT_S="${CARLS_INFRA_READY_TIMEOUT_S:-400}"
+
+trap '.venv/bin/carls infra down --wipe >/dev/null || true' EXIT
+.venv/bin/carls infra up --nodes 3
+.venv/bin/python -m pytest tests/cluster "$@"
