@@ -16,7 +16,7 @@ from carls.output import emit_json, fail, progress
 if TYPE_CHECKING:
     from carls.settings import Settings
     from carls.trainers.datasets import Dataset
-    from carls.trainers.spec import JobSpec
+    from carls.trainers.spec import DatasetSpec, JobSpec
 
 
 @dataclass
@@ -55,7 +55,8 @@ def submit(
 
     Two or more JOBs form a group: peers (codistillation partners, the learners of one
     multimodal task) that start together, on different trainers or concurrently in one.
-    Their datasets and seeds must agree and their namespaces differ. Prints the job ids.
+    Their datasets and splits must agree (one dataset.split_seed lets their train.seed
+    differ) and their namespaces differ. Prints the job ids.
     """
     from carls.cli import settings_of
     from carls.schemas import TrainingJob
@@ -148,8 +149,14 @@ def _prepare(path: Path, settings: Settings, dry_run: bool) -> _Job:
     return _Job(path, spec, data, embedding_dim)
 
 
+def _split(spec: JobSpec) -> DatasetSpec:
+    """The dataset with the seed that splits and labels it made explicit."""
+    seed = spec.dataset.split_seed
+    return spec.dataset.model_copy(update={"split_seed": spec.train.seed if seed is None else seed})
+
+
 def _check_group(jobs: list[_Job]) -> None:
-    """Peers must train on the same task with the same seed, each in its own namespace."""
+    """Peers must train on one task (one dataset, one split), each in its own namespace."""
     first = jobs[0]
     names = [j.spec.namespace for j in jobs]
     if len(set(names)) != len(names):
@@ -157,15 +164,18 @@ def _check_group(jobs: list[_Job]) -> None:
             f"a group's jobs need namespaces of their own; {', '.join(names)} repeat one"
         )
     for job in jobs[1:]:
-        for what, mine, theirs in (
-            ("dataset", job.spec.dataset, first.spec.dataset),
-            ("train.seed", job.spec.train.seed, first.spec.train.seed),
-        ):
-            if mine != theirs:
-                raise click.UsageError(
-                    f"{job.path} and {first.path} disagree on {what}: the jobs of a group "
-                    "train on one task with one seed (submit them one by one otherwise)"
-                )
+        if job.spec.dataset != first.spec.dataset:
+            raise click.UsageError(
+                f"{job.path} and {first.path} disagree on dataset: the jobs of a group "
+                "train on one task (submit them one by one otherwise)"
+            )
+        if _split(job.spec) != _split(first.spec):
+            raise click.UsageError(
+                f"{job.path} and {first.path} would split the dataset differently "
+                f"(train.seed {job.spec.train.seed} and {first.spec.train.seed}): the jobs "
+                "of a group train on one split; give both the same dataset.split_seed to "
+                "let their train.seed differ"
+            )
 
 
 def _check_namespace(job: _Job, settings: Settings) -> None:

@@ -1,11 +1,12 @@
 """Datasets for trainers: scikit-learn's bundled sets, .npz and .csv files, split one way.
 
-The protocol, so every trainer of a job (and every peer with the same seed) sees the same
-data: a stratified train/test split with the seed; unless the spec says
+The protocol, so every trainer of a job (and every peer with the same split seed: the
+spec's ``dataset.split_seed``, else ``train.seed``) sees the same data: a stratified
+train/test split with that seed; unless the spec says
 ``standardize: false``, a ``StandardScaler`` fit per flat feature on the training split and
 applied to both, values clipped to +-``CLIP`` (a pixel that is almost constant in training
 would otherwise become a huge outlier); a stratified labeled subset of the training split
-chosen with the seed (or the .npz file's own ``labeled`` mask). Example ids are
+chosen with that seed (or the .npz file's own ``labeled`` mask). Example ids are
 ``<dataset>-<row>`` with the row of the source, so an example keeps its id whatever the
 seed or trainer.
 
@@ -105,11 +106,14 @@ def load_dataset(
     spec: DatasetSpec, seed: int, blobs: BlobStore | None = None, max_bytes: int = MAX_BYTES
 ) -> Dataset:
     """Load, check, split, standardise and label ``spec``'s data; ``DatasetError`` if bad.
+    ``seed`` splits and labels unless ``spec.split_seed`` is set.
     A ``bank://`` URI is read from ``blobs`` (the bank's blob store); no file over
     ``max_bytes`` is fetched. A store that does not answer raises its retriable error."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
+    if spec.split_seed is not None:
+        seed = spec.split_seed
     raw = _load_raw(spec, blobs, max_bytes)
     _check_finite(raw)
     values, inverse = np.unique(raw.labels, return_inverse=True)

@@ -250,6 +250,21 @@ class _StopTraining(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is
             self.model.stop_training = True
 
 
+class _AfterFirstStep(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """Calls ``then`` once, when the first training step (its tracing included) is done:
+    the members of a job group wait there for each other, so none runs ahead while
+    another is still building its model."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        super().__init__()
+        self.then: Callable[[], None] | None = then
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.then is not None:
+            then, self.then = self.then, None
+            then()
+
+
 class JobRun:
     """One job from start to finish; ``run()`` returns the final state dict.
 
@@ -268,8 +283,11 @@ class JobRun:
         trainer: str | None = None,
         group: str | None = None,
         stop: StopSignal | None = None,
+        after_first_step: Callable[[], None] | None = None,
     ):
         self.job_id, self.spec, self.ctx, self.say = job_id, spec, ctx, say
+        self.after_first_step = after_first_step
+        """Called once after the first training step (a job group's start barrier)."""
         self.stop = stop if stop is not None else StopSignal()
         self._progress: _ProgressWriter | None = None
         self.model: Any = None
@@ -363,6 +381,8 @@ class JobRun:
             callbacks.append(publish)
         job_log = _JobLog(self, km, inputs.x_test, ds.y_test)
         callbacks += [job_log, _StopTraining(self.stop)]
+        if self.after_first_step is not None:
+            callbacks.append(_AfterFirstStep(self.after_first_step))
         every = min(tr.eval_every, tr.steps)
         with km:  # the reader stops whatever happens
             km.fit(

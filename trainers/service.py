@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 """Trainers a job may stop mid-run (crash, kill) before it is marked failed, not rerun."""
 GROUP_WAIT_S = 600.0
+READY = "ready:"
+"""Prefix of the record of a group's members that have taken their first step."""
 """How long a group member waits for the others to find a trainer before it fails."""
 Say = Callable[[str], None]
 
@@ -275,6 +277,9 @@ class TrainerService:
                 trainer=self.name,
                 group=job.group,
                 stop=entry.stop,
+                after_first_step=(
+                    (lambda: self._in_step(entry)) if job.group is not None else None
+                ),
             )
             try:
                 state = run.run()
@@ -323,6 +328,29 @@ class TrainerService:
                 )
                 return False
             entry.stop.wait(1.0)
+
+    def _in_step(self, entry: _Job) -> None:
+        """After its first step, wait until every member of the entry's group has taken
+        its own (model built, first step traced), so peers train in step: a member still
+        setting up would otherwise leave the others nothing fresh to learn from. Goes on
+        alone, saying so, after ``GROUP_WAIT_S`` or when the job is stopped."""
+        job = entry.job
+        assert job.group is not None
+        ready = READY + job.group
+        _read(lambda: self.jobs.join_group(ready, job.job_id, self.name), "joining a group")
+        deadline = time.monotonic() + GROUP_WAIT_S
+        while not entry.stop.is_set():
+            members = _read(lambda: self.jobs.group_members(ready), "reading a group")
+            if len(members) >= job.group_size:
+                return
+            if time.monotonic() > deadline:
+                self.say(
+                    f"job {job.job_id}: only {len(members)} of {job.group_size} members of "
+                    f"group {job.group} started training within {GROUP_WAIT_S:.0f} s; "
+                    "going on"
+                )
+                return
+            entry.stop.wait(0.2)
 
     # ------------------------------------------------------------------------------------
     def _tend(self) -> None:

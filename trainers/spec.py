@@ -154,6 +154,10 @@ class DatasetSpec(_Spec):
     """Labeled training examples to keep, stratified; ``None``: all (or the npz mask)."""
     test_size: Number = Field(0.3, gt=0, lt=1)
     """Fraction of the examples held out for testing, stratified."""
+    split_seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] | None = None
+    """Seed of the train/test split and of which training examples keep their labels;
+    ``None``: ``train.seed``. Peers that must see one split but start from different
+    weights (codistillation) share this and differ in ``train.seed``."""
     standardize: Flag = True
     """Standardize each feature on the training split (clipped to +-5); false keeps the
     values as they are (token ids, or inputs the model scales itself)."""

@@ -22,7 +22,10 @@ def test_a_second_job_on_a_namespace_numbers_its_checkpoints_after_the_first(
     stack: Settings, tmp_path: Path
 ) -> None:
     settings = Settings(topic_prefix="s" + uuid.uuid4().hex[:10])
-    ensure_topics(settings.kafka, topic_specs(settings.topics, settings.partitions))
+    ensure_topics(
+        settings.kafka,
+        topic_specs(settings.topics, settings.partitions, settings.topic_replication),
+    )
     ns = "t" + uuid.uuid4().hex[:12]
     spec = load_spec(
         {

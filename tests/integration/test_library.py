@@ -46,6 +46,7 @@ def connection(env: StackEnv) -> carls.Connection:
     return carls.Connection(env.bank, env.publisher, env.checkpoints, env.settings)
 
 
+@pytest.mark.learning
 def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(
     env: StackEnv,
 ) -> None:

@@ -19,7 +19,7 @@ from carls.bank.memory import MemoryBank
 from carls.schemas import TrainingJob
 from carls.settings import Settings
 from carls.streams.producer import Publisher
-from carls.trainers.service import MAX_ATTEMPTS, TrainerService
+from carls.trainers.service import MAX_ATTEMPTS, READY, TrainerService
 from carls.trainers.spec import load_spec
 from tests.stack_support import prefixed_settings
 
@@ -140,6 +140,9 @@ def test_two_trainers_share_the_jobs_each_runs_once_and_a_group_starts_together(
     finished = [trainers.state(j)["finished_at"] for j in peers]
     assert max(started) < min(finished), (started, finished)  # the peers ran at once
     assert {trainers.state(j)["group"] for j in peers} == {peers[0].group}
+    # each took its first step, then waited for the other's, before training on
+    ready = trainers.jobs.group_members(READY + str(peers[0].group))
+    assert sorted(ready) == sorted(j.job_id for j in peers), ready
 
 
 def test_a_job_whose_trainer_stopped_is_taken_over_and_one_stopped_too_often_fails(

@@ -581,3 +581,42 @@ def test_a_group_whose_jobs_disagree_on_task_or_seed_is_refused(tmp_path: Path) 
     ):
         bad = CliRunner().invoke(main, ["submit", peer("a"), other, "--dry-run"])
         assert bad.exit_code == 2 and what in bad.stderr, bad.output
+    # peers that start from different weights on one split: one split_seed, two train seeds
+    split = {"name": "iris", "labeled": 6, "split_seed": 4}
+    a, b = peer("a", dataset=split), peer("b", dataset=split, **{"train.seed": 9})
+    ok = CliRunner().invoke(main, ["submit", a, b, "--dry-run", "--json"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_the_split_seed_splits_and_labels_whatever_the_train_seed() -> None:
+    from carls.trainers.datasets import load_dataset
+    from carls.trainers.spec import DatasetSpec
+
+    spec = DatasetSpec(name="digits", labeled=30, split_seed=5)
+    a, b = load_dataset(spec, seed=0), load_dataset(spec, seed=1)
+    assert a.ids_train == b.ids_train and a.ids_test == b.ids_test
+    assert (a.labeled == b.labeled).all()
+    c = load_dataset(DatasetSpec(name="digits", labeled=30), seed=5)
+    assert c.ids_train == a.ids_train and (c.labeled == a.labeled).all()
+    d = load_dataset(DatasetSpec(name="digits", labeled=30), seed=0)
+    assert d.ids_train != a.ids_train
+
+
+def test_the_codistillation_demo_submits_valid_peers_on_one_split_from_two_starts(
+    tmp_path: Path,
+) -> None:
+    from carls.demo_codistill import PEER_OFFSET, specs
+
+    jobs = specs(2, "abc123")
+    a, b, alone = (load_spec(jobs[r]) for r in ("a", "b", "alone"))
+    assert a.paradigm.params.peer == b.namespace and b.paradigm.params.peer == a.namespace
+    assert a.dataset == b.dataset == alone.dataset and a.dataset.split_seed == 2
+    assert (a.train.seed, b.train.seed, alone.train.seed) == (2, 2 + PEER_OFFSET, 2)
+    assert alone.paradigm.name == "supervised" and alone.model == a.model
+    assert alone.train == a.train
+    paths = []
+    for role in ("a", "b"):
+        paths.append(tmp_path / f"{role}.yaml")
+        paths[-1].write_text(yaml.safe_dump(jobs[role]))
+    ok = CliRunner().invoke(main, ["submit", *map(str, paths), "--dry-run", "--json"])
+    assert ok.exit_code == 0, ok.output
