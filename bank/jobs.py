@@ -17,11 +17,10 @@ All of it lives in the keyspace's ``kv`` table, one partition per kind of record
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any, NamedTuple, Protocol
 
-from carls.bank.kv import KvTable
+from carls.bank.kv import KvTable, MemoryKv
 
 _PARTITION = "__jobs__"
 _LEASES = "__job_leases__"
@@ -144,36 +143,7 @@ class _Jobs:
         return self.records("read a job group", _GROUP + group)
 
 
-class _MemoryKv:
-    def __init__(self) -> None:
-        self._rows: dict[str, dict[str, str]] = {}
-        self._lock = threading.Lock()
-
-    def put_records(self, what: str, partition: str, records: dict[str, str]) -> None:
-        with self._lock:
-            self._rows.setdefault(partition, {}).update(records)
-
-    def record(self, what: str, partition: str, key: str) -> str | None:
-        with self._lock:
-            return self._rows.get(partition, {}).get(key)
-
-    def records(self, what: str, partition: str) -> dict[str, str]:
-        with self._lock:
-            return dict(self._rows.get(partition, {}))
-
-    def swap(self, what: str, partition: str, key: str, expected: str | None, new: str) -> bool:
-        with self._lock:
-            rows = self._rows.setdefault(partition, {})
-            if rows.get(key) != expected:
-                return False
-            rows[key] = new
-            return True
-
-    def close(self) -> None:
-        return None
-
-
-class MemoryJobStore(_Jobs, _MemoryKv):
+class MemoryJobStore(_Jobs, MemoryKv):
     """Job records in this process's memory (for tests and in-process runs)."""
 
 

@@ -5,6 +5,8 @@ here; each is a ``KvTable`` with its own partitions."""
 
 from __future__ import annotations
 
+import threading
+
 from cassandra.cluster import Session
 
 from carls.bank.session import Store, backend
@@ -50,3 +52,34 @@ class KvTable(Store):
 
     def delete_record(self, what: str, partition: str, key: str) -> None:
         backend(what, lambda: self.session.execute(self._delete, (partition, key)))
+
+
+class MemoryKv:
+    """The same records in this process's memory (for tests and in-process runs)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def put_records(self, what: str, partition: str, records: dict[str, str]) -> None:
+        with self._lock:
+            self._rows.setdefault(partition, {}).update(records)
+
+    def record(self, what: str, partition: str, key: str) -> str | None:
+        with self._lock:
+            return self._rows.get(partition, {}).get(key)
+
+    def records(self, what: str, partition: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._rows.get(partition, {}))
+
+    def swap(self, what: str, partition: str, key: str, expected: str | None, new: str) -> bool:
+        with self._lock:
+            rows = self._rows.setdefault(partition, {})
+            if rows.get(key) != expected:
+                return False
+            rows[key] = new
+            return True
+
+    def close(self) -> None:
+        return None

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -271,6 +271,11 @@ def get(ctx: click.Context, namespace: str, kind: str, ids: tuple[str, ...], as_
 @click.option("--metric", type=click.Choice(["cosine", "dot"]), default="cosine", show_default=True)
 @click.option("--from-step", type=int, help="Compare vectors from this step (inclusive) ...")
 @click.option("--to-step", type=int, help="... to this step; default: the newest step only.")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Scan every vector (exact) even when the makers saved an index for the step.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def neighbours(
@@ -283,9 +288,14 @@ def neighbours(
     metric: str,
     from_step: int | None,
     to_step: int | None,
+    exact: bool,
     as_json: bool,
 ) -> None:
-    """Exact top-k nearest ids by cosine or dot product, within one model generation."""
+    """Top-k nearest ids by cosine or dot product, within one model generation.
+
+    For cosine neighbours of embeddings at one step, the HNSW index the makers built for
+    that step is loaded from the bank and searched (approximate; its measured recall is in
+    the README); otherwise, or with --exact, every vector of the step is scanned."""
     from carls.bank.admin import load_vector
     from carls.bank.protocol import nearest
 
@@ -305,12 +315,65 @@ def neighbours(
         else:
             assert vector is not None
             query, exclude = load_vector(vector), []
-        found = nearest(b, namespace, kind, query, k, metric=metric, steps=steps, exclude=exclude)
+        indexed = None
+        one_step = steps is None or steps[0] == steps[1]
+        if not exact and kind == "embedding" and metric == "cosine" and one_step:
+            indexed = _indexed_nearest(b, namespace, query, k, steps, exclude)
+        if indexed is not None:
+            found, how = indexed
+        else:
+            found = nearest(
+                b, namespace, kind, query, k, metric=metric, steps=steps, exclude=exclude
+            )
+            how = f"exact: every {kind} vector of the step scanned"
+    if len(found) < k:
+        how += f"; {k} asked, {len(found)} there (every id of the step but the query)"
+    click.echo(how, err=True)
     rows = [{"id": n.id, "score": n.score, "step": n.step} for n in found]
     if as_json:
         emit_json(rows)
     else:
         click.echo(table([(r["id"], r["score"], r["step"]) for r in rows], ["id", metric, "step"]))
+
+
+def _indexed_nearest(
+    b: CassandraBank,
+    namespace: str,
+    query: Any,
+    k: int,
+    steps: tuple[int, int] | None,
+    exclude: list[str],
+) -> tuple[list[Any], str] | None:
+    """Nearest ids from the makers' saved index of the step (the newest, without
+    ``steps``), or None when there is none."""
+    import numpy as np
+
+    from carls.bank.blobs import CassandraBlobs
+    from carls.bank.errors import DimensionError
+    from carls.bank.indexes import index_step, load_index, saved_index
+    from carls.bank.types import Neighbour
+
+    spec = b.namespace(namespace)
+    blobs = CassandraBlobs(b.connection).start()
+    try:
+        info = saved_index(blobs, namespace, spec.created_at, steps[0] if steps else None)
+        if info is None:
+            return None
+        ids, index = load_index(blobs, namespace, info.name)
+    finally:
+        blobs.close()
+    q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+    if q.shape[1] != index.dim or not np.isfinite(q).all():
+        raise DimensionError(f"query: expected {index.dim} finite floats, got {q.shape[1]}")
+    step = index_step(info.name)
+    position = {i: n for n, i in enumerate(ids)}
+    self_row = position.get(exclude[0], -1) if exclude else -1
+    rows, scores = index.search(q, k, self_index=np.array([self_row], np.int64))
+    found = [
+        Neighbour(ids[int(r)], float(sc), step) for r, sc in zip(rows[0], scores[0], strict=True)
+    ]
+    how = "exact" if index.exact else "approximate: HNSW"
+    return found, f"{how} index of step {step} ({index.size:,} ids), saved by the makers"
 
 
 @bank.command("export")
@@ -399,8 +462,8 @@ def quarantine(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def drop(ctx: click.Context, namespace: str, yes: bool, as_json: bool) -> None:
-    """Delete NAMESPACE with all its examples, knowledge and the checkpoints kept in the
-    bank's store (asks unless --yes)."""
+    """Delete NAMESPACE with all its examples, knowledge, and the checkpoints and neighbour
+    indexes kept in the bank's store (asks unless --yes)."""
     from carls.bank.blobs import CassandraBlobs
 
     with _bank(ctx) as b:
@@ -410,8 +473,15 @@ def drop(ctx: click.Context, namespace: str, yes: bool, as_json: bool) -> None:
         ):
             raise click.Abort()
         b.drop_namespace(namespace)
-        checkpoints = CassandraBlobs(b.connection).start().delete_scope(f"checkpoints/{namespace}")
+        blobs = CassandraBlobs(b.connection).start()
+        checkpoints = blobs.delete_scope(f"checkpoints/{namespace}")
+        indexes = blobs.delete_scope(f"indexes/{namespace}")
     if as_json:
-        emit_json({"dropped": namespace, "checkpoints_deleted": checkpoints})
+        emit_json(
+            {"dropped": namespace, "checkpoints_deleted": checkpoints, "indexes_deleted": indexes}
+        )
     else:
-        click.echo(f"dropped namespace {namespace} ({checkpoints} stored checkpoint(s) deleted)")
+        click.echo(
+            f"dropped namespace {namespace} ({checkpoints} stored checkpoint(s), "
+            f"{indexes} neighbour index(es) deleted)"
+        )

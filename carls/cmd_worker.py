@@ -84,6 +84,7 @@ def worker(
     """
     from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
+    from carls.bank.indexes import CassandraLeases, SharedIndexes
     from carls.bank.session import Connection
     from carls.bank.verdicts import CassandraCrashes, CassandraVerdicts
     from carls.cli import settings_of
@@ -100,6 +101,8 @@ def worker(
         kafka=settings.kafka,
         topics=settings.topics,
         app_id=app_id or f"{settings.topic_prefix}-makers",
+        topic_replication=settings.topic_replication,
+        neighbours_exact_below=settings.neighbours_exact_below,
         stats_path=Path(stats) if stats else None,
         data_dir=settings.state_dir.resolve() / "faust",
         makers=chosen,
@@ -116,11 +119,18 @@ def worker(
     )
     level = ctx.find_root().params.get("log_level", "WARNING").lower()
     with Connection(settings.cassandra) as cassandra:
+        blobs = CassandraBlobs(cassandra).start()
+        spool = settings.state_dir.resolve() / "indexes"
+        spool.mkdir(parents=True, exist_ok=True)
+        indexes = SharedIndexes(
+            blobs, CassandraLeases(cassandra).start(), f"carls-maker@{cfg.worker}", spool=spool
+        )
         run_worker(
             cfg,
             CassandraBank(cassandra).start(),
             CassandraVerdicts(cassandra).start(),
             CassandraCrashes(cassandra).start(),
-            settings.artifact_store(CassandraBlobs(cassandra).start()),
+            settings.artifact_store(blobs),
             loglevel={"warning": "warn"}.get(level, level),
+            indexes=indexes,
         )

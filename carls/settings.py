@@ -18,8 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from carls.bank.artifacts import DESTINATIONS, ArtifactStore
 from carls.bank.blobs import BlobStore
-from carls.bank.session import CassandraConfig
-from carls.infra.config import InfraConfig
+from carls.bank.session import CassandraConfig, check_consistency
+from carls.infra.config import InfraConfig, recorded_nodes
 from carls.schemas.errors import SchemaError
 from carls.schemas.names import validate_name
 from carls.streams.config import KafkaConnection
@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     kafka_heap_mb: int = _INFRA["kafka_heap_mb"]
     cassandra_heap_mb: int = _INFRA["cassandra_heap_mb"]
     infra_ready_timeout_s: float = _INFRA["ready_timeout_s"]
+    nodes: int | None = Field(
+        None,
+        ge=1,
+        le=9,
+        description="nodes of the local stack (each Kafka broker and Cassandra node on its "
+        "own loopback address); default: what `carls infra up --nodes` last made in the "
+        "state folder, else 1. Also sets the default hosts, brokers and replication below",
+    )
 
     # Kafka connection (defaults to the local stack)
     kafka_bootstrap_servers: str | None = Field(
@@ -69,7 +77,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     topic_prefix: str = Field("carls", description="topics are <prefix>.jobs, ...")
-    replication_factor: int = 1
+    replication_factor: int | None = Field(
+        None, ge=1, description="copies of each topic's records; default min(3, nodes)"
+    )
     partitions_jobs: int = Field(
         4, ge=1, description="partitions of the jobs topic: at most this many trainers share it"
     )
@@ -84,8 +94,15 @@ class Settings(BaseSettings):
         None, description="comma-separated contact points; default: the local stack"
     )
     keyspace: str = _CASSANDRA["keyspace"]
-    cassandra_replication: dict[str, Any] = Field(
-        default_factory=lambda: dict(_CASSANDRA["replication"])
+    cassandra_replication: dict[str, Any] | None = Field(
+        None,
+        description="the keyspace's replication map; default SimpleStrategy with "
+        "min(3, nodes) copies",
+    )
+    cassandra_consistency: str = Field(
+        _CASSANDRA["consistency"],
+        description="consistency level of reads and writes (LOCAL_QUORUM: a majority of the "
+        "copies, so a read sees every acknowledged write while one node of three is down)",
     )
     cassandra_username: str | None = None
     cassandra_password: SecretStr | None = None
@@ -120,6 +137,12 @@ class Settings(BaseSettings):
         "machine reads them), 'file' (the checkpoint root: one machine) or an object-store "
         "URI prefix such as s3://bucket/carls (with its fsspec backend installed)",
     )
+    neighbours_exact_below: int = Field(
+        20_000,
+        ge=0,
+        description="namespaces with fewer ids get exact neighbours; larger ones an "
+        "approximate (HNSW) index, built once per checkpoint step",
+    )
     job_lease_s: float = Field(
         30.0,
         gt=1,
@@ -132,6 +155,11 @@ class Settings(BaseSettings):
     artifact_max_mb: int = Field(
         1024, ge=1, description="the largest checkpoint or data file carls stores or loads (MiB)"
     )
+
+    @field_validator("cassandra_consistency")
+    @classmethod
+    def _consistency_is_known(cls, value: str) -> str:
+        return check_consistency(value)
 
     @field_validator("checkpoint_store")
     @classmethod
@@ -149,10 +177,16 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from exc
 
     @cached_property
+    def node_count(self) -> int:
+        """``nodes``, else the node count of the stack in the state folder, else 1."""
+        return self.nodes or recorded_nodes(self.state_dir.resolve()) or _INFRA["nodes"]
+
+    @cached_property
     def infra(self) -> InfraConfig:
         return InfraConfig(
             state_dir=self.state_dir.resolve(),
             host=self.host,
+            nodes=self.node_count,
             kafka_port=self.kafka_port,
             kafka_controller_port=self.kafka_controller_port,
             cassandra_port=self.cassandra_port,
@@ -166,7 +200,8 @@ class Settings(BaseSettings):
 
     @cached_property
     def kafka(self) -> KafkaConnection:
-        servers = (self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}").split(",")
+        local = ",".join(f"{h}:{self.kafka_port}" for h in self._node_hosts)
+        servers = (self.kafka_bootstrap_servers or local).split(",")
         return KafkaConnection(
             bootstrap_servers=tuple(s.strip() for s in servers if s.strip()),
             security_protocol=self.kafka_security_protocol,
@@ -182,12 +217,17 @@ class Settings(BaseSettings):
 
     @cached_property
     def cassandra(self) -> CassandraConfig:
-        hosts = (self.cassandra_hosts or self.host).split(",")
+        hosts = (self.cassandra_hosts or ",".join(self._node_hosts)).split(",")
+        replication = self.cassandra_replication or {
+            "class": "SimpleStrategy",
+            "replication_factor": self.infra.replication,
+        }
         return CassandraConfig(
             hosts=tuple(h.strip() for h in hosts if h.strip()),
             port=self.cassandra_port,
             keyspace=self.keyspace,
-            replication=dict(self.cassandra_replication),
+            replication=dict(replication),
+            consistency=self.cassandra_consistency,
             username=self.cassandra_username,
             password=(
                 self.cassandra_password.get_secret_value() if self.cassandra_password else None
@@ -201,6 +241,16 @@ class Settings(BaseSettings):
             writes_in_flight=self.cassandra_writes_in_flight,
             namespace_cache_s=self.cassandra_namespace_cache_s,
         )
+
+    @property
+    def _node_hosts(self) -> list[str]:
+        return [self.infra.node_host(i) for i in range(self.node_count)]
+
+    @property
+    def topic_replication(self) -> int:
+        """Copies of each topic's records (``replication_factor``, else one per node, at
+        most three)."""
+        return self.replication_factor or self.infra.replication
 
     @cached_property
     def topics(self) -> Topics:

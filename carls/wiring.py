@@ -36,7 +36,7 @@ def bring_up(settings: Settings, say: Callable[[str], None] = lambda _: None) ->
         )
     report.topics_created = ensure_topics(
         settings.kafka,
-        topic_specs(settings.topics, settings.partitions, settings.replication_factor),
+        topic_specs(settings.topics, settings.partitions, settings.topic_replication),
     )
     say(
         f"topics: {len(report.topics_created)} created"

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from carls.bank.ann import EXACT_BELOW, VectorIndex
 from carls.bank.errors import DimensionError
+from carls.bank.indexes import SharedIndexes
 from carls.bank.protocol import MakerBank
 from carls.bank.rows import check_batch
-from carls.bank.types import F32, KnowledgeBatch, Lineage, NamespaceSpec
+from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec
 from carls.makers.checkpoints import LoadedModel, ModelCache
-from carls.makers.compute import knowledge_batch, neighbours_batch, top_k_neighbours
+from carls.makers.compute import index_neighbours, knowledge_batch, neighbours_batch
 from carls.schemas import CheckpointManifest
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,19 @@ class StageTimes:
     infer_s: float = 0.0
     write_s: float = 0.0
     examples: int = 0
+    pool_s: float = 0.0
+    """Building or loading neighbour indexes (``Maker.pool``, also ahead of a campaign's
+    neighbour batches)."""
+    search_s: float = 0.0
+    """Neighbour queries against them."""
 
     def add(self, other: StageTimes) -> None:
         self.fetch_s += other.fetch_s
         self.infer_s += other.infer_s
         self.write_s += other.write_s
         self.examples += other.examples
+        self.pool_s += other.pool_s
+        self.search_s += other.search_s
 
 
 class Maker:
@@ -64,13 +73,20 @@ class Maker:
         cache: ModelCache,
         makers: Sequence[str] = MAKERS,
         worker: str = "maker",
+        exact_below: int = EXACT_BELOW,
+        indexes: SharedIndexes | None = None,
     ) -> None:
         self.bank = bank
+        self.exact_below = exact_below
+        """Namespaces with fewer ids get exact neighbours; larger ones an HNSW index."""
+        self.indexes = indexes
+        """Where indexes are shared with the other workers (None: each builds its own)."""
         self.cache = cache
         self.makers = tuple(makers)
         self.worker = worker
         self.times = StageTimes()
-        self._pools: dict[tuple[str, int, str], tuple[list[str], F32]] = {}
+        self._pools: dict[tuple[str, int, str], tuple[list[str], VectorIndex]] = {}
+        self._positions: dict[tuple[str, int, str], dict[str, int]] = {}
         self._pool_lock = threading.Lock()
         self._writers = ThreadPoolExecutor(max_workers=len(MAKERS), thread_name_prefix="write")
 
@@ -124,6 +140,8 @@ class Maker:
         model = self.cache.get(manifest)
         kinds = self.kinds_for(spec, wanted)
         out = Outcome(manifest.namespace, manifest.step)
+        if kinds == ["neighbours"] and self._pooled_neighbours(spec, model, ids, out):
+            return out
         t0 = time.perf_counter()
         ex = self.bank.fetch_examples(manifest.namespace, list(dict.fromkeys(ids)))
         t1 = time.perf_counter()
@@ -139,6 +157,7 @@ class Maker:
         labels = ex.labels[present]
         modalities = [(ex.modalities or [""] * len(ex.ids))[i] for i in present]
         batches: dict[str, KnowledgeBatch] = {}
+        pool_s = search_s = 0.0
         for kind in kinds:
             if kind.startswith("embedding/"):
                 sel = [j for j, m in enumerate(modalities) if m == kind.split("/", 1)[1]]
@@ -147,11 +166,20 @@ class Maker:
                         kind, [pids[j] for j in sel], emb[sel], probs[sel]
                     )
             elif kind == "neighbours":
-                batches[kind] = self._neighbours(spec, model, pids, emb)
+                ta = time.perf_counter()
+                pool_ids, index = self.pool(spec, model)
+                tb = time.perf_counter()
+                position = self._positions[(spec.name, model.step, model.manifest.sha256)]
+                nids, scores = index_neighbours(
+                    pids, emb, pool_ids, index, spec.dim(kind), position
+                )
+                batches[kind] = neighbours_batch(pids, nids, scores)
+                pool_s, search_s = tb - ta, time.perf_counter() - tb
             else:
                 batches[kind] = knowledge_batch(kind, pids, emb, probs, labels)
         # Kinds are written concurrently: one kind's rows are bound while another's are
         # in flight to Cassandra.
+        t_made = time.perf_counter()
         futures = {
             kind: self._writers.submit(self.bank.write, manifest.namespace, kind, batch, lineage)
             for kind, batch in batches.items()
@@ -160,40 +188,91 @@ class Maker:
             out.written[kind] = future.result()
         t3 = time.perf_counter()
         out.processed = len(pids)
-        self.times.add(StageTimes(t1 - t0, t2 - t1, t3 - t2, len(pids)))
+        made_s = t_made - t2 - pool_s - search_s  # the other kinds' arithmetic
+        write_s = t3 - t_made + made_s
+        self.times.add(StageTimes(t1 - t0, t2 - t1, write_s, len(pids), 0.0, search_s))
         return out
 
-    def _neighbours(
-        self, spec: NamespaceSpec, model: LoadedModel, ids: list[str], emb: F32
-    ) -> KnowledgeBatch:
-        pool_ids, pool = self.pool(spec, model)
-        k = spec.dim("neighbours")
-        nids, scores = top_k_neighbours(ids, emb, pool_ids, pool, k)
-        return neighbours_batch(ids, nids, scores)
+    def _pooled_neighbours(
+        self, spec: NamespaceSpec, model: LoadedModel, ids: Sequence[str], out: Outcome
+    ) -> bool:
+        """Neighbours of ``ids`` written from the pool alone (its vectors are the queries:
+        no example fetch, no inference), when the pool is built and holds every one of
+        them; False (nothing done) otherwise."""
+        key = (spec.name, model.step, model.manifest.sha256)
+        with self._pool_lock:
+            pool, position = self._pools.get(key), self._positions.get(key)
+        if pool is None or position is None:
+            return False
+        unique = list(dict.fromkeys(ids))
+        rows = [position.get(i, -1) for i in unique]
+        if not unique or min(rows) < 0:
+            return False
+        pool_ids, index = pool
+        t0 = time.perf_counter()
+        queries = index.vectors(np.asarray(rows, np.int64))
+        nids, scores = index_neighbours(
+            unique, queries, pool_ids, index, spec.dim("neighbours"), position
+        )
+        batch = neighbours_batch(unique, nids, scores)
+        t1 = time.perf_counter()
+        lineage = Lineage(model.step, f"{self.worker}", model.fingerprint)
+        out.written["neighbours"] = self.bank.write(spec.name, "neighbours", batch, lineage)
+        out.processed = len(unique)
+        self.times.add(StageTimes(0.0, 0.0, time.perf_counter() - t1, len(unique), 0.0, t1 - t0))
+        return True
 
-    def pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], F32]:
-        """The embeddings of every registered example under ``model``, computed once per
-        (namespace, step): neighbours are exact among one model generation, complete even
-        while a refresh campaign is still writing that generation's embeddings."""
+    def prepare_pool(self, spec: NamespaceSpec, manifest: CheckpointManifest) -> None:
+        """Build (or load) the pool of ``manifest``'s step ahead of its neighbour batches."""
+        self.pool(spec, self.cache.get(manifest))
+
+    def pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
+        """The embeddings of every registered example under ``model``, indexed once per
+        (namespace, step): neighbours come from one model generation, complete even while a
+        refresh campaign is still writing that generation's embeddings; exact under
+        ``exact_below`` ids, from an HNSW index above. With ``indexes``, one worker builds
+        it and the others load it from the bank."""
         key = (spec.name, model.step, model.manifest.sha256)
         with self._pool_lock:
             hit = self._pools.get(key)
             if hit is not None:
                 return hit
-            ids: list[str] = []
-            for bucket in range(spec.buckets):
-                ids += self.bank.example_ids(spec.name, bucket)
-            parts = []
-            for s in range(0, len(ids), POOL_CHUNK):
-                ex = self.bank.fetch_examples(spec.name, ids[s : s + POOL_CHUNK])
-                parts.append(model.infer(ex.features)[0])
-            pool = (
-                np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)
-            )
+            t0 = time.perf_counter()
+            if self.indexes is None:
+                pool, source = self._build_pool(spec, model), "built"
+            else:
+                pool, source = self.indexes.get(
+                    spec.name,
+                    spec.created_at,
+                    model.step,
+                    model.manifest.sha256,
+                    lambda: self._build_pool(spec, model),
+                )
             for old in [k for k in self._pools if k[0] == spec.name]:
-                del self._pools[old]
-            self._pools[key] = (ids, pool)
+                del self._pools[old], self._positions[old]
+            self._pools[key] = pool
+            self._positions[key] = {pid: j for j, pid in enumerate(pool[0])}
+            self.times.pool_s += time.perf_counter() - t0
+            ids, index = pool
             log.info(
-                "neighbour pool for %s step %d: %d embeddings", spec.name, model.step, len(ids)
+                "neighbour pool for %s step %d: %d embeddings, %s, %s (%.1f s, %.0f MiB)",
+                spec.name,
+                model.step,
+                len(ids),
+                "exact" if index.exact else "HNSW index",
+                source,
+                time.perf_counter() - t0,
+                index.memory_bytes / 2**20,
             )
-            return ids, pool
+            return pool
+
+    def _build_pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
+        ids: list[str] = []
+        for bucket in range(spec.buckets):
+            ids += self.bank.example_ids(spec.name, bucket)
+        parts = []
+        for s in range(0, len(ids), POOL_CHUNK):
+            ex = self.bank.fetch_examples(spec.name, ids[s : s + POOL_CHUNK])
+            parts.append(model.infer(ex.features)[0])
+        vectors = np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)
+        return ids, VectorIndex(vectors, exact_below=self.exact_below)

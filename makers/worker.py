@@ -43,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from carls.bank.ann import EXACT_BELOW
 from carls.bank.artifacts import ArtifactStore
 from carls.bank.errors import DimensionError, NamespaceError
+from carls.bank.indexes import SharedIndexes
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import NamespaceSpec
 from carls.bank.verdicts import CheckpointVerdicts, RecordCrashes, record_key
@@ -76,7 +78,11 @@ class WorkerConfig:
     kafka: KafkaConnection
     topics: Topics
     app_id: str = "carls-makers"
+    topic_replication: int = 1
+    """Copies of the topics Faust declares for itself."""
     makers: tuple[str, ...] = MAKERS
+    neighbours_exact_below: int = EXACT_BELOW
+    """Namespaces with fewer ids get exact neighbours, larger ones an HNSW index."""
     concurrency: int = 1
     fetch_messages: int = 32
     """Id-batch messages per fetch (each holds up to ``campaign_batch_ids`` ids)."""
@@ -111,6 +117,7 @@ class Makers:
         verdicts: CheckpointVerdicts,
         crashes: RecordCrashes,
         artifacts: ArtifactStore,
+        indexes: SharedIndexes | None = None,
     ) -> None:
         self.cfg = cfg
         self.bank = bank
@@ -118,7 +125,15 @@ class Makers:
         self.crashes = crashes
         self._crash_seen: dict[str, tuple[float, dict[str, int]]] = {}
         self.cache = ModelCache(artifacts, max_per_namespace=2)
-        self.maker = Maker(self.bank, self.cache, cfg.makers, worker=f"carls-maker@{cfg.worker}")
+        self.maker = Maker(
+            self.bank,
+            self.cache,
+            cfg.makers,
+            worker=f"carls-maker@{cfg.worker}",
+            exact_below=cfg.neighbours_exact_below,
+            indexes=indexes,
+        )
+        self.indexes = indexes
         self.view = ManifestView(cfg.kafka, cfg.topics.checkpoints, cfg.max_step_ahead)
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 2, thread_name_prefix="maker")
         self.campaigned: dict[str, tuple[float, int]] = {}
@@ -143,6 +158,7 @@ class Makers:
             broker_session_timeout=cfg.session_timeout_s,
             broker_heartbeat_interval=max(1.0, cfg.session_timeout_s / 5),
             broker_rebalance_timeout=cfg.session_timeout_s * 3,
+            topic_replication_factor=cfg.topic_replication,
             **({"datadir": str(cfg.data_dir)} if cfg.data_dir is not None else {}),
         )
         raw = {"value_serializer": "raw", "key_serializer": "raw"}
@@ -203,9 +219,11 @@ class Makers:
             "fetch_s": t.fetch_s,
             "infer_s": t.infer_s,
             "write_s": t.write_s,
+            "pool_s": t.pool_s,
+            "search_s": t.search_s,
             "busy_s": self.busy_s,
             "span_s": span,
-            "consume_s": max(0.0, span - t.fetch_s - t.infer_s - t.write_s),
+            "consume_s": max(0.0, span - t.fetch_s - t.infer_s - t.write_s - t.pool_s - t.search_s),
             "first_batch_at": self.first_batch_at,
             "last_batch_at": self.last_batch_at,
         }
@@ -222,6 +240,8 @@ class Makers:
         self.bank.close()
         self.verdicts.close()
         self.crashes.close()
+        if self.indexes is not None:
+            self.indexes.leases.close()
 
     # Broken checkpoints ---------------------------------------------------------------------
     async def broken(self, spec: NamespaceSpec) -> set[str]:
@@ -390,23 +410,47 @@ class Makers:
             await self._dead_letter(event, reason + "previous model keeps serving", exc)
             return
         campaign = f"{ns}@{manifest.step}-{uuid.uuid4().hex[:6]}"
-        total = 0
-        for bucket in range(spec.buckets):
-            ids = await self._run(self.bank.example_ids, ns, bucket)
-            for s in range(0, len(ids), self.cfg.campaign_batch_ids):
-                chunk = ids[s : s + self.cfg.campaign_batch_ids]
-                batch = ExampleBatch(
-                    namespace=ns,
-                    ids=chunk,
-                    priority="refresh",
-                    step=manifest.step,
-                    campaign=campaign,
-                )
-                await self.t_examples.send(key=f"{ns}/{bucket}/{s}".encode(), value=encode(batch))
-            total += len(ids)
-        self.campaigned[ns] = generation
+        buckets = [await self._run(self.bank.example_ids, ns, b) for b in range(spec.buckets)]
+        total = sum(len(ids) for ids in buckets)
+        # A namespace big enough for a neighbour index is refreshed in two phases: every
+        # other kind at once while the index is built (here, or loaded if another worker
+        # built it), then the neighbours, queried from the index's own vectors.
+        staged = (
+            "neighbours" in self.maker.kinds_for(spec, ())
+            and total >= self.cfg.neighbours_exact_below
+        )
+        first = tuple(k for k in spec.kinds if k != "neighbours") if staged else ()
+        await self._publish_campaign(ns, manifest.step, campaign, buckets, first)
         log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
         await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
+        if staged:
+            await self._run(self.maker.prepare_pool, spec, manifest)
+            await self._publish_campaign(ns, manifest.step, campaign, buckets, ("neighbours",))
+            log.info("campaign %s: neighbours of %d ids published", campaign, total)
+        self.campaigned[ns] = generation
+
+    async def _publish_campaign(
+        self,
+        ns: str,
+        step: int,
+        campaign: str,
+        buckets: list[list[str]],
+        kinds: tuple[str, ...],
+    ) -> None:
+        """Publish a campaign's id batches (of ``kinds``; all when empty) to ``examples``."""
+        suffix = "/" + ",".join(kinds) if kinds else ""
+        for bucket, ids in enumerate(buckets):
+            for s in range(0, len(ids), self.cfg.campaign_batch_ids):
+                batch = ExampleBatch(
+                    namespace=ns,
+                    ids=ids[s : s + self.cfg.campaign_batch_ids],
+                    priority="refresh",
+                    step=step,
+                    campaign=campaign,
+                    kinds=list(kinds),
+                )
+                key = f"{ns}/{bucket}/{s}{suffix}".encode()
+                await self.t_examples.send(key=key, value=encode(batch))
 
     async def _model_manifest(
         self, spec: NamespaceSpec, step: int, wait_s: float = 30.0
@@ -608,13 +652,14 @@ def run_worker(
     crashes: RecordCrashes,
     artifacts: ArtifactStore,
     loglevel: str = "warning",
+    indexes: SharedIndexes | None = None,
 ) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
     # checkpoint then costs a load, not the libraries' start-up
-    makers = Makers(cfg, bank, verdicts, crashes, artifacts)
+    makers = Makers(cfg, bank, verdicts, crashes, artifacts, indexes)
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()

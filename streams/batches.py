@@ -57,6 +57,10 @@ class BatchStats:
     records: int = 0
 
 
+MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
+"""How long one fetch may be in hand before the group takes its partitions away."""
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: BatchConsumer) -> None:
         self.owner = owner
@@ -133,6 +137,9 @@ class BatchConsumer(Service):
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(1000, session_ms // 5),
             rebalance_timeout_ms=session_ms * 3,
+            # A fetch may wait on a neighbour index of a large namespace (minutes): a dead
+            # worker is found by its heartbeats (session timeout), not by this.
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         )
         consumer.subscribe(list(self.topics), listener=_Listener(self))
         await consumer.start()

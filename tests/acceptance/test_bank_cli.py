@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from carls.bank.ann import VectorIndex
 from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import NamespaceError
+from carls.bank.indexes import index_name
 from carls.bank.types import (
     DEFAULT_BUCKETS,
     NO_LABEL,
@@ -278,6 +280,41 @@ def test_neighbours(world: World, unique: str, carls: CarlsRun, tmp_path: Path) 
     )
 
 
+def test_neighbours_from_the_index_the_makers_saved(
+    world: World, unique: str, carls: CarlsRun, tmp_path: Path
+) -> None:
+    ns = world.populate(unique)
+    created = world.bank.namespace(ns).created_at
+    # The makers' index of step 200: every registered id under the step-200 model (the
+    # stored embeddings of NEW, and what that model gives the others), as an HNSW graph.
+    pool = np.concatenate([world.emb200, _vectors(300, len(IDS) - len(NEW), 8)])
+    index = VectorIndex(pool, exact_below=4)
+    assert not index.exact
+    index.save(tmp_path / "index", IDS)
+    blobs = CassandraBlobs(world.bank.connection).start()
+    try:
+        blobs.put(f"indexes/{ns}", index_name(created, 200, "ab" * 32), tmp_path / "index")
+        got = carls("bank", "neighbours", ns, "--id", "id00", "-k", "3", "--json")
+        assert "approximate: HNSW index of step 200 (12 ids)" in got.stderr
+        want_ids, want_scores = _cosine_top(pool[1:], IDS[1:], pool[0], 3)
+        assert [g["id"] for g in json_of(got)] == want_ids  # 12 points: the graph is exact
+        assert [g["score"] for g in json_of(got)] == pytest.approx(want_scores.tolist(), abs=1e-5)
+        # --exact scans the stored step-200 embeddings instead (NEW only)
+        exact = carls("bank", "neighbours", ns, "--id", "id00", "-k", "3", "--exact", "--json")
+        assert "exact: every embedding vector of the step scanned" in exact.stderr
+        want_ids, _ = _cosine_top(world.emb200[1:], NEW[1:], world.emb200[0], 3)
+        assert [g["id"] for g in json_of(exact)] == want_ids
+        # more neighbours asked than there are ids: all of them, and a count
+        many = carls("bank", "neighbours", ns, "--id", "id00", "-k", "50", "--json")
+        assert len(json_of(many)) == 11 and "50 asked, 11 there" in many.stderr
+        # an id whose newest embedding is from step 100 has no index: scanned
+        old = carls("bank", "neighbours", ns, "--id", "id09", "--json")
+        assert "exact" in old.stderr and {g["step"] for g in json_of(old)} == {100}
+    finally:
+        blobs.delete_scope(f"indexes/{ns}")
+        blobs.close()
+
+
 def test_export_then_import_under_a_new_name(
     world: World, unique: str, carls: CarlsRun, tmp_path: Path
 ) -> None:
@@ -351,6 +388,7 @@ def test_drop_asks_unless_yes(world: World, unique: str, carls: CarlsRun, tmp_pa
     artifact = tmp_path / "step-000000000001.keras"
     artifact.write_bytes(b"a checkpoint")
     blobs.put(f"checkpoints/{ns}", artifact.name, artifact)
+    blobs.put(f"indexes/{ns}", "g1-step-000000000001-ab", artifact)
     kept = carls("bank", "drop", ns, input_text="n\n")
     assert kept.returncode == 1 and "Traceback" not in kept.stderr
     assert f"drop namespace {ns} and all its knowledge?" in kept.stderr
@@ -358,9 +396,9 @@ def test_drop_asks_unless_yes(world: World, unique: str, carls: CarlsRun, tmp_pa
     assert ns in {s["name"] for s in json_of(carls("bank", "namespaces", "--json"))}
 
     dropped = json_of(carls("bank", "drop", ns, "--yes", "--json"))
-    assert dropped == {"dropped": ns, "checkpoints_deleted": 1}
+    assert dropped == {"dropped": ns, "checkpoints_deleted": 1, "indexes_deleted": 1}
     assert not world.exists(ns)
-    assert blobs.entries(f"checkpoints/{ns}") == []
+    assert blobs.entries(f"checkpoints/{ns}") == blobs.entries(f"indexes/{ns}") == []
     assert ns not in {s["name"] for s in json_of(carls("bank", "namespaces", "--json"))}
 
     again = world.populate(unique)  # same name: starts empty, then dropped by answering y

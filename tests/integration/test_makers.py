@@ -22,6 +22,7 @@ from carls.settings import Settings
 from carls.streams.manifests import latest_manifest
 from carls.trainers.checkpoints import publish_artifact
 from tests.integration.makers_support import MakerEnv, tiny_model
+from tests.stack_support import ProgressReader
 
 pytestmark = pytest.mark.integration
 KINDS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
@@ -246,19 +247,61 @@ def test_two_workers_share_a_campaign_and_one_killed_midway_leaves_nothing_behin
         env.publisher.manifest(env.save(10))
         env.wait_coverage(10, timeout=180)
         victim = env.workers[0]
-        env.publisher.manifest(env.save(20))
-        deadline = time.monotonic() + 120
-        while env.coverage().steps.get(20, 0) == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        done_at_kill = env.coverage().steps.get(20, 0)
-        assert 0 < done_at_kill < len(env.ids), "the campaign was not caught in the middle"
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=30)
-        covered = env.wait_coverage(20, KINDS, timeout=240)
-        for c in covered.values():
-            assert (c.at_newest, c.older, c.none) == (len(env.ids), 0, 0)
+        progress = ProgressReader(env.settings, env.ns)
+        try:
+            # The kill comes as the first batch of the campaign is reported written.
+            env.publisher.manifest(env.save(20))
+            deadline = time.monotonic() + 120
+            while progress.embedded(20) == 0:
+                assert time.monotonic() < deadline, "the campaign did not start"
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed_at = time.time()
+            victim.wait(timeout=30)
+            covered = env.wait_coverage(20, KINDS, timeout=240)
+            for c in covered.values():
+                assert (c.at_newest, c.older, c.none) == (len(env.ids), 0, 0)
+            before = progress.embedded(20, until=killed_at)
+            assert 0 < before < len(env.ids), "the campaign was not caught in the middle"
+        finally:
+            progress.close()
     finally:
         env.close()
+
+
+def test_above_the_threshold_one_worker_builds_the_steps_index_and_the_other_loads_it(
+    stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARLS_NEIGHBOURS_EXACT_BELOW", "1000")
+    monkeypatch.setenv("CARLS_LOG_LEVEL", "INFO")
+    env = MakerEnv(tmp_path, examples=8000, buckets=8)
+    blobs = CassandraBlobs(env.settings.cassandra).start()
+    try:
+        env.start_worker()
+        env.start_worker()
+        env.wait_members(2)
+        env.publisher.manifest(env.save(10))
+        covered = env.wait_coverage(10, KINDS, timeout=240)
+        for c in covered.values():
+            assert (c.at_newest, c.older, c.none) == (len(env.ids), 0, 0)
+        logs = "".join((env.tmp / f"worker-{i}.log").read_text() for i in range(2))
+        assert logs.count("HNSW index, built") == 1, env.worker_logs()
+        assert "HNSW index, loaded" in logs, env.worker_logs()
+        saved = blobs.entries(f"indexes/{env.ns}")
+        assert len(saved) == 1 and "-step-000000000010-" in saved[0].name
+        # the neighbours are the step-10 model's, close to exact ones
+        got = env.bank.read(env.ns, "neighbours", env.ids[:500], lineage=True)
+        assert set(got.steps.tolist()) == {10} and got.neighbour_ids is not None
+        pool = np.asarray(tiny_model(10)(env.features)[0])
+        unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+        hits = 0
+        for i, mine in enumerate(got.neighbour_ids):
+            scores = unit @ unit[i]
+            scores[i] = -np.inf
+            hits += len({env.ids[j] for j in np.argsort(-scores)[:5]} & set(mine))
+        assert hits / (5 * 500) >= 0.95
+    finally:
+        blobs.close()
+        env.close()  # the index goes with the namespace
 
 
 def _fields(m: CheckpointManifest) -> dict[str, object]:
@@ -363,11 +406,11 @@ def test_a_broken_manifest_far_ahead_is_believed_only_once_it_loads_also_after_a
 def test_a_batch_waiting_for_a_future_checkpoint_is_parked_and_holds_nothing_else_up(
     env: MakerEnv,
 ) -> None:
-    env.start_worker("--park", "20")
+    env.start_worker("--park", "600")  # longer than the test: only its checkpoint frees it
     env.publisher.manifest(env.save(10))
     env.wait_coverage(10)
     examples = env.settings.topics.examples
-    future = ExampleBatch(namespace=env.ns, ids=env.ids[:5], priority="refresh", step=10**6)
+    future = ExampleBatch(namespace=env.ns, ids=env.ids[:5], priority="refresh", step=1000)
     partition, parked_at = env.produce_raw(examples, encode(future), key=b"same")
     new_ids = [f"n{i:04d}" for i in range(50)]
     env.bank.register_examples(env.ns, new_ids, env.features[:50], [-1] * 50)
@@ -378,6 +421,24 @@ def test_a_batch_waiting_for_a_future_checkpoint_is_parked_and_holds_nothing_els
     env.wait_steps(new_ids, 10, timeout=60.0)
     # ... and the partition is not committed past the waiting one (a crash replays it)
     assert env.committed(examples).get(partition, -1) <= parked_at
-    # when its wait is over the newest model serves it, and the commits move on
+    # when the checkpoint it waits for comes, that model serves it, and the commits move on
+    env.publisher.manifest(env.save(1000))
+    env.wait_steps(env.ids[:5], 1000, timeout=120.0)
     env.wait_committed(examples, partition, after_at, timeout=120.0)
+    assert env.dead_letters(1, timeout=2.0) == []
+
+
+def test_a_parked_batch_whose_wait_is_over_is_served_by_the_newest_checkpoint(
+    env: MakerEnv,
+) -> None:
+    env.start_worker("--park", "3")
+    env.publisher.manifest(env.save(10))
+    env.wait_coverage(10)
+    examples = env.settings.topics.examples
+    new_ids = [f"n{i:04d}" for i in range(20)]
+    env.bank.register_examples(env.ns, new_ids, env.features[:20], [-1] * 20)
+    future = ExampleBatch(namespace=env.ns, ids=new_ids, priority="refresh", step=1000)
+    partition, at = env.produce_raw(examples, encode(future), key=b"same")
+    env.wait_steps(new_ids, 10, timeout=120.0)
+    env.wait_committed(examples, partition, at, timeout=120.0)
     assert env.dead_letters(1, timeout=2.0) == []

@@ -63,6 +63,57 @@ def test_process_writes_every_kind_at_the_checkpoints_step_from_its_own_outputs(
     assert nb.neighbour_ids[0] == expected
 
 
+def test_above_the_exact_threshold_neighbours_come_from_the_index_and_match_exact_ones(
+    made: tuple[MemoryBank, Maker, Any, Any, np.ndarray],
+) -> None:
+    bank, exact, manifest, _, _ = made
+    approximate = Maker(bank, exact.cache, worker="test", exact_below=10)
+    spec = bank.namespace("ns")
+    ids = [f"e{i}" for i in range(N)]
+    exact.process(spec, manifest, ids, ["neighbours"])
+    want = bank.read("ns", "neighbours", ids)
+    approximate.process(spec, manifest, ids, ["neighbours"])
+    got = bank.read("ns", "neighbours", ids, lineage=True)
+    assert not approximate.pool(spec, exact.cache.get(manifest))[1].exact
+    assert set(got.steps.tolist()) == {3}
+    assert got.neighbour_ids is not None and want.neighbour_ids is not None
+    hits = 0
+    for qid, mine, theirs in zip(ids, got.neighbour_ids, want.neighbour_ids, strict=True):
+        assert qid not in mine and len(mine) == K
+        hits += len(set(mine) & set(theirs))
+    assert hits / (K * N) >= 0.95
+
+
+def test_neighbours_carry_their_models_step_and_never_replace_a_newer_steps(
+    made: tuple[MemoryBank, Maker, Any, Any, np.ndarray], tmp_path: Path
+) -> None:
+    bank, maker, m3, model3, x = made
+    m5 = save_artifact(tiny_model(5), tmp_path, "ns", 5)
+    spec = bank.namespace("ns")
+    ids = [f"e{i}" for i in range(N)]
+
+    def expected(model: Any) -> list[list[str]]:
+        pool = np.asarray(model(x)[0])
+        unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+        scores = unit @ unit.T
+        np.fill_diagonal(scores, -np.inf)
+        return [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
+
+    # The bank already holds step-5 embeddings; step 3's neighbours still come from the
+    # step-3 model's embeddings, and say so.
+    maker.process(spec, m5, ids, ["embedding"])
+    maker.process(spec, m3, ids, ["neighbours"])
+    got = bank.read("ns", "neighbours", ids, lineage=True)
+    assert set(got.steps.tolist()) == {3}
+    assert got.neighbour_ids == expected(model3)
+    # Step 5's replace them; step 3's, made again late (a replayed batch), do not.
+    maker.process(spec, m5, ids, ["neighbours"])
+    maker.process(spec, m3, ids, ["neighbours"])
+    got = bank.read("ns", "neighbours", ids, lineage=True)
+    assert set(got.steps.tolist()) == {5}
+    assert got.neighbour_ids == expected(tiny_model(5))
+
+
 def test_only_the_kinds_asked_for_are_made(
     made: tuple[MemoryBank, Maker, Any, Any, np.ndarray],
 ) -> None:

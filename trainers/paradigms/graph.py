@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from carls.bank.similarity import top_k
+from carls.bank.ann import VectorIndex
 from carls.trainers.fields import Flag, Int, Number, existing_file
 from carls.trainers.paradigms.base import (
     F32,
@@ -147,10 +147,11 @@ class Graph(Plugin):
 
 
 def feature_graph(x: F32, k: int) -> tuple[I64, F32]:
-    """Exact cosine kNN of the input features (self excluded): the bootstrap graph."""
+    """Cosine kNN of the input features (self excluded): the bootstrap graph. Exact for
+    small datasets, from an HNSW index above ``ann.EXACT_BELOW`` examples."""
     n = len(x)
-    x = np.asarray(x, np.float32)
-    return top_k(x, x, min(k, n - 1), self_index=np.arange(n))
+    x = np.asarray(x, np.float32).reshape(n, -1)
+    return VectorIndex(x).search(x, min(k, n - 1), self_index=np.arange(n))
 
 
 def user_graph(path: Path, index: dict[str, int], k: int) -> tuple[I64, F32]:
