@@ -55,7 +55,20 @@ def example_spec(name: str, namespace: str, seed: int) -> JobSpec:
     return load_spec(raw)
 
 
-def _summary(accs: list[float]) -> dict[str, Any]:
+def drop_earlier_runs(
+    bank: CassandraBank, blobs: CassandraBlobs, settings: Settings, ours: Callable[[str], Any]
+) -> None:
+    """Drop the namespaces (and their checkpoints) that ``ours`` recognises as an earlier
+    demo run's: every run names fresh ones."""
+    for old in bank.namespaces():
+        if ours(old.name):
+            with contextlib.suppress(NamespaceError):
+                bank.drop_namespace(old.name)
+            blobs.delete_scope(f"checkpoints/{old.name}")
+            shutil.rmtree(settings.checkpoint_dir / old.name, ignore_errors=True)
+
+
+def summary(accs: list[float]) -> dict[str, Any]:
     return {
         "accuracies": accs,
         "mean": statistics.fmean(accs),
@@ -82,12 +95,7 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
         # namespace name, so a reused name would be served by the previous run's final
         # model (its step is ahead of every checkpoint of the new run). Earlier runs'
         # namespaces and checkpoints are dropped; this run's stay for `carls bank`.
-        for old in bank.namespaces():
-            if DEMO_NAMESPACE.fullmatch(old.name):
-                with contextlib.suppress(NamespaceError):
-                    bank.drop_namespace(old.name)
-                blobs.delete_scope(f"checkpoints/{old.name}")
-                shutil.rmtree(settings.checkpoint_dir / old.name, ignore_errors=True)
+        drop_earlier_runs(bank, blobs, settings, DEMO_NAMESPACE.fullmatch)
         run_id = uuid.uuid4().hex[:6]
         for seed in seeds:
             ns_base, ns_carls = f"demo_base_s{seed}_{run_id}", f"demo_carls_s{seed}_{run_id}"
@@ -106,8 +114,8 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
             cov.append(_settled_coverage(bank, ns_carls, spec.train.steps))
             say(f"seed {seed}: baseline {base[-1]:.4f}, carls {ours[-1]:.4f}")
         result |= {
-            "baseline": _summary(base),
-            "carls": _summary(ours),
+            "baseline": summary(base),
+            "carls": summary(ours),
             "coverage": cov,
             "staleness_mean_steps": stale,
             "job_ids": job_ids,

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The test suite: install if needed, lint and type-check, start the local stack if it is not
-# running (and stop it again afterwards), then run unit, contract, integration and acceptance
-# tests against the real Kafka and Cassandra. Extra arguments go to pytest.
+# The test suite: install if needed, start the local stack if it is not running (and stop it
+# again afterwards), lint and type-check, run the unit, contract, integration and acceptance
+# tests against the real Kafka and Cassandra, then the node-fault tests on a three-node stack
+# of their own (scripts/test_cluster.sh). Extra arguments go to every pytest.
+#
+# The learning tests (marker `learning`: minutes of training each, bound by one process's
+# CPU) run from the start alongside all of that (mostly waiting on Kafka and Cassandra), on
+# a stack of their own (scripts/test_learning.sh); their report follows the others'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy
 
 started_here=0
 if ! .venv/bin/carls infra status >/dev/null 2>&1; then
@@ -16,5 +17,33 @@ if ! .venv/bin/carls infra status >/dev/null 2>&1; then
   trap '.venv/bin/carls infra down || true' EXIT
 fi
 .venv/bin/carls infra up
-.venv/bin/python -m pytest tests/unit tests/contract tests/integration tests/acceptance "$@"
-if [ "$started_here" = 1 ]; then echo "stopping the stack this run started" >&2; fi
+
+learning_log="$(mktemp)"
+bash scripts/test_learning.sh "$@" >"$learning_log" 2>&1 &
+learning=$!
+
+status=0
+.venv/bin/ruff check . || status=$?
+.venv/bin/ruff format --check . || status=$?
+.venv/bin/mypy || status=$?
+.venv/bin/python -m pytest tests/unit tests/contract tests/integration tests/acceptance \
+  -m "not learning" --durations=25 "$@" || status=$?
+# Node faults on a three-node stack of its own (its own state folder and ports), while the
+# learning tests may still run.
+bash scripts/test_cluster.sh -p no:cacheprovider || status=$?
+
+learned=0
+wait "$learning" || learned=$?
+echo "================ the learning tests (run alongside the others) ================"
+cat "$learning_log"
+rm -f "$learning_log"
+if [ "$learned" != 0 ] && [ "$learned" != 5 ]; then  # 5: none selected by the arguments
+  status=$learned
+fi
+
+if [ "$started_here" = 1 ]; then
+  echo "stopping the stack this run started" >&2
+  .venv/bin/carls infra down
+  trap - EXIT
+fi
+exit "$status"

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.acceptance
 TRAIN_EXAMPLES = 1257  # digits' 1797 rows, 30% held out for test
 
 
+@pytest.mark.learning
 @pytest.mark.timeout(960)
 def test_demo_beats_the_supervised_baseline_with_knowledge_from_the_bank(
     stack: Settings, carls: CarlsRun
