@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import repeat
@@ -38,6 +38,7 @@ from carls.bank.rows import (
     check_examples,
     check_ids,
     check_lineage,
+    check_part_rows,
     check_quarantine,
     check_read,
     check_spec,
@@ -312,7 +313,7 @@ class CassandraBank(Store):
                 "prepare a write",
                 lambda: self.session.prepare(
                     f"INSERT INTO knowledge (ns, kind, bucket, {', '.join(cols)}) "
-                    f"VALUES (?, ?, ?, {', '.join('?' * len(cols))}) USING TIMESTAMP ? AND TTL ?"
+                    f"VALUES (?, ?, ?, {', '.join('?' * len(cols))}) USING TIMESTAMP ? AND TTL ?",
                 ),
             )
         return stmt
@@ -357,6 +358,29 @@ class CassandraBank(Store):
             ],
         )
         return assemble(kind, dim, [r.id for r in rows], rows, True)
+
+    def scan_parts(
+        self, namespace: str, kind: str, bucket: int, rows: int
+    ) -> Iterator[KnowledgeRead]:
+        ns = self._lookup(namespace)
+        dim = ns.spec.dim(kind)
+        bucket = check_bucket(ns.spec, bucket)
+        rows = check_part_rows(rows)
+        result = backend(
+            "scan knowledge", lambda: self.session.execute(self._q_scan, (ns.uid, kind, bucket))
+        )
+        part: list[Stored] = []
+        while True:  # the driver's pages, one at a time
+            for r in result.current_rows:
+                part.append(Stored(*r))
+                if len(part) == rows:
+                    yield assemble(kind, dim, [s.id for s in part], part, True)
+                    part = []
+            if not result.has_more_pages:
+                break
+            backend("scan knowledge", result.fetch_next_page)
+        if part:
+            yield assemble(kind, dim, [s.id for s in part], part, True)
 
     def quarantine(
         self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +33,7 @@ from carls.bank.rows import (
     check_examples,
     check_ids,
     check_lineage,
+    check_part_rows,
     check_quarantine,
     check_read,
     check_spec,
@@ -245,16 +246,28 @@ class MemoryBank:
         return assemble(kind, spec.dim(kind), ids, found, lineage, current_step, max_staleness)
 
     def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
+        dim, live = self._live(namespace, kind, bucket)
+        return assemble(kind, dim, [r.id for r in live], live, True)
+
+    def scan_parts(
+        self, namespace: str, kind: str, bucket: int, rows: int
+    ) -> Iterator[KnowledgeRead]:
+        rows = check_part_rows(rows)
+        dim, live = self._live(namespace, kind, bucket)
+        for start in range(0, len(live), rows):
+            part = live[start : start + rows]
+            yield assemble(kind, dim, [r.id for r in part], part, True)
+
+    def _live(self, namespace: str, kind: str, bucket: int) -> tuple[int, list[Stored]]:
         spec = self._spec(namespace)
-        spec.dim(kind)
+        dim = spec.dim(kind)
         bucket = check_bucket(spec, bucket)
         with self._lock:
             ns = self._current(spec)
             now = self._clock()
             ttl = spec.ttl_s.get(kind)
             rows = ns.rows[kind][bucket] if kind in ns.rows else {}
-            live = [r.stored for i, r in sorted(rows.items()) if not _expired(r, ttl, now)]
-        return assemble(kind, spec.dim(kind), [r.id for r in live], live, True)
+            return dim, [r.stored for i, r in sorted(rows.items()) if not _expired(r, ttl, now)]
 
     def quarantine(
         self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None

@@ -70,6 +70,12 @@ class KnowledgeStore(NamespaceLookup, Protocol):
     def scan(self, namespace: str, kind: str, bucket: int) -> KnowledgeRead:
         """All knowledge rows of a kind in one bucket (for export, coverage, neighbours)."""
 
+    def scan_parts(
+        self, namespace: str, kind: str, bucket: int, rows: int
+    ) -> Iterator[KnowledgeRead]:
+        """The rows of ``scan``, in the same order, in parts of at most ``rows``: memory
+        bounded by a part however large the bucket (export)."""
+
     def quarantine(
         self, namespace: str, from_step: int, to_step: int, kinds: Sequence[str] | None = None
     ) -> int:

@@ -186,6 +186,12 @@ def check_bucket(spec: NamespaceSpec, bucket: object) -> int:
     return int(bucket)
 
 
+def check_part_rows(rows: object) -> int:
+    if not _is_int(rows) or isinstance(rows, bool) or rows < 1:
+        raise ValueRejectedError(f"rows: parts need a positive int of rows, got {rows!r}")
+    return int(rows)
+
+
 def check_read(
     spec: NamespaceSpec, kind: str, ids: Sequence[str], max_staleness: int | None
 ) -> list[str]:

@@ -19,7 +19,7 @@ from bank_contract_support import (
 )
 
 from carls.bank.errors import DimensionError, KnowledgeKindError, NamespaceError, ValueRejectedError
-from carls.bank.protocol import KnowledgeBank, scan_all
+from carls.bank.protocol import KnowledgeBank, concat_reads, scan_all
 from carls.bank.types import KnowledgeBatch, KnowledgeRead, Lineage, bucket_of
 
 
@@ -163,12 +163,23 @@ def test_scan_returns_a_bucket_sorted_with_lineage(
         assert part.classes is not None and batch.classes is not None
         assert part.classes.tolist() == [int(batch.classes[ids.index(i)]) for i in part.ids]
         seen += part.ids
+        pieces = list(bank.scan_parts(spec.name, "pseudo_label", bucket, 4))
+        assert [len(p.ids) for p in pieces] == [
+            min(4, len(part.ids) - s) for s in range(0, len(part.ids), 4)
+        ]
+        joined = concat_reads("pseudo_label", 5, pieces)
+        assert joined.ids == part.ids and joined.values.tobytes() == part.values.tobytes()
+        assert joined.makers == part.makers and joined.steps.tolist() == part.steps.tolist()
     assert sorted(seen) == sorted(ids)
     everything = scan_all(bank, spec.name, "pseudo_label")
     assert sorted(everything.ids) == sorted(ids)
     assert bank.scan(spec.name, "embedding", 0).ids == []
+    assert list(bank.scan_parts(spec.name, "embedding", 0, 4)) == []
     with pytest.raises(ValueRejectedError):
         bank.scan(spec.name, "pseudo_label", 3)
+    for bad_rows in (0, -1, 2.0, True):
+        with pytest.raises(ValueRejectedError, match="rows"):
+            list(bank.scan_parts(spec.name, "pseudo_label", 0, bad_rows))  # type: ignore[arg-type]
 
 
 def test_staleness_marks_old_rows_and_never_missing_ones(

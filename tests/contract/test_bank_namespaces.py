@@ -97,6 +97,7 @@ UNKNOWN_NAMESPACE_CALLS: dict[str, Callable[[KnowledgeBank, str], object]] = {
     ),
     "read": lambda b, n: b.read(n, "embedding", ["a"]),
     "scan": lambda b, n: b.scan(n, "embedding", 0),
+    "scan_parts": lambda b, n: list(b.scan_parts(n, "embedding", 0, 10)),
     "quarantine": lambda b, n: b.quarantine(n, 0, 10),
 }
 
