@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Protocol
 from cassandra.cluster import ResponseFuture, Session
 
 from carls.bank.errors import BlobCorruptError, BlobMissingError, BlobTooLargeError
-from carls.bank.session import Store, backend
+from carls.bank.session import Store, backend, prepare
 from carls.schemas.errors import InvalidValueError
 
 CHUNK_BYTES = 1 << 20
@@ -316,22 +316,24 @@ class _CassandraRows:
     def __init__(self, session: Session, in_flight: int) -> None:
         self.session = session
         self.in_flight = in_flight
-        self._put_index = session.prepare(
+        self._put_index = prepare(
+            session,
             "INSERT INTO blob_index (scope, name, sha256, size, chunks, chunk_bytes, "
-            "created_at, meta, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "created_at, meta, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         columns = "scope, name, sha256, size, chunks, chunk_bytes, created_at, meta, pending"
-        self._get_index = session.prepare(
-            f"SELECT {columns} FROM blob_index WHERE scope = ? AND name = ?"
+        self._get_index = prepare(
+            session, f"SELECT {columns} FROM blob_index WHERE scope = ? AND name = ?"
         )
-        self._scan_index = session.prepare(f"SELECT {columns} FROM blob_index WHERE scope = ?")
-        self._delete_index = session.prepare("DELETE FROM blob_index WHERE scope = ? AND name = ?")
+        self._scan_index = prepare(session, f"SELECT {columns} FROM blob_index WHERE scope = ?")
+        self._delete_index = prepare(session, "DELETE FROM blob_index WHERE scope = ? AND name = ?")
         key = "scope = ? AND name = ? AND sha256 = ? AND chunk = ?"
-        self._put_chunk = session.prepare(
-            "INSERT INTO blob_chunks (scope, name, sha256, chunk, data) VALUES (?, ?, ?, ?, ?)"
+        self._put_chunk = prepare(
+            session,
+            "INSERT INTO blob_chunks (scope, name, sha256, chunk, data) VALUES (?, ?, ?, ?, ?)",
         )
-        self._get_chunk = session.prepare(f"SELECT data FROM blob_chunks WHERE {key}")
-        self._delete_chunk = session.prepare(f"DELETE FROM blob_chunks WHERE {key}")
+        self._get_chunk = prepare(session, f"SELECT data FROM blob_chunks WHERE {key}")
+        self._delete_chunk = prepare(session, f"DELETE FROM blob_chunks WHERE {key}")
 
     @staticmethod
     def _info(row: Any) -> tuple[BlobInfo, bool]:

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from itertools import repeat
 from typing import Any, NamedTuple
 
@@ -44,7 +45,7 @@ from carls.bank.rows import (
     check_spec,
     encode,
 )
-from carls.bank.session import CassandraConfig, Connection, Store, backend
+from carls.bank.session import CassandraConfig, Connection, Store, backend, prepare
 from carls.bank.types import (
     F32,
     NO_LABEL,
@@ -105,7 +106,7 @@ class CassandraBank(Store):
         self._ns: dict[str, _Ns] = {}
 
     def prepare(self, s: Session) -> None:
-        p: Callable[[str], PreparedStatement] = s.prepare
+        p: Callable[[str], PreparedStatement] = partial(prepare, s)
         cols = ", ".join(READ_COLUMNS)
         lin = ", ".join(LINEAGE_COLUMNS)
         ns_cols = ", ".join(_NsRow._fields)
@@ -311,7 +312,8 @@ class CassandraBank(Store):
         if stmt is None:
             stmt = self._q_ins[cols] = backend(
                 "prepare a write",
-                lambda: self.session.prepare(
+                lambda: prepare(
+                    self.session,
                     f"INSERT INTO knowledge (ns, kind, bucket, {', '.join(cols)}) "
                     f"VALUES (?, ?, ?, {', '.join('?' * len(cols))}) USING TIMESTAMP ? AND TTL ?",
                 ),

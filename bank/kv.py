@@ -9,21 +9,21 @@ import threading
 
 from cassandra.cluster import Session
 
-from carls.bank.session import Store, backend
+from carls.bank.session import Store, backend, prepare
 
 
 class KvTable(Store):
     def prepare(self, session: Session) -> None:
-        self._put = session.prepare("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)")
-        self._get = session.prepare("SELECT value FROM kv WHERE namespace = ? AND key = ?")
-        self._items = session.prepare("SELECT key, value FROM kv WHERE namespace = ?")
-        self._insert_new = session.prepare(
-            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) IF NOT EXISTS"
+        self._put = prepare(session, "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)")
+        self._get = prepare(session, "SELECT value FROM kv WHERE namespace = ? AND key = ?")
+        self._items = prepare(session, "SELECT key, value FROM kv WHERE namespace = ?")
+        self._insert_new = prepare(
+            session, "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) IF NOT EXISTS"
         )
-        self._swap = session.prepare(
-            "UPDATE kv SET value = ? WHERE namespace = ? AND key = ? IF value = ?"
+        self._swap = prepare(
+            session, "UPDATE kv SET value = ? WHERE namespace = ? AND key = ? IF value = ?"
         )
-        self._delete = session.prepare("DELETE FROM kv WHERE namespace = ? AND key = ?")
+        self._delete = prepare(session, "DELETE FROM kv WHERE namespace = ? AND key = ?")
 
     def put_records(self, what: str, partition: str, records: dict[str, str]) -> None:
         """Write ``records`` (key -> value) into ``partition``; ``what`` names the work in

@@ -22,7 +22,12 @@ from cassandra.cluster import (
     NoHostAvailable,
     Session,
 )
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import (
+    ConstantSpeculativeExecutionPolicy,
+    DCAwareRoundRobinPolicy,
+    TokenAwarePolicy,
+)
+from cassandra.query import PreparedStatement
 
 from carls.bank.errors import BankUnavailableError
 from carls.schemas.cql import schema_statements
@@ -63,6 +68,10 @@ class CassandraConfig:
     """Write batches in flight at once."""
     namespace_cache_s: float = 5.0
     """How long a namespace's spec is used before it is looked up again."""
+    speculative_after_s: float | None = 2.0
+    """A read (or a write with its own timestamp) not answered within this many seconds is
+    sent once more, to the next replica: a node that has just restarted, or is stalled,
+    then slows a read by this much instead of failing it. ``None``: never."""
 
 
 class _QuietConnectFailure(logging.Filter):
@@ -86,6 +95,11 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
         request_timeout=cfg.request_timeout_s,
         consistency_level=ConsistencyLevel.name_to_value[cfg.consistency.upper()],
         serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+        speculative_execution_policy=(
+            None
+            if cfg.speculative_after_s is None
+            else ConstantSpeculativeExecutionPolicy(cfg.speculative_after_s, max_attempts=1)
+        ),
     )
     cluster = Cluster(
         list(cfg.hosts),
@@ -104,6 +118,18 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
             f"{' keyspace ' + cfg.keyspace if keyspace else ''}: {_why(exc)}"
         ) from exc
     return cluster, session
+
+
+def prepare(session: Session, cql: str) -> PreparedStatement:
+    """Prepare ``cql``, marked idempotent when running it twice cannot change the outcome
+    (a SELECT, or a write ``USING TIMESTAMP`` without a condition): only those are sent to a
+    second replica when the first is slow (``CassandraConfig.speculative_after_s``)."""
+    stmt = session.prepare(cql)
+    text = " ".join(cql.split()).upper()
+    stmt.is_idempotent = text.startswith("SELECT ") or (
+        "USING TIMESTAMP" in text and " IF " not in text
+    )
+    return stmt
 
 
 def backend(what: str, fn: Callable[[], T]) -> T:
