@@ -33,10 +33,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from cassandra.cluster import ResponseFuture, Session
+from cassandra.cluster import Session
 
 from carls.bank.errors import BlobCorruptError, BlobMissingError, BlobTooLargeError
-from carls.bank.session import Store, backend, prepare
+from carls.bank.session import Call, Store, backend, prepare
 from carls.schemas.errors import InvalidValueError
 
 CHUNK_BYTES = 1 << 20
@@ -377,12 +377,12 @@ class _CassandraRows:
             lambda: self.session.execute(self._delete_index, (scope, name)),
         )
 
-    def _windowed(self, what: str, calls: Iterator[Callable[[], ResponseFuture]]) -> Iterator[Any]:
+    def _windowed(self, what: str, calls: Iterator[Callable[[], Call]]) -> Iterator[Any]:
         """Run the calls with at most ``in_flight`` outstanding; yield results in order."""
-        window: list[ResponseFuture] = []
+        window: list[Call] = []
 
         def take() -> Any:
-            return backend(what, lambda: window.pop(0).result())
+            return window.pop(0).result(what)
 
         for call in calls:
             window.append(backend(what, call))
@@ -395,8 +395,7 @@ class _CassandraRows:
         key = (info.scope, info.name, info.sha256)
 
         calls = (
-            partial(self.session.execute_async, self._put_chunk, (*key, i, data))
-            for i, data in chunks
+            partial(Call, self.session, self._put_chunk, (*key, i, data)) for i, data in chunks
         )
         for _ in self._windowed("write a blob's chunks", calls):
             pass
@@ -404,8 +403,7 @@ class _CassandraRows:
     def get_chunks(self, info: BlobInfo) -> Iterator[bytes | None]:
         key = (info.scope, info.name, info.sha256)
         calls = (
-            partial(self.session.execute_async, self._get_chunk, (*key, i))
-            for i in range(info.chunks)
+            partial(Call, self.session, self._get_chunk, (*key, i)) for i in range(info.chunks)
         )
         for rows in self._windowed("read a blob's chunks", calls):
             row = rows.one()
@@ -414,8 +412,7 @@ class _CassandraRows:
     def delete_chunks(self, info: BlobInfo) -> None:
         key = (info.scope, info.name, info.sha256)
         calls = (
-            partial(self.session.execute_async, self._delete_chunk, (*key, i))
-            for i in range(info.chunks)
+            partial(Call, self.session, self._delete_chunk, (*key, i)) for i in range(info.chunks)
         )
         for _ in self._windowed("delete a blob's chunks", calls):
             pass

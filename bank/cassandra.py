@@ -25,7 +25,7 @@ from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
-from cassandra.cluster import ResponseFuture, Session
+from cassandra.cluster import Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from carls.bank.errors import DimensionError, NamespaceError
@@ -45,7 +45,7 @@ from carls.bank.rows import (
     check_spec,
     encode,
 )
-from carls.bank.session import CassandraConfig, Connection, Store, backend, prepare
+from carls.bank.session import Call, CassandraConfig, Connection, Store, backend, prepare
 from carls.bank.types import (
     F32,
     NO_LABEL,
@@ -202,11 +202,9 @@ class CassandraBank(Store):
         ns = self._lookup(name, fresh=True)
         backend("drop namespace", lambda: self.session.execute(self._q_drop, (name,)))
         self._ns.pop(name, None)
-        futures = [
-            self.session.execute_async(self._q_drop_e, (ns.uid, b)) for b in range(ns.spec.buckets)
-        ]
+        futures = [Call(self.session, self._q_drop_e, (ns.uid, b)) for b in range(ns.spec.buckets)]
         futures += [
-            self.session.execute_async(self._q_drop_k, (ns.uid, k, b))
+            Call(self.session, self._q_drop_k, (ns.uid, k, b))
             for k in ns.spec.kinds
             for b in range(ns.spec.buckets)
         ]
@@ -411,8 +409,8 @@ class CassandraBank(Store):
         for i in dict.fromkeys(ids):
             groups[bucket_of(i, ns.spec.buckets)].append(i)
         futures = [
-            self.session.execute_async(
-                query, (ns.uid, b, part) if kind is None else (ns.uid, kind, b, part)
+            Call(
+                self.session, query, (ns.uid, b, part) if kind is None else (ns.uid, kind, b, part)
             )
             for b, g in groups.items()
             for part in (g[s : s + per] for s in range(0, len(g), per))
@@ -438,19 +436,19 @@ class CassandraBank(Store):
                 for r in group[start : start + size]:
                     batch.add(stmt, r)
                 batches.append(batch)
-        in_flight: list[ResponseFuture] = []
+        in_flight: list[Call] = []
         for batch in batches:
-            in_flight.append(self.session.execute_async(batch))
+            in_flight.append(Call(self.session, batch))
             if len(in_flight) >= in_flight_max:
                 _wait_all(what, in_flight[: in_flight_max // 2])
                 in_flight = in_flight[in_flight_max // 2 :]
         _wait_all(what, in_flight)
 
 
-def _wait_all(what: str, futures: list[ResponseFuture]) -> list[list[tuple[Any, ...]]]:
+def _wait_all(what: str, futures: list[Call]) -> list[list[tuple[Any, ...]]]:
     out = []
     for f in futures:
-        result = backend(what, f.result)
+        result = f.result(what)
         rows = list(result.current_rows)
         while result.has_more_pages:
             result.fetch_next_page()

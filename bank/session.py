@@ -8,6 +8,7 @@ session, one pool of connections per host. Stores connect in ``start``, never wh
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,8 +21,10 @@ from cassandra.cluster import (
     Cluster,
     ExecutionProfile,
     NoHostAvailable,
+    ResponseFuture,
     Session,
 )
+from cassandra.connection import ConnectionBusy
 from cassandra.policies import (
     ConstantSpeculativeExecutionPolicy,
     DCAwareRoundRobinPolicy,
@@ -138,6 +141,46 @@ def backend(what: str, fn: Callable[[], T]) -> T:
         return fn()
     except (NoHostAvailable, RequestExecutionException, DriverException, OSError) as exc:
         raise BankUnavailableError(f"cassandra {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+BUSY_PATIENCE_S = 120.0
+"""How long a statement is sent again while every connection it could go to is busy."""
+
+
+class Call:
+    """A statement sent asynchronously, sent again while the driver finds every connection
+    busy (its backpressure: the socket's send buffer is full because the node reads slower
+    than it is written to, as under a refresh campaign's writes). Such a statement never
+    left the client, so sending it again is safe whatever it does."""
+
+    def __init__(self, session: Session, statement: Any, params: Any = None) -> None:
+        self._send: Callable[[], ResponseFuture] = lambda: session.execute_async(statement, params)
+        self.future = self._send()
+
+    def result(self, what: str) -> Any:
+        """The statement's result set; ``BankUnavailableError`` when it failed otherwise, or
+        the connections stayed busy for ``BUSY_PATIENCE_S``."""
+        pause, deadline = 0.01, time.monotonic() + BUSY_PATIENCE_S
+        while True:
+            try:
+                return backend(what, self.future.result)
+            except BankUnavailableError as exc:
+                if not _busy(exc.__cause__) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+            self.future = self._send()
+
+
+def _busy(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is only the driver's backpressure (no host tried: all busy)."""
+    errors = getattr(exc, "errors", None)
+    return (
+        isinstance(exc, NoHostAvailable)
+        and isinstance(errors, dict)
+        and bool(errors)
+        and all(isinstance(e, ConnectionBusy) for e in errors.values())
+    )
 
 
 class Connection:
