@@ -26,6 +26,10 @@ MAGIC = b"carls-vector-index\n"
 """The first bytes of a saved index (``VectorIndex.save``)."""
 EXACT_BELOW = 20_000
 """Pools smaller than this are searched exactly (and deterministically)."""
+CALIBRATION_QUERIES = 256
+"""Pool rows whose exact neighbours measure an index's recall after its build."""
+MAX_EXPANSION = 1024
+"""The most candidates per query calibration raises ef to."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,21 @@ class HnswParams:
 
     connectivity: int = 16
     """Links per node and layer (M): more is better recall, more memory and build time."""
-    expansion_add: int = 100
+    expansion_add: int = 40
     """Candidates considered when linking a new vector (efConstruction)."""
-    expansion_search: int = 64
-    """Candidates considered per query (ef); must be at least k, raised to it if not."""
+    expansion_search: int = 24
+    """The fewest candidates considered per query (ef); raised to k when k is larger, and
+    by calibration until ``recall_target`` is met."""
+    recall_target: float = 0.97
+    """After the build, recall@10 is measured on ``CALIBRATION_QUERIES`` pool rows against
+    exact search, and ef raised (x1.5 a time, up to ``MAX_EXPANSION``) until it reaches
+    this: easy data are searched cheaply, hard data (overlapping clusters) still well.
+    0 turns calibration off.
+
+    The defaults were measured on 1M 64-d embeddings of features near a 16-d subspace
+    (README, "Neighbours"): efConstruction 40 builds in 41 s on two cores (100: 97 s), and
+    ef 24 / 36 / 48 reach recall@10 0.961 / ~0.975 / 0.980 with all 1M queried in
+    20 / ~30 / 38 s (100 and 64: 0.998 in 84 s)."""
 
 
 class VectorIndex:
@@ -67,6 +82,12 @@ class VectorIndex:
         self.exact = self.size < exact_below
         self._pool = unit_rows(pool) if cosine else pool
         self._graph: Any = None
+        self.ef = self.params.expansion_search
+        """Candidates per query the search uses (``HnswParams.expansion_search``, raised by
+        calibration)."""
+        self.recall: float | None = None
+        """recall@10 measured by calibration on a sample of the pool (None: exact, or not
+        calibrated)."""
         if not self.exact:
             self._graph = self._build()
 
@@ -78,8 +99,30 @@ class VectorIndex:
         graph = faiss.IndexHNSWFlat(self.dim, self.params.connectivity, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = self.params.expansion_add
         graph.add(self._pool)
+        if self.params.recall_target > 0:
+            self._calibrate(graph)
         self._pool = np.zeros((0, self.dim), np.float32)  # the graph holds the vectors
         return graph
+
+    def _calibrate(self, graph: Any) -> None:
+        """Raise ``ef`` until recall@10 on a fixed sample of pool rows reaches the target."""
+        rows = np.random.default_rng(0).choice(
+            self.size, size=min(CALIBRATION_QUERIES, self.size), replace=False
+        )
+        k = min(10, self.size - 1)
+        truth, _ = top_k(self._pool[rows], self._pool, k, cosine=False, self_index=rows)
+        ef = self.ef
+        while True:
+            graph.hnsw.efSearch = max(ef, k + 1)
+            _, keys = graph.search(self._pool[rows], k + 1)
+            found = [set(r[r != s][:k].tolist()) for r, s in zip(keys, rows, strict=True)]
+            self.recall = float(
+                np.mean([len(f & set(t.tolist())) / k for f, t in zip(found, truth, strict=True)])
+            )
+            self.ef = ef
+            if self.recall >= self.params.recall_target or ef >= MAX_EXPANSION:
+                return
+            ef = min(MAX_EXPANSION, int(ef * 1.5))
 
     def _vectors(self) -> F32:
         """The pool's (unit, under cosine) vectors, from the graph when there is one."""
@@ -117,6 +160,8 @@ class VectorIndex:
                 "cosine": self.cosine,
                 "exact": self.exact,
                 "params": asdict(self.params),
+                "ef": self.ef,
+                "recall": self.recall,
                 "ids_bytes": len(names),
             }
         ).encode()
@@ -145,6 +190,8 @@ class VectorIndex:
             index = cls.__new__(cls)
             index.cosine, index.exact = bool(head["cosine"]), bool(head["exact"])
             index.params, index.threads = HnswParams(**head["params"]), threads
+            index.ef = int(head.get("ef", index.params.expansion_search))
+            index.recall = head.get("recall")
             index.size, index.dim = int(head["size"]), int(head["dim"])
             index._graph = None
             if index.exact:
@@ -179,7 +226,7 @@ class VectorIndex:
         if self.cosine:
             q = unit_rows(q)
         ask = width + 1  # one more, in case a query finds itself
-        self._graph.hnsw.efSearch = max(self.params.expansion_search, ask)
+        self._graph.hnsw.efSearch = max(self.ef, ask)
         scores, keys = self._graph.search(q, ask)
         valid = (keys >= 0) & (keys != selves[:, None])
         # keep the first ``width`` valid columns of each row, in the graph's (best first) order

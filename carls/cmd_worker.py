@@ -82,6 +82,7 @@ def worker(
     demand and examples topics into knowledge in the bank. Start more workers with the
     same --app-id to share partitions; kill one and the others take over its work.
     """
+    from carls.bank.ann import HnswParams
     from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
     from carls.bank.indexes import CassandraLeases, SharedIndexes
@@ -103,6 +104,11 @@ def worker(
         app_id=app_id or f"{settings.topic_prefix}-makers",
         topic_replication=settings.topic_replication,
         neighbours_exact_below=settings.neighbours_exact_below,
+        hnsw=HnswParams(
+            expansion_add=settings.neighbours_ef_construction,
+            expansion_search=settings.neighbours_ef_search,
+            recall_target=settings.neighbours_recall_target,
+        ),
         stats_path=Path(stats) if stats else None,
         data_dir=settings.state_dir.resolve() / "faust",
         makers=chosen,

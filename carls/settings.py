@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from carls.bank.ann import HnswParams
 from carls.bank.artifacts import DESTINATIONS, ArtifactStore
 from carls.bank.blobs import BlobStore
 from carls.bank.session import CassandraConfig, check_consistency
@@ -142,6 +143,26 @@ class Settings(BaseSettings):
         ge=0,
         description="namespaces with fewer ids get exact neighbours; larger ones an "
         "approximate (HNSW) index, built once per checkpoint step",
+    )
+    neighbours_ef_construction: int = Field(
+        HnswParams.expansion_add,
+        ge=8,
+        description="candidates the HNSW index considers when it links a new id "
+        "(efConstruction): higher is better recall for a slower build",
+    )
+    neighbours_ef_search: int = Field(
+        HnswParams.expansion_search,
+        ge=10,
+        description="the fewest candidates the HNSW index considers per query (efSearch), "
+        "raised after each build until the measured recall meets "
+        "CARLS_NEIGHBOURS_RECALL_TARGET",
+    )
+    neighbours_recall_target: float = Field(
+        HnswParams.recall_target,
+        ge=0,
+        le=1,
+        description="recall@10 against exact search, measured on a sample after each HNSW "
+        "build, that the search must reach (0: no calibration)",
     )
     job_lease_s: float = Field(
         30.0,

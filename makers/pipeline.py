@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from carls.bank.ann import EXACT_BELOW, VectorIndex
+from carls.bank.ann import EXACT_BELOW, HnswParams, VectorIndex
 from carls.bank.errors import DimensionError
 from carls.bank.indexes import SharedIndexes
 from carls.bank.protocol import MakerBank
@@ -75,10 +75,13 @@ class Maker:
         worker: str = "maker",
         exact_below: int = EXACT_BELOW,
         indexes: SharedIndexes | None = None,
+        hnsw: HnswParams | None = None,
     ) -> None:
         self.bank = bank
         self.exact_below = exact_below
         """Namespaces with fewer ids get exact neighbours; larger ones an HNSW index."""
+        self.hnsw = hnsw or HnswParams()
+        """The HNSW index's parameters."""
         self.indexes = indexes
         """Where indexes are shared with the other workers (None: each builds its own)."""
         self.cache = cache
@@ -259,7 +262,9 @@ class Maker:
                 spec.name,
                 model.step,
                 len(ids),
-                "exact" if index.exact else "HNSW index",
+                "exact"
+                if index.exact
+                else f"HNSW index (ef {index.ef}, sampled recall@10 {index.recall or 0:.3f})",
                 source,
                 time.perf_counter() - t0,
                 index.memory_bytes / 2**20,
@@ -275,4 +280,4 @@ class Maker:
             ex = self.bank.fetch_examples(spec.name, ids[s : s + POOL_CHUNK])
             parts.append(model.infer(ex.features)[0])
         vectors = np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)
-        return ids, VectorIndex(vectors, exact_below=self.exact_below)
+        return ids, VectorIndex(vectors, exact_below=self.exact_below, params=self.hnsw)

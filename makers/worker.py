@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from carls.bank.ann import EXACT_BELOW
+from carls.bank.ann import EXACT_BELOW, HnswParams
 from carls.bank.artifacts import ArtifactStore
 from carls.bank.errors import DimensionError, NamespaceError
 from carls.bank.indexes import SharedIndexes
@@ -83,6 +83,8 @@ class WorkerConfig:
     makers: tuple[str, ...] = MAKERS
     neighbours_exact_below: int = EXACT_BELOW
     """Namespaces with fewer ids get exact neighbours, larger ones an HNSW index."""
+    hnsw: HnswParams = field(default_factory=HnswParams)
+    """The HNSW index's parameters."""
     concurrency: int = 1
     fetch_messages: int = 32
     """Id-batch messages per fetch (each holds up to ``campaign_batch_ids`` ids)."""
@@ -131,6 +133,7 @@ class Makers:
             cfg.makers,
             worker=f"carls-maker@{cfg.worker}",
             exact_below=cfg.neighbours_exact_below,
+            hnsw=cfg.hnsw,
             indexes=indexes,
         )
         self.indexes = indexes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carls.bank.ann import VectorIndex
+from carls.bank.ann import HnswParams, VectorIndex
 from carls.bank.similarity import top_k
 
 
@@ -39,6 +39,24 @@ def test_the_approximate_index_finds_at_least_95_percent_of_the_exact_neighbours
     np.testing.assert_allclose(scores, direct, atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     assert (scores[:, 0] <= best[:, 0] + 1e-5).all()
+
+
+def test_calibration_raises_the_search_effort_until_the_recall_target_is_met() -> None:
+    """Hard data (overlapping clusters) and a graph built cheaply: the cheapest ef misses
+    the target, so calibration raises it, and the recall on other queries follows."""
+    x = _clustered(30_000, seed=3)
+    queries = np.arange(5, 30_000, 30)
+    truth, _ = top_k(x[queries], x, 10, self_index=queries)
+    found = {}
+    for target in (0.0, 0.99):
+        params = HnswParams(expansion_add=16, expansion_search=10, recall_target=target)
+        index = VectorIndex(x, exact_below=0, params=params)
+        found[target] = _recall(index.search(x[queries], 10, self_index=queries)[0], truth)
+        if target == 0:
+            assert index.ef == 10 and index.recall is None
+        else:
+            assert index.ef > 10 and index.recall is not None and index.recall >= 0.99
+    assert found[0.0] < 0.9 <= 0.97 <= found[0.99]
 
 
 @pytest.mark.parametrize("cosine", [True, False])
