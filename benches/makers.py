@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,22 @@ def _features(n: int, intrinsic_dim: int, seed: int = 0) -> np.ndarray:
         m = min(100_000, n - s)
         z = rng.standard_normal((m, intrinsic_dim)).astype(np.float32)
         out[s : s + m] = z @ basis + 0.05 * rng.standard_normal((m, FEATURES)).astype(np.float32)
+    return out
+
+
+def _index_events(log_text: str, t0: float) -> list[str]:
+    """The worker's log lines about the neighbour index (built, saved), each with its time
+    since the checkpoint was published."""
+    out = []
+    for line in log_text.splitlines():
+        if "neighbour pool for" not in line and "saved to the bank" not in line:
+            continue
+        stamp = re.match(r"\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]?\s*(.*)", line)
+        if stamp is None:
+            out.append(line.strip())
+            continue
+        at = time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
+        out.append(f"at {at - t0:6.1f} s: {stamp[3].strip()}")
     return out
 
 
@@ -365,6 +382,9 @@ def run(
             finally:
                 worker.terminate()
                 worker.wait(timeout=60)
+            result["index_log"] = _index_events((tmp / "worker.log").read_text(), t0)
+            for event in result["index_log"]:
+                say(f"  {event}")
             marks: dict[str, dict[str, float]] = {}
             for kind in MAKERS:
                 marks[kind] = {}
