@@ -4,9 +4,11 @@
 # tests against the real Kafka and Cassandra, then the node-fault tests on a three-node stack
 # of their own (scripts/test_cluster.sh). Extra arguments go to every pytest.
 #
-# The learning tests (marker `learning`: minutes of training each, bound by one process's
-# CPU) run from the start alongside all of that (mostly waiting on Kafka and Cassandra), on
-# a stack of their own (scripts/test_learning.sh); their report follows the others'.
+# Two tracks run from the start alongside all of that, each on a stack of its own, and their
+# reports follow the others': the learning tests (marker `learning`: minutes of training
+# each, scripts/test_learning.sh) and the node-fault tests on a three-node stack
+# (scripts/test_cluster.sh). The main tests mostly wait on Kafka and Cassandra, so the two
+# cores are shared rather than taken turn by turn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -21,6 +23,9 @@ fi
 learning_log="$(mktemp)"
 bash scripts/test_learning.sh "$@" >"$learning_log" 2>&1 &
 learning=$!
+cluster_log="$(mktemp)"
+bash scripts/test_cluster.sh -p no:cacheprovider >"$cluster_log" 2>&1 &
+cluster=$!
 
 status=0
 .venv/bin/ruff check . || status=$?
@@ -28,10 +33,15 @@ status=0
 .venv/bin/mypy || status=$?
 .venv/bin/python -m pytest tests/unit tests/contract tests/integration tests/acceptance \
   -m "not learning" --durations=25 "$@" || status=$?
-# Node faults on a three-node stack of its own (its own state folder and ports), while the
-# learning tests may still run.
-bash scripts/test_cluster.sh -p no:cacheprovider || status=$?
 
+clustered=0
+wait "$cluster" || clustered=$?
+echo "================ the node-fault tests (run alongside the others) ================"
+cat "$cluster_log"
+rm -f "$cluster_log"
+if [ "$clustered" != 0 ]; then
+  status=$clustered
+fi
 learned=0
 wait "$learning" || learned=$?
 echo "================ the learning tests (run alongside the others) ================"
