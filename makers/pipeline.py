@@ -258,16 +258,15 @@ class Maker:
             self.times.pool_s += time.perf_counter() - t0
             ids, index = pool
             log.info(
-                "neighbour pool for %s step %d: %d embeddings, %s, %s (%.1f s, %.0f MiB)",
+                "neighbour pool for %s step %d: %d embeddings, %s, %s (%.1f s, %.0f MiB%s)",
                 spec.name,
                 model.step,
                 len(ids),
-                "exact"
-                if index.exact
-                else f"HNSW index (ef {index.ef}, sampled recall@10 {index.recall or 0:.3f})",
+                "exact" if index.exact else "HNSW index",
                 source,
                 time.perf_counter() - t0,
                 index.memory_bytes / 2**20,
+                "" if index.recall is None else f", ef {index.ef}, recall@10 {index.recall:.3f}",
             )
             return pool
 
