@@ -98,6 +98,15 @@ class _Kv(Protocol):
     def swap(self, what: str, partition: str, key: str, expected: str | None, new: str) -> bool: ...
 
 
+def _own_lease(kv: _Kv, job_id: str, trainer: str, attempt: int) -> Lease | None:
+    """The job's lease if it is ``trainer``'s of ``attempt`` and not released (a write of
+    ours that timed out on the client after the bank had applied it), else None."""
+    current = _lease(kv.record("read a job's lease", _LEASES, job_id))
+    if current is None or current.at <= 0:
+        return None
+    return current if (current.trainer, current.attempt) == (trainer, attempt) else None
+
+
 class _Jobs:
     """The job records over a key-value table (``self``: a ``_Kv``)."""
 
@@ -119,11 +128,22 @@ class _Jobs:
     ) -> Lease | None:
         new = _lease_value(trainer, attempt, time.time())
         old = None if expected is None else expected.raw
-        return _lease(new) if self.swap("take a job", _LEASES, job_id, old, new) else None
+        if self.swap("take a job", _LEASES, job_id, old, new):
+            return _lease(new)
+        return _own_lease(self, job_id, trainer, attempt)
 
     def renew(self: _Kv, job_id: str, lease: Lease) -> Lease | None:
+        """The lease renewed; None when another trainer holds it now. A renewal whose
+        answer was lost (the client timed out, the bank had applied it) left the lease
+        ours with another time: it is renewed from there, not given up."""
         new = _lease_value(lease.trainer, lease.attempt, time.time())
-        ok = self.swap("renew a job's lease", _LEASES, job_id, lease.raw, new)
+        if self.swap("renew a job's lease", _LEASES, job_id, lease.raw, new):
+            return _lease(new)
+        current = _own_lease(self, job_id, lease.trainer, lease.attempt)
+        if current is None:
+            return None
+        new = _lease_value(lease.trainer, lease.attempt, time.time())
+        ok = self.swap("renew a job's lease", _LEASES, job_id, current.raw, new)
         return _lease(new) if ok else None
 
     def release(self: _Kv, job_id: str, lease: Lease) -> None:
