@@ -74,9 +74,17 @@ def up(config: InfraConfig) -> UpReport:
         for job in [pool.submit(s.resolve) for s in kinds.values()]:
             job.result()
     started = time.monotonic()
-    for server in todo:
-        server.launch()
     deadline = started + config.ready_timeout_s * (1 + (config.nodes - 1) / 2)
+    # Cassandra's other nodes join a ring whose seed already answers: launched at the same
+    # moment on a busy machine, a node that found no seed yet was seen never joining.
+    joining = [s for s in todo if isinstance(s, CassandraServer) and s.index > 0]
+    for server in todo:
+        if server not in joining:
+            server.launch()
+    if joining:
+        _wait_answering(CassandraServer(config, 0), deadline)
+        for server in joining:
+            server.launch()
     with ThreadPoolExecutor(max_workers=len(everything)) as pool:
         waiting = {s.name: pool.submit(s.wait_ready, deadline) for s in everything}
         for name, ready in waiting.items():
@@ -84,6 +92,15 @@ def up(config: InfraConfig) -> UpReport:
             if not report.already_running[name]:
                 report.ready_s[name] = round(ready_at - started, 2)
     return report
+
+
+def _wait_answering(server: Server, deadline: float) -> None:
+    """Wait until ``server`` listens on its client port, it exits, or the deadline passes
+    (``wait_ready`` then says which)."""
+    while time.monotonic() < deadline and server.pid() is not None:
+        if process.port_open(server.host, server.port):
+            return
+        time.sleep(0.5)
 
 
 def down(config: InfraConfig, wipe: bool = False) -> dict[str, bool]:

@@ -14,6 +14,18 @@ unset CARLS_NODES CARLS_KAFKA_BOOTSTRAP_SERVERS CARLS_CASSANDRA_HOSTS
 # learning tests meanwhile) that can take several minutes.
 export CARLS_INFRA_READY_TIMEOUT_S="${CARLS_INFRA_READY_TIMEOUT_S:-400}"
 
-trap '.venv/bin/carls infra down --wipe >/dev/null || true' EXIT
+# On failure, each node's warnings and errors are shown before the stack is wiped.
+cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ]; then
+    for log in "$CARLS_STATE_DIR"/*/logs/system.log "$CARLS_STATE_DIR"/kafka*/*.log; do
+      [ -f "$log" ] || continue
+      echo "---- warnings and errors of $log"
+      grep -E "^(WARN|ERROR)|Exception" "$log" | tail -n 25 || true
+    done
+  fi
+  .venv/bin/carls infra down --wipe >/dev/null || true
+}
+trap cleanup EXIT
 .venv/bin/carls infra up --nodes 3
 .venv/bin/python -m pytest tests/cluster "$@"
