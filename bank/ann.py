@@ -110,6 +110,8 @@ class VectorIndex:
             self.size, size=min(CALIBRATION_QUERIES, self.size), replace=False
         )
         k = min(10, self.size - 1)
+        if k < 1:  # a one-row pool: nothing to find
+            return
         truth, _ = top_k(self._pool[rows], self._pool, k, cosine=False, self_index=rows)
         ef = self.ef
         while True:
@@ -122,7 +124,7 @@ class VectorIndex:
             self.ef = ef
             if self.recall >= self.params.recall_target or ef >= MAX_EXPANSION:
                 return
-            ef = min(MAX_EXPANSION, int(ef * 1.5))
+            ef = min(MAX_EXPANSION, max(ef + 1, int(ef * 1.5)))
 
     def _vectors(self) -> F32:
         """The pool's (unit, under cosine) vectors, from the graph when there is one."""

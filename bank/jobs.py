@@ -135,16 +135,11 @@ class _Jobs:
     def renew(self: _Kv, job_id: str, lease: Lease) -> Lease | None:
         """The lease renewed; None when another trainer holds it now. A renewal whose
         answer was lost (the client timed out, the bank had applied it) left the lease
-        ours with another time: it is renewed from there, not given up."""
+        ours with a newer time: that lease is kept, not given up."""
         new = _lease_value(lease.trainer, lease.attempt, time.time())
         if self.swap("renew a job's lease", _LEASES, job_id, lease.raw, new):
             return _lease(new)
-        current = _own_lease(self, job_id, lease.trainer, lease.attempt)
-        if current is None:
-            return None
-        new = _lease_value(lease.trainer, lease.attempt, time.time())
-        ok = self.swap("renew a job's lease", _LEASES, job_id, current.raw, new)
-        return _lease(new) if ok else None
+        return _own_lease(self, job_id, lease.trainer, lease.attempt)
 
     def release(self: _Kv, job_id: str, lease: Lease) -> None:
         ended = _lease_value(lease.trainer, lease.attempt, 0.0)

@@ -82,7 +82,8 @@ def up(config: InfraConfig) -> UpReport:
         if server not in joining:
             server.launch()
     if joining:
-        _wait_answering(CassandraServer(config, 0), deadline)
+        seed = next(s for s in everything if isinstance(s, CassandraServer) and s.index == 0)
+        _wait_answering(seed, deadline)
         for server in joining:
             server.launch()
     with ThreadPoolExecutor(max_workers=len(everything)) as pool:

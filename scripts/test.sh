@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: install if needed, start the local stack if it is not running (and stop it
 # again afterwards), lint and type-check, run the unit, contract, integration and acceptance
-# tests against the real Kafka and Cassandra, then the node-fault tests on a three-node stack
-# of their own (scripts/test_cluster.sh). Extra arguments go to every pytest.
+# tests against the real Kafka and Cassandra, and beside them the node-fault tests on a
+# three-node stack of their own (scripts/test_cluster.sh). Extra arguments go to every pytest.
 #
 # Two tracks run from the start alongside all of that, each on a stack of its own, and their
 # reports follow the others': the learning tests (marker `learning`: minutes of training

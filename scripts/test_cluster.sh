@@ -10,8 +10,8 @@ export CARLS_STATE_DIR="${CARLS_CLUSTER_STATE_DIR:-$PWD/.carls-cluster}"
 export CARLS_KAFKA_PORT=19092 CARLS_KAFKA_CONTROLLER_PORT=19093
 export CARLS_CASSANDRA_PORT=19042 CARLS_CASSANDRA_STORAGE_PORT=17000
 unset CARLS_NODES CARLS_KAFKA_BOOTSTRAP_SERVERS CARLS_CASSANDRA_HOSTS
-# Three Cassandra nodes join one after another; on two busy cores (scripts/test.sh runs the
-# learning tests meanwhile) that can take several minutes.
+# The seed starts first, the other two Cassandra nodes once it answers; on two busy cores
+# (scripts/test.sh runs the other tests meanwhile) that can take several minutes.
 export CARLS_INFRA_READY_TIMEOUT_S="${CARLS_INFRA_READY_TIMEOUT_S:-400}"
 
 # On failure, each node's warnings and errors are shown before the stack is wiped.

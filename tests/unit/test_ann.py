@@ -88,3 +88,11 @@ def test_memory_grows_with_the_ids_not_their_square() -> None:
     per_id = large.memory_bytes / 40_000
     assert per_id < 2_000  # 32-d: 128 bytes of vector twice, the graph's links, slack
     assert large.memory_bytes < 6 * small.memory_bytes
+
+
+def test_a_one_row_pool_and_the_least_search_effort_still_build() -> None:
+    """Calibration has nothing to measure on one row, and raises ef even from 1."""
+    assert VectorIndex(_clustered(1), exact_below=0).size == 1
+    params = HnswParams(expansion_search=1, recall_target=1.0)
+    index = VectorIndex(_clustered(2_000, seed=4), exact_below=0, params=params)
+    assert index.ef > 1
