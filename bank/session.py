@@ -30,7 +30,6 @@ from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     TokenAwarePolicy,
 )
-from cassandra.pool import NoConnectionsAvailable
 from cassandra.query import PreparedStatement
 
 from carls.bank.errors import BankUnavailableError
@@ -180,7 +179,7 @@ def _busy(exc: BaseException | None) -> bool:
         isinstance(exc, NoHostAvailable)
         and isinstance(errors, dict)
         and bool(errors)
-        and all(isinstance(e, ConnectionBusy | NoConnectionsAvailable) for e in errors.values())
+        and all(isinstance(e, ConnectionBusy) for e in errors.values())
     )
 
 
