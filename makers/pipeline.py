@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from carls.bank.errors import DimensionError
 from carls.bank.indexes import SharedIndexes
 from carls.bank.protocol import MakerBank
 from carls.bank.rows import check_batch
-from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec
+from carls.bank.types import Examples, KnowledgeBatch, Lineage, NamespaceSpec
 from carls.makers.checkpoints import LoadedModel, ModelCache
 from carls.makers.compute import index_neighbours, knowledge_batch, neighbours_batch
 from carls.schemas import CheckpointManifest
@@ -30,6 +31,8 @@ from carls.schemas import CheckpointManifest
 log = logging.getLogger(__name__)
 MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
 POOL_CHUNK = 5000
+POOL_FETCHES = 4
+"""Example fetches in flight while a pool is built (each of ``POOL_CHUNK`` ids)."""
 
 
 @dataclass(slots=True)
@@ -271,12 +274,34 @@ class Maker:
             return pool
 
     def _build_pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
+        t0 = time.perf_counter()
         ids: list[str] = []
         for bucket in range(spec.buckets):
             ids += self.bank.example_ids(spec.name, bucket)
-        parts = []
-        for s in range(0, len(ids), POOL_CHUNK):
-            ex = self.bank.fetch_examples(spec.name, ids[s : s + POOL_CHUNK])
-            parts.append(model.infer(ex.features)[0])
-        vectors = np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)
+        # Several fetches in flight, inferred in order as they land: the pool's examples
+        # are read while a campaign's own batches load the bank, latency-bound, not slow.
+        vectors = np.zeros((len(ids), model.embedding_dim), np.float32)
+
+        def fetch(at: int) -> tuple[int, Examples]:
+            return at, self.bank.fetch_examples(spec.name, ids[at : at + POOL_CHUNK])
+
+        def infer(done: Future[tuple[int, Examples]]) -> None:
+            at, got = done.result()
+            vectors[at : at + len(got.ids)] = model.infer(got.features)[0]
+
+        with ThreadPoolExecutor(POOL_FETCHES, thread_name_prefix="pool-fetch") as fetches:
+            pending: deque[Future[tuple[int, Examples]]] = deque()
+            for at in range(0, len(ids), POOL_CHUNK):
+                pending.append(fetches.submit(fetch, at))
+                if len(pending) > POOL_FETCHES:
+                    infer(pending.popleft())
+            while pending:
+                infer(pending.popleft())
+        log.info(
+            "neighbour pool for %s step %d: %d embeddings fetched and inferred in %.1f s",
+            spec.name,
+            model.step,
+            len(ids),
+            time.perf_counter() - t0,
+        )
         return ids, VectorIndex(vectors, exact_below=self.exact_below, params=self.hnsw)

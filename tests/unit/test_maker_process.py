@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from carls.bank.memory import MemoryBank
 from carls.bank.types import NamespaceSpec, default_kinds
+from carls.makers import pipeline
 from carls.makers.checkpoints import ModelCache
 from carls.makers.pipeline import Maker
 from carls.trainers.checkpoints import save_artifact
@@ -143,3 +144,27 @@ def test_the_graph_term_pulls_embeddings_toward_weighted_neighbours() -> None:
     term = graph.loss(knowledge, Outputs(emb, tf.zeros((2, 3))))["graph"]
     # row 0: cos 1 and 0 -> 0.5 * 0 + 0.5 * 1; row 1: cos 1 with weight 1 -> 0
     assert float(term) == pytest.approx((0.5 + 0.0) / 2, rel=1e-5)
+
+
+def test_a_pool_fetched_chunk_by_chunk_serves_neighbour_batches_without_a_fetch(
+    made: tuple[MemoryBank, Maker, Any, Any, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bank, maker, manifest, model, x = made
+    monkeypatch.setattr(pipeline, "POOL_CHUNK", 7)  # 40 ids: six fetches, the last short
+    spec = bank.namespace("ns")
+    maker.prepare_pool(spec, manifest)
+    fetched: list[int] = []
+    fetch = bank.fetch_examples
+    monkeypatch.setattr(
+        bank, "fetch_examples", lambda ns, ids: fetched.append(len(ids)) or fetch(ns, ids)
+    )
+    ids = [f"e{i}" for i in reversed(range(N))] + ["e3"]  # a repeat is written once
+    out = maker.process(spec, manifest, ids, ["neighbours"])
+    assert fetched == [] and out.processed == N and out.written == {"neighbours": N}
+    pool = np.asarray(model(x)[0])
+    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    scores = unit @ unit.T
+    np.fill_diagonal(scores, -np.inf)
+    want = [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
+    got = bank.read("ns", "neighbours", [f"e{i}" for i in range(N)], lineage=True)
+    assert got.neighbour_ids == want and set(got.steps.tolist()) == {3}
