@@ -135,7 +135,9 @@ def _prepare(path: Path, settings: Settings, dry_run: bool) -> _Job:
     from carls.trainers.paradigms import Multimodal
 
     multimodal = isinstance(spec.paradigm.params, Multimodal)
-    augment.check(spec.train.augment, spec.train.cutout, data.input_shape, multimodal)
+    augment.check(
+        spec.train.augment, spec.train.cutout, data.image_shape, data.input_shape, multimodal
+    )
     user_model = spec.model.builder or spec.model.path
     embedding_dim = None
     if user_model:  # the built-in MLP fits any dataset; a user's model is built and checked

@@ -6,7 +6,10 @@ train/test split with that seed; unless the spec says
 ``standardize: false``, a ``StandardScaler`` fit per flat feature on the training split and
 applied to both, values clipped to +-``CLIP`` (a pixel that is almost constant in training
 would otherwise become a huge outlier); a stratified labeled subset of the training split
-chosen with that seed (or the .npz file's own ``labeled`` mask). Example ids are
+chosen with that seed. An .npz file may fix both itself: its ``test`` mask is the test
+split, its ``labeled`` mask the labeled examples, as given (labeled rows are never moved
+to the test split: without a ``test`` mask, the test split is drawn from the unlabeled
+rows). Example ids are
 ``<dataset>-<row>`` with the row of the source, so an example keeps its id whatever the
 seed or trainer.
 
@@ -37,6 +40,7 @@ from carls.bank.errors import (
     UnreadableUriError,
 )
 from carls.bank.types import NO_LABEL, NamespaceSpec
+from carls.trainers.augment import image_of
 from carls.trainers.errors import DatasetError, SpecError
 from carls.trainers.paradigms.graph import Graph
 from carls.trainers.spec import DatasetSpec, JobSpec
@@ -47,6 +51,10 @@ I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
 CLIP = 5.0
+BUNDLED_IMAGES = {"digits": (8, 8)}
+"""The bundled datasets whose flat features are images."""
+NPZ_ARRAYS = ("X", "y", "labeled", "test")
+"""The arrays an .npz dataset may hold."""
 
 _INT_LABEL = re.compile(r"[-+]?[0-9]+")
 
@@ -73,6 +81,9 @@ class Dataset:
     modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     """The source's label of each class index (classes are the sorted distinct labels)."""
+    image_shape: tuple[int, int] | None = None
+    """``(height, width)`` when the examples are one-channel images (``dataset.image_shape``,
+    the bundled ``digits``, or N x H x W (x 1) arrays); None for other features."""
     x_train_raw: npt.NDArray[np.float64] | None = None
     """Training examples before standardization, in the example shape (for augmentations
     in input space)."""
@@ -96,6 +107,9 @@ class _Raw:
     x: F64
     labels: npt.NDArray[Any]
     mask: Bool | None
+    """The file's own labeled examples (``labeled``)."""
+    test: Bool | None
+    """The file's own test split (``test``)."""
     columns: list[str] | None
     """Names of the feature columns of flat data (``None``: a position names a value)."""
     where: str
@@ -109,7 +123,6 @@ def load_dataset(
     ``seed`` splits and labels unless ``spec.split_seed`` is set.
     A ``bank://`` URI is read from ``blobs`` (the bank's blob store); no file over
     ``max_bytes`` is fetched. A store that does not answer raises its retriable error."""
-    from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
     if spec.split_seed is not None:
@@ -121,7 +134,7 @@ def load_dataset(
     classes = len(values)
     if classes < 2:
         raise DatasetError(raw.where, f"needs at least 2 classes, found {classes}")
-    n, input_shape = raw.x.shape[0], tuple(int(d) for d in raw.x.shape[1:])
+    input_shape = tuple(int(d) for d in raw.x.shape[1:])
     dim = math.prod(input_shape)
     if spec.modalities and len(input_shape) != 1:
         raise DatasetError(
@@ -134,16 +147,13 @@ def load_dataset(
                 f"dataset.modalities.{modality}",
                 f"columns [{start}, {stop}) exceed the {dim} feature columns",
             )
-    try:
-        rows_train, rows_test = train_test_split(
-            np.arange(n), test_size=spec.test_size, stratify=y, random_state=seed
-        )
-    except ValueError as exc:
+    if raw.mask is not None and spec.labeled is not None:
         raise DatasetError(
-            "dataset.test_size",
-            f"cannot split {n} examples of {classes} classes stratified: {exc}",
-        ) from exc
-    rows_train, rows_test = np.sort(rows_train), np.sort(rows_test)
+            "dataset.labeled",
+            "the file's labeled mask says which examples are labeled; drop dataset.labeled "
+            "(or the mask)",
+        )
+    rows_train, rows_test = _split(spec, raw, y, seed)
     y_train = y[rows_train]
     if raw.mask is not None:
         labeled = raw.mask[rows_train].copy()
@@ -174,10 +184,72 @@ def load_dataset(
         input_shape=input_shape,
         modalities=dict(spec.modalities),
         class_names=[str(v) for v in values],
+        image_shape=_image_shape(spec, input_shape),
         x_train_raw=raw.x[rows_train].astype(np.float64),
         mean=mean,
         scale=scale,
     )
+
+
+def _split(spec: DatasetSpec, raw: _Raw, y: I32, seed: int) -> tuple[I64, I64]:
+    """Sorted train and test rows: the file's ``test`` mask, else a stratified split with
+    ``seed`` (of the unlabeled rows only, when the file has a ``labeled`` mask)."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(y)
+    if raw.test is not None:
+        if "test_size" in spec.model_fields_set:
+            raise DatasetError(
+                "dataset.test_size",
+                "the file carries its own test split (its test mask); drop test_size",
+            )
+        if raw.mask is not None and (both := int((raw.mask & raw.test).sum())):
+            raise DatasetError(
+                raw.where, f"{both} rows are marked both labeled and test; a row is one or other"
+            )
+        if raw.test.all() or not raw.test.any():
+            raise DatasetError(
+                raw.where, "its test mask must leave rows on both sides (train and test)"
+            )
+        return np.flatnonzero(~raw.test), np.flatnonzero(raw.test)
+    pool = np.arange(n) if raw.mask is None else np.flatnonzero(~raw.mask)
+    count = max(1, round(spec.test_size * n))
+    if count >= len(pool):
+        raise DatasetError(
+            "dataset.test_size",
+            f"a test split of {count} rows, and only {len(pool)} rows are unlabeled: the "
+            "labeled mask's rows stay in training (give a test mask, or a smaller test_size)",
+        )
+    try:
+        _, rows_test = train_test_split(pool, test_size=count, stratify=y[pool], random_state=seed)
+    except ValueError as exc:
+        raise DatasetError(
+            "dataset.test_size",
+            f"cannot split {len(pool)} examples of {len(np.unique(y[pool]))} classes "
+            f"stratified: {exc}",
+        ) from exc
+    test = np.zeros(n, dtype=bool)
+    test[rows_test] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def _image_shape(spec: DatasetSpec, input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    if len(input_shape) != 1:
+        if spec.image_shape is not None:
+            raise DatasetError(
+                "dataset.image_shape",
+                f"only for flat features; the examples already have shape {input_shape}",
+            )
+        return image_of(input_shape)
+    if spec.image_shape is not None:
+        h, w = spec.image_shape
+        if h * w != input_shape[0]:
+            raise DatasetError(
+                "dataset.image_shape",
+                f"{h} x {w} is {h * w} pixels; the examples have {input_shape[0]} features",
+            )
+        return h, w
+    return BUNDLED_IMAGES.get(spec.name or "")
 
 
 def _standardize(raw: npt.ArrayLike, mean: F64 | None, scale: F64 | None) -> F32:
@@ -234,7 +306,7 @@ def _load_raw(spec: DatasetSpec, blobs: BlobStore | None, max_bytes: int) -> _Ra
 
         x, y = getattr(datasets, f"load_{spec.name}")(return_X_y=True)
         x = np.asarray(x, dtype=np.float64)
-        return _Raw(x, np.asarray(y), None, _numbered(x.shape[1]), "dataset.name")
+        return _Raw(x, np.asarray(y), None, None, _numbered(x.shape[1]), "dataset.name")
     if spec.uri is not None:
         try:
             with local_copy(spec.uri, blobs, max_bytes=max_bytes) as path:
@@ -271,7 +343,14 @@ def _load_npz(path: Path, where: str) -> _Raw:
             raise DatasetError(
                 where, f"{path.name} has no array {key!r}; it holds {', '.join(arrays) or 'none'}"
             )
-    x, y, mask = arrays["X"], arrays["y"], arrays.get("labeled")
+    unknown = [key for key in arrays if key not in NPZ_ARRAYS]
+    if unknown:
+        raise DatasetError(
+            where,
+            f"{path.name} holds arrays carls does not read: {', '.join(unknown)} (it reads X "
+            "and y, and optionally the boolean masks labeled and test); remove them",
+        )
+    x, y, mask, test = arrays["X"], arrays["y"], arrays.get("labeled"), arrays.get("test")
     if x.ndim < 2 or 0 in x.shape or x.dtype.kind not in "iuf":
         raise DatasetError(
             where,
@@ -286,15 +365,16 @@ def _load_npz(path: Path, where: str) -> _Raw:
         raise DatasetError(where, f"{path.name}: y holds non-integer numbers")
     if y.dtype.kind not in "iubfUS":
         raise DatasetError(where, f"{path.name}: y must hold ints or strings, got {y.dtype}")
-    if mask is not None and (mask.dtype != np.bool_ or mask.shape != (x.shape[0],)):
-        raise DatasetError(
-            where,
-            f"{path.name}: labeled must be a boolean mask of {x.shape[0]} rows, "
-            f"got {mask.dtype} {mask.shape}",
-        )
+    for key, m in (("labeled", mask), ("test", test)):
+        if m is not None and (m.dtype != np.bool_ or m.shape != (x.shape[0],)):
+            raise DatasetError(
+                where,
+                f"{path.name}: {key} must be a boolean mask of {x.shape[0]} rows, "
+                f"got {m.dtype} {m.shape}",
+            )
     labels = y.astype(np.int64) if y.dtype.kind in "bf" else y
     columns = _numbered(x.shape[1]) if x.ndim == 2 else None
-    return _Raw(x.astype(np.float64), labels, mask, columns, where)
+    return _Raw(x.astype(np.float64), labels, mask, test, columns, where)
 
 
 def _load_csv(path: Path, label_column: str, where: str) -> _Raw:
@@ -354,7 +434,7 @@ def _load_csv(path: Path, label_column: str, where: str) -> _Raw:
         if all(_INT_LABEL.fullmatch(v) for v in labels)
         else np.array(labels)
     )
-    return _Raw(x, label_array, None, columns, where)
+    return _Raw(x, label_array, None, None, columns, where)
 
 
 def _check_finite(raw: _Raw) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from carls.trainers.augment import is_square_image
+from carls.trainers.augment import image_of
 from carls.trainers.errors import DatasetError
 
 
@@ -83,15 +83,16 @@ def augmented(
     views: bool = True,
     cutout: int = 0,
     blank: npt.ArrayLike = 0.0,
+    image_shape: tuple[int, int] | None = None,
 ) -> Any:
     """``batches`` of ``example_batches`` over precomputed views, trained on one view each.
 
     With ``views``, the features hold ``V`` views of every example (``N x V x ...``, e.g.
     from ``carls.trainers.augment.views``) and each row of a batch gets one of them at
     random. With ``cutout``, a random ``cutout`` x ``cutout`` square of each unlabeled
-    row's image (a square, one channel: ``side²``, ``side x side`` or ``side x side x 1``)
-    is set to ``blank`` (the background in the model's input space, a scalar or one
-    value per pixel).
+    row's image is set to ``blank`` (the background in the model's input space, a scalar
+    or one value per pixel). The image is ``image_shape`` (height, width; one channel),
+    by default the examples' own ``H x W (x 1)`` or, when flat, a square of ``side²``.
     """
     import math
 
@@ -100,20 +101,25 @@ def augmented(
     element = batches.element_spec[0]["features"].shape[1:]
     shape = tuple(element[1:] if views else element)
     pixels = math.prod(shape)
-    side = math.isqrt(pixels)
-    if cutout and (not is_square_image(shape) or not 0 < cutout < side):
+    if image_shape is None:
+        side = math.isqrt(pixels)
+        image_shape = image_of(shape) or ((side, side) if len(shape) == 1 else None)
+    h, w = image_shape or (0, 0)
+    if cutout and (h * w != pixels or not 0 < cutout < min(h, w)):
         raise DatasetError(
-            "cutout", f"needs square images larger than the square; examples are {shape}"
+            "cutout",
+            f"needs one-channel images larger than the square; examples are {shape}"
+            + (f", given as {h} x {w} images" if image_shape else ""),
         )
     fill = tf.broadcast_to(tf.constant(np.asarray(blank, np.float32).reshape(-1)), (pixels,))
 
     def blank_square(f: Any) -> Any:
         b = tf.shape(f)[0]
-        grid = tf.range(side)[None, :]
-        y0 = tf.random.uniform([b, 1], 0, side - cutout + 1, dtype=tf.int32)
-        x0 = tf.random.uniform([b, 1], 0, side - cutout + 1, dtype=tf.int32)
-        in_y = (grid >= y0) & (grid < y0 + cutout)
-        in_x = (grid >= x0) & (grid < x0 + cutout)
+        rows, cols = tf.range(h)[None, :], tf.range(w)[None, :]
+        y0 = tf.random.uniform([b, 1], 0, h - cutout + 1, dtype=tf.int32)
+        x0 = tf.random.uniform([b, 1], 0, w - cutout + 1, dtype=tf.int32)
+        in_y = (rows >= y0) & (rows < y0 + cutout)
+        in_x = (cols >= x0) & (cols < x0 + cutout)
         mask = tf.reshape(in_y[:, :, None] & in_x[:, None, :], (b, pixels))
         flat = tf.where(mask, fill[None, :], tf.reshape(f, (b, pixels)))
         return tf.reshape(flat, tf.shape(f))

@@ -128,19 +128,29 @@ class _Inputs:
     x_test: Any
     raw: Any
     """Raw training features for augmentations in input space (None: not augmentable)."""
+    image: tuple[int, int] | None = None
+    """The examples' image shape (None: they are not images)."""
 
 
 def _inputs(spec: JobSpec, ds: Dataset) -> _Inputs:
     if isinstance(p := spec.paradigm.params, Multimodal):
         lo, hi = ds.modalities[p.modality]
         return _Inputs(ds.x_train[:, lo:hi], ds.x_test[:, lo:hi], None)
-    return _Inputs(ds.x_train, ds.x_test, ds.x_train_raw)
+    return _Inputs(ds.x_train, ds.x_test, ds.x_train_raw, ds.image_shape)
 
 
 def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
     tr = spec.train
     shape = tuple(inputs.x_train.shape[1:])
-    augment.check(tr.augment, tr.cutout, shape, multimodal=inputs.raw is None)
+    augment.check(tr.augment, tr.cutout, inputs.image, shape, multimodal=inputs.raw is None)
+
+
+def publishes(spec: JobSpec) -> bool:
+    """Does the job publish checkpoints? ``train.publish``, by default: when its paradigm
+    reads knowledge from the bank (a supervised job keeps the makers idle)."""
+    if spec.train.publish is not None:
+        return spec.train.publish
+    return bool(spec.paradigm.params.plugins())
 
 
 def check_job(spec: JobSpec, ds: Dataset) -> HeadShapes:
@@ -467,7 +477,13 @@ class JobRun:
         n = len(x)
         if tr.augment != "none":
             flat = augment.views(
-                tr.augment, inputs.raw.reshape(n, -1), ds.standardize, tr.augment_views, tr.seed
+                tr.augment,
+                inputs.raw.reshape(n, -1),
+                ds.standardize,
+                tr.augment_views,
+                tr.seed,
+                image=inputs.image,
+                corruption=tr.corruption,
             )
             x = flat.reshape((n, flat.shape[1], *shape))
         if not km.knowledge.reads_unlabeled:
@@ -489,14 +505,17 @@ class JobRun:
         if not views and not tr.cutout:
             return batches
         blank = ds.standardize(np.zeros((1, math.prod(shape))))[0]  # the background
-        return augmented(batches, views=views, cutout=tr.cutout, blank=blank)
+        return augmented(
+            batches, views=views, cutout=tr.cutout, blank=blank, image_shape=inputs.image
+        )
 
     def _publish_checkpoints(self) -> Any:
-        """The checkpoint callback (None without Kafka: nothing is published)."""
+        """The checkpoint callback; None when the job publishes none (``train.publish``:
+        by default, one whose paradigm reads no knowledge) or has no Kafka."""
         from carls.trainers.callbacks import PublishCheckpoints
 
         ctx, tr = self.ctx, self.spec.train
-        if ctx.publisher is None:
+        if ctx.publisher is None or not publishes(self.spec):
             return None
         return PublishCheckpoints(
             ctx.publisher,

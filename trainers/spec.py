@@ -163,6 +163,11 @@ class DatasetSpec(_Spec):
     values as they are (token ids, or inputs the model scales itself)."""
     modalities: dict[Modality, Columns] = Field(default_factory=dict)
     """Modality name -> ``[start, stop)`` feature columns (flat N x D data only)."""
+    image_shape: tuple[Annotated[Int, Field(ge=2)], Annotated[Int, Field(ge=2)]] | None = None
+    """``[height, width]``: flat N x D features are one-channel images stored row by row
+    (D = height x width), which the image augmentations (``train.augment: shift |
+    affine``, ``train.cutout``) need. Flat data are features otherwise, whatever their
+    number; N x H x W (x 1) arrays and the bundled ``digits`` are images already."""
 
     _null_is_empty = field_validator("modalities", mode="before")(_empty_if_null)
 
@@ -292,6 +297,11 @@ class TrainSpec(_Spec):
     batch_size: Int = Field(128, ge=1)
     """Unlabeled examples per step."""
     learning_rate: Number = Field(0.003, gt=0)
+    publish: Flag | None = None
+    """Publish checkpoints to the makers. Unset: a job does when its paradigm reads
+    knowledge (every paradigm but ``supervised``), so a supervised baseline keeps no
+    worker busy; true: a supervised job too (a teacher whose knowledge others read);
+    false: never."""
     checkpoint_every: Int = Field(200, ge=1)
     """Steps between checkpoints published to the makers."""
     checkpoint_every_s: Annotated[Number, Field(gt=0)] | None = None
@@ -306,11 +316,18 @@ class TrainSpec(_Spec):
     answer it, the knowledge terms have nothing from the bank (a bootstrap graph aside)."""
     labeled_batch_size: Int = Field(64, ge=1)
     """Labeled examples per step (drawn again and again: they are usually few)."""
-    augment: Literal["none", "shift", "affine"] = "none"
-    """Input-space augmentation for square images: 1-pixel shifts, or random affine views."""
+    augment: Literal["none", "shift", "affine", "corrupt"] = "none"
+    """Input-space views of each training example, one picked per step. For images
+    (``dataset.image_shape``, bundled digits, N x H x W (x 1) arrays): ``shift`` (1-pixel
+    translations) or ``affine`` (random small rotations, scalings, shears, shifts). For
+    any flat features, tabular ones included: ``corrupt``, each view replacing a random
+    ``corruption`` fraction of the features by the same features of other random training
+    examples (SCARF's corruption, VIME's mask-and-replace)."""
     augment_views: Int = Field(16, ge=2, le=256)
+    corruption: Number = Field(0.3, gt=0, lt=1)
+    """Fraction of the features each ``corrupt`` view replaces."""
     cutout: Int = Field(0, ge=0, le=64)
-    """Blank a random square of this side in each unlabeled example (square images; 0: off)."""
+    """Blank a random square of this side in each unlabeled example (images only; 0: off)."""
     ema: Number = Field(0.0, ge=0, lt=1)
     """Keep an exponential moving average of the weights with this decay (0: off): the
     evaluations use it, and it is the job's final model."""

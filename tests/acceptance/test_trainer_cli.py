@@ -119,7 +119,7 @@ train: {{steps: 150, eval_every: 50, checkpoint_every: 100}}
     assert state["state"] == "succeeded" and state["reason"] is None
     assert [h["step"] for h in state["history"]] == [50, 100, 150]
     assert state["test_accuracy"] == pytest.approx(float(rows["test accuracy"]), abs=1e-3)
-    assert state["checkpoints"] >= 2
+    assert state["checkpoints"] == 0  # a supervised job keeps the makers idle
 
     png = env.tmp / "out.png"
     plotted = carls("job", "status", job_id, "--plot", str(png), env=env.vars)
@@ -142,7 +142,7 @@ namespace: {ns}
 dataset: {{path: mine.npz, labeled: 100}}
 model: {{hidden: [32], embedding_dim: 16}}
 paradigm: {{name: supervised}}
-train: {{steps: 60, eval_every: 30, checkpoint_every: 30}}
+train: {{steps: 60, eval_every: 30, checkpoint_every: 30, publish: true}}
 """,
     )
     submitted = carls("submit", str(job), env=env.vars)
@@ -188,6 +188,7 @@ def _csv(env: Env, name: str, rows: list[str]) -> Path:
         ("absent csv label column", "dataset.label_column", "'target' is not a column"),
         ("non-numeric csv feature", "dataset.path", "'abc' is not a number"),
         ("codistillation without peer", "paradigm.params.peer", "required"),
+        ("image augmentation on tabular data", "train.augment", "are not images"),
     ],
 )
 def test_submit_rejects_an_invalid_spec_naming_the_field(
@@ -207,6 +208,8 @@ def test_submit_rejects_an_invalid_spec_naming_the_field(
     elif case == "non-numeric csv feature":
         _csv(env, "data.csv", [*good_rows[:5], "1.0,abc,1", *good_rows[5:]])
         dataset = "{path: data.csv, label_column: label}"
+    elif case == "image augmentation on tabular data":  # iris: 4 features, not 2 x 2 pixels
+        dataset = "{name: iris}\ntrain: {augment: affine}"
     else:
         paradigm = "{name: codistillation, params: {weight: 1.0}}"
     job = env.write("job.yaml", f"namespace: {ns}\ndataset: {dataset}\nparadigm: {paradigm}\n")

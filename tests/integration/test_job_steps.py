@@ -33,7 +33,7 @@ def test_a_second_job_on_a_namespace_numbers_its_checkpoints_after_the_first(
             "dataset": {"name": "iris"},
             "model": {"hidden": [16], "embedding_dim": 8},
             "paradigm": {"name": "supervised"},
-            "train": {"steps": 200, "checkpoint_every": 100, "eval_every": 100},
+            "train": {"steps": 200, "checkpoint_every": 100, "eval_every": 100, "publish": True},
         }
     )
     bank = CassandraBank(settings.cassandra).start()

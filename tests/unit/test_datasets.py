@@ -119,17 +119,85 @@ def test_labeled_fewer_than_classes_is_an_error() -> None:
 # Files
 
 
-def test_npz_mask_wins_over_the_count(tmp_path: Path) -> None:
-    n = 60
+def masked(tmp_path: Path, n: int = 60, **arrays: np.ndarray) -> Path:
+    """An .npz of ``n`` 2-feature examples of three string classes, with ``arrays``."""
     y = np.array(["b", "a", "c"] * (n // 3))
-    mask = np.arange(n) % 4 == 0
     path = tmp_path / "masked.npz"
-    np.savez(path, X=np.arange(n * 2, dtype=np.float64).reshape(n, 2), y=y, labeled=mask)
-    data = load_dataset(DatasetSpec(path=path, labeled=3), seed=0)
-    assert data.name == "masked" and data.ids_train[0].startswith("masked-")
-    assert (data.labeled == mask[rows(data.ids_train)]).all()
-    assert data.class_names == ["a", "b", "c"]
-    assert (data.y_train == np.searchsorted(["a", "b", "c"], y[rows(data.ids_train)])).all()
+    np.savez(path, X=np.arange(n * 2, dtype=np.float64).reshape(n, 2), y=y, **arrays)
+    return path
+
+
+def test_npz_labeled_mask_is_honoured_as_given(tmp_path: Path) -> None:
+    n = 60
+    mask = np.arange(n) % 4 == 0
+    path = masked(tmp_path, n, labeled=mask)
+    for seed in (0, 1, 2):
+        data = load_dataset(DatasetSpec(path=path), seed=seed)
+        assert data.name == "masked" and data.ids_train[0].startswith("masked-")
+        # every labeled row trains, labeled; the test split comes from the others
+        assert sorted(rows(data.ids_train)[data.labeled]) == np.flatnonzero(mask).tolist()
+        assert not mask[rows(data.ids_test)].any() and len(data.ids_test) == 18
+        y = np.array(["b", "a", "c"] * (n // 3))
+        assert data.class_names == ["a", "b", "c"]
+        assert (data.y_train == np.searchsorted(["a", "b", "c"], y[rows(data.ids_train)])).all()
+
+
+def test_npz_labeled_mask_and_a_labeled_count_is_an_error(tmp_path: Path) -> None:
+    path = masked(tmp_path, labeled=np.arange(60) % 4 == 0)
+    err = dataset_error(DatasetSpec(path=path, labeled=3), "dataset.labeled")
+    assert "labeled mask" in str(err) and "drop dataset.labeled" in str(err)
+
+
+def test_npz_test_mask_is_the_test_split(tmp_path: Path) -> None:
+    n = 60
+    test, labeled = np.arange(n) >= 45, np.arange(n) % 5 == 0
+    path = masked(tmp_path, n, labeled=labeled & ~test, test=test)
+    for seed in (0, 7):
+        data = load_dataset(DatasetSpec(path=path), seed=seed)
+        assert rows(data.ids_test).tolist() == list(range(45, 60))
+        assert rows(data.ids_train).tolist() == list(range(45))
+        assert (data.labeled == labeled[:45]).all()
+    # with a count instead of the labeled mask: chosen among the file's training rows
+    path = masked(tmp_path, n, test=test)
+    data = load_dataset(DatasetSpec(path=path, labeled=6), seed=0)
+    assert rows(data.ids_test).tolist() == list(range(45, 60)) and data.labeled.sum() == 6
+
+
+def test_npz_test_mask_conflicts_are_errors(tmp_path: Path) -> None:
+    test = np.arange(60) >= 45
+    path = masked(tmp_path, test=test)
+    err = dataset_error(DatasetSpec(path=path, test_size=0.2), "dataset.test_size")
+    assert "own test split" in str(err)
+    path = masked(tmp_path, test=test, labeled=np.arange(60) % 5 == 0)
+    err = dataset_error(DatasetSpec(path=path), "dataset.path")
+    assert "3 rows are marked both labeled and test" in str(err)
+    path = masked(tmp_path, test=np.zeros(60, bool))
+    assert "both sides" in str(dataset_error(DatasetSpec(path=path), "dataset.path"))
+    path = masked(tmp_path, test=np.arange(60) % 2)
+    assert "test must be a boolean mask" in str(
+        dataset_error(DatasetSpec(path=path), "dataset.path")
+    )
+
+
+def test_npz_arrays_carls_does_not_read_are_an_error(tmp_path: Path) -> None:
+    path = masked(tmp_path, weights=np.ones(60), unlabeled=np.zeros(60, bool))
+    err = dataset_error(DatasetSpec(path=path), "dataset.path")
+    assert "does not read: weights, unlabeled" in str(err)
+
+
+def test_only_declared_or_shaped_images_are_images(tmp_path: Path) -> None:
+    assert load_dataset(DatasetSpec(name="digits"), 0).image_shape == (8, 8)
+    assert load_dataset(DatasetSpec(name="iris"), 0).image_shape is None  # 4 = 2 x 2, still
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, X=np.random.default_rng(0).random((40, 16)), y=np.arange(40) % 2)
+    assert load_dataset(DatasetSpec(path=flat), 0).image_shape is None
+    assert load_dataset(DatasetSpec(path=flat, image_shape=(2, 8)), 0).image_shape == (2, 8)
+    err = dataset_error(DatasetSpec(path=flat, image_shape=(4, 5)), "dataset.image_shape")
+    assert "4 x 5 is 20 pixels; the examples have 16 features" in str(err)
+    path, _, _ = images(tmp_path)
+    assert load_dataset(DatasetSpec(path=path), 0).image_shape == (8, 8)
+    err = dataset_error(DatasetSpec(path=path, image_shape=(8, 8)), "dataset.image_shape")
+    assert "only for flat features" in str(err)
 
 
 def test_npz_without_x_is_an_error(tmp_path: Path) -> None:

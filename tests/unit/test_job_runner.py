@@ -132,24 +132,45 @@ def test_a_model_that_does_not_fit_fails_before_anything_is_written(
         bank.namespace("images_job")
 
 
-def test_augmenting_examples_that_are_not_square_images_is_refused_before_any_write(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("train", "field"),
+    [({"augment": "shift"}, "train.augment"), ({"cutout": 2}, "train.cutout")],
+)
+def test_image_augmentations_of_examples_that_are_not_images_are_refused_before_any_write(
+    tmp_path: Path, train: dict[str, Any], field: str
 ) -> None:
-    path = tmp_path / "seq.npz"
+    path = tmp_path / "tabular.npz"  # 16 features: a square number, and still no image
     rng = np.random.default_rng(0)
-    np.savez(path, X=rng.integers(0, 50, (60, 12)), y=np.arange(60) % 2)
+    np.savez(path, X=rng.normal(size=(60, 16)), y=np.arange(60) % 2)
     bank = MemoryBank()
     spec = job(
         path,
         dataset={"labeled": 10},
         model={"builder": None, "params": {}, "hidden": [8], "embedding_dim": 4},
-        train={"augment": "shift"},
+        train=train,
     )
     with pytest.raises(SpecError) as info:
         run(spec, bank)
-    assert info.value.field == "train.augment" and "(12,)" in info.value.problem
+    assert info.value.field == field and "(16,)" in info.value.problem
+    assert "augment: corrupt" in info.value.problem and "image_shape" in info.value.problem
     with pytest.raises(NamespaceError):
         bank.namespace("images_job")
+
+
+def test_tabular_examples_train_on_corrupted_views_and_declared_images_on_image_views(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tabular.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, X=rng.normal(size=(60, 16)), y=np.arange(60) % 2)
+    small = {"builder": None, "params": {}, "hidden": [8], "embedding_dim": 4}
+    for dataset, train in (
+        ({"labeled": 10}, {"augment": "corrupt", "corruption": 0.5, "augment_views": 3}),
+        ({"labeled": 10, "image_shape": [4, 4]}, {"augment": "affine", "cutout": 2}),
+    ):
+        bank = MemoryBank()
+        state = run(job(path, dataset=dataset, model=small, train=train), bank)
+        assert state["state"] == "succeeded" and state["step"] == 40
 
 
 def test_submit_builds_and_checks_a_user_model_before_queueing(
