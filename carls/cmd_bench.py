@@ -291,3 +291,68 @@ def bench_trainer(ctx: click.Context, steps: int, as_json: bool) -> None:
         f"target KnowledgeModel.fit <= 1.15x plain fit (the CNN): "
         f"{'met' if r['target_wrapper_fit_vs_plain_fit_le_1.15'] else 'NOT MET'}"
     )
+
+
+@bench.command("learning")
+@click.option(
+    "--datasets",
+    default="iris,digits,moons,circles,classification",
+    show_default=True,
+    help="Comma-separated datasets of the suite.",
+)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option(
+    "--paradigm",
+    default="pseudo_label_graph",
+    show_default=True,
+    help="The carls paradigm, run with its default parameters.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def bench_learning(
+    ctx: click.Context, datasets: str, seeds: str, paradigm: str, as_json: bool
+) -> None:
+    """Semi-supervised accuracy of carls at its default settings against scikit-learn's
+    LabelSpreading, SelfTraining and a supervised logistic regression, on one identical
+    split per dataset and seed (iris, digits as plain vectors, two moons, two circles, a
+    four-class make_classification; few labels each). Each carls job runs on the local
+    stack with one worker making its knowledge; about a minute per job."""
+    from carls.cli import settings_of
+    from carls.demo import learning_bench
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"not comma-separated integers: {seeds!r}", param_hint="--seeds"
+        ) from None
+    from carls.benches.learning import suite
+
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    unknown = sorted(set(names) - set(suite()))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown {', '.join(unknown)}; the suite has {', '.join(suite())}",
+            param_hint="--datasets",
+        )
+    r = learning_bench(settings_of(ctx), progress, names, seed_list, paradigm)
+    if as_json:
+        emit_json(r)
+        return
+    rows = []
+    for name, d in r["datasets"].items():
+        best = d["baselines"][d["best_baseline"]]
+        rows.append(
+            (
+                f"{name} ({d['labels']} labels)",
+                f"{d['carls']['mean']:.4f} ± {d['carls']['std']:.4f}",
+                f"{d['best_baseline']} {best['mean']:.4f} ± {best['std']:.4f}",
+                f"{d['carls_minus_best']:+.4f}",
+            )
+        )
+    click.echo(table(rows, ["dataset", f"carls {r['paradigm']}", "best baseline", "difference"]))
+    click.echo(
+        f"carls matches the best baseline on every set: "
+        f"{'yes' if r['matches_best_on_every_set'] else 'no'}; beats it on "
+        f"{r['beats_best_on']} of {len(r['datasets'])}"
+    )

@@ -87,7 +87,7 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
     blobs = CassandraBlobs(cassandra).start()
     store = settings.artifact_store(blobs)
     publisher = Publisher(settings.kafka, settings.topics)
-    worker = _start_worker(settings, say)
+    worker = start_worker(settings, say)
     result: dict[str, Any] = {"seeds": list(seeds), "stack_ready_s": round(stack_s, 1)}
     try:
         base, ours, cov, stale, job_ids = [], [], [], [], []
@@ -144,8 +144,11 @@ def _settled_coverage(
         time.sleep(0.5)
 
 
-def _start_worker(settings: Settings, say: Say) -> subprocess.Popen[bytes]:
-    log = settings.state_dir.resolve() / "demo-worker.log"
+def start_worker(
+    settings: Settings, say: Say, name: str = "demo-worker"
+) -> subprocess.Popen[bytes]:
+    """A ``carls worker`` process on ``settings``' stack, logging to the state folder."""
+    log = settings.state_dir.resolve() / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     say(f"starting a knowledge-maker worker (log: {log})")
     return subprocess.Popen(
@@ -155,3 +158,61 @@ def _start_worker(settings: Settings, say: Say) -> subprocess.Popen[bytes]:
         env={**os.environ},
         cwd=Path.cwd(),
     )
+
+
+LEARNING_NAMESPACE = re.compile(r"bench_[a-z]+_s[0-9]+_[0-9a-f]{6}")
+
+
+def learning_bench(
+    settings: Settings,
+    say: Say,
+    datasets: list[str] | None = None,
+    seeds: tuple[int, ...] = SEEDS,
+    paradigm: str | None = None,
+) -> dict[str, Any]:
+    """``carls bench learning`` on the local stack: each carls job runs as ``carls
+    trainer`` runs it, with one ``carls worker`` making its knowledge."""
+    import tempfile
+
+    from carls.benches import learning
+
+    bring_up(settings, say=say)
+    cassandra = Connection(settings.cassandra).start()
+    bank = CassandraBank(cassandra).start()
+    jobs = CassandraJobStore(cassandra).start()
+    blobs = CassandraBlobs(cassandra).start()
+    store = settings.artifact_store(blobs)
+    publisher = Publisher(settings.kafka, settings.topics)
+    worker = start_worker(settings, say, "bench-learning-worker")
+    run_id = uuid.uuid4().hex[:6]
+
+    def run_carls(npz: Path, dataset: str, seed: int, paradigm_name: str) -> float:
+        ns = f"bench_{dataset}_s{seed}_{run_id}"
+        spec = load_spec(
+            {
+                "namespace": ns,
+                "dataset": {"path": str(npz)},
+                "paradigm": {"name": paradigm_name},
+                "train": {"seed": seed},
+            }
+        )
+        ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs)
+        return float(JobRun(new_job_id(ns), spec, ctx, lambda _: None).run()["test_accuracy"])
+
+    try:
+        drop_earlier_runs(bank, blobs, settings, LEARNING_NAMESPACE.fullmatch)
+        with tempfile.TemporaryDirectory() as folder:
+            return learning.run(
+                run_carls,
+                Path(folder),
+                datasets=datasets,
+                seeds=seeds,
+                paradigm=paradigm or learning.PARADIGM,
+                say=say,
+            )
+    finally:
+        worker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(timeout=30)
+        publisher.close()
+        cassandra.close()

@@ -31,3 +31,20 @@ def test_bench_bank_reports_the_bank_next_to_the_driver(stack: Settings, carls: 
     human = carls("bench", "bank", "--rows", "2000", "--lookups", "10")
     assert human.returncode == 0, human.stderr
     assert "lookup vs the driver's best" in human.stdout
+
+
+def test_bench_learning_runs_carls_and_the_baselines_on_one_split(
+    stack: Settings, carls: CarlsRun
+) -> None:
+    r = json_of(carls("bench", "learning", "--datasets", "iris", "--seeds", "0", "--json"))
+    iris = r["datasets"]["iris"]
+    assert r["paradigm"] == "pseudo_label_graph" and r["seeds"] == [0]
+    assert 0.0 < iris["carls"]["mean"] <= 1.0 and len(iris["carls"]["accuracies"]) == 1
+    assert iris["best_baseline"] in iris["baselines"] and len(iris["baselines"]) == 4
+    assert iris["carls_minus_best"] == pytest.approx(
+        iris["carls"]["mean"] - iris["best_baseline_mean"]
+    )
+    assert isinstance(r["matches_best_on_every_set"], bool)
+
+    bad = carls("bench", "learning", "--datasets", "iris,mnist")
+    assert bad.returncode == 2 and "unknown mnist; the suite has iris" in bad.stderr
