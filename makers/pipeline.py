@@ -33,6 +33,8 @@ MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
 POOL_CHUNK = 5000
 POOL_FETCHES = 4
 """Example fetches in flight while a pool is built (each of ``POOL_CHUNK`` ids)."""
+POOL_STALL_S = 15.0
+"""A pool collecting a campaign's embeddings fetches the rest once none came for this long."""
 
 
 @dataclass(slots=True)
@@ -67,6 +69,35 @@ class StageTimes:
         self.search_s += other.search_s
 
 
+class _Collected:
+    """A campaign's embeddings, gathered from its own batches for the neighbour pool."""
+
+    def __init__(self, ids: list[str], dim: int) -> None:
+        self.ids = ids
+        self.position = {pid: j for j, pid in enumerate(ids)}
+        self.vectors = np.zeros((len(ids), dim), np.float32)
+        self.filled = np.zeros(len(ids), bool)
+        self.count = 0
+        self.changed = threading.Condition()
+        self.grew_at = time.monotonic()
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        rows = np.fromiter((self.position.get(i, -1) for i in ids), np.int64, len(ids))
+        hit = rows >= 0
+        with self.changed:
+            self.vectors[rows[hit]] = vectors[hit]
+            self.filled[rows[hit]] = True
+            self.count = int(self.filled.sum())
+            self.grew_at = time.monotonic()
+            self.changed.notify_all()
+
+    def wait(self, stall_s: float) -> None:
+        """Until every id is in, or none came for ``stall_s`` (the rest went elsewhere)."""
+        with self.changed:
+            while self.count < len(self.ids) and time.monotonic() - self.grew_at < stall_s:
+                self.changed.wait(timeout=0.5)
+
+
 class Maker:
     """Turns id batches into knowledge with the checkpoint a manifest names."""
 
@@ -94,6 +125,10 @@ class Maker:
         self._pools: dict[tuple[str, int, str], tuple[list[str], VectorIndex]] = {}
         self._positions: dict[tuple[str, int, str], dict[str, int]] = {}
         self._pool_lock = threading.Lock()
+        self._collected: dict[tuple[str, int, str], _Collected] = {}
+        self.pool_stall_s = POOL_STALL_S
+        """How long a pool waits for a campaign's next embeddings before fetching the
+        missing ones."""
         self._writers = ThreadPoolExecutor(max_workers=len(MAKERS), thread_name_prefix="write")
 
     def kinds_for(self, spec: NamespaceSpec, wanted: Sequence[str]) -> list[str]:
@@ -158,6 +193,9 @@ class Maker:
         pids = [ex.ids[i] for i in present]
         self._check_features(manifest, model, ex.features.shape[1])
         emb, probs = model.infer(ex.features[present])
+        collected = self._collected.get((spec.name, model.step, model.manifest.sha256))
+        if collected is not None:
+            collected.add(pids, emb)
         t2 = time.perf_counter()
         lineage = Lineage(manifest.step, f"{self.worker}", model.fingerprint)
         labels = ex.labels[present]
@@ -228,9 +266,21 @@ class Maker:
         self.times.add(StageTimes(0.0, 0.0, time.perf_counter() - t1, len(unique), 0.0, t1 - t0))
         return True
 
+    def collect(self, spec: NamespaceSpec, manifest: CheckpointManifest, ids: list[str]) -> None:
+        """Keep the embeddings of ``ids`` that this maker makes with ``manifest``'s model,
+        for ``prepare_pool``: a campaign whose every batch comes here builds its pool
+        without fetching and inferring its examples a second time."""
+        model = self.cache.get(manifest)
+        key = (spec.name, model.step, model.manifest.sha256)
+        self._collected[key] = _Collected(ids, model.embedding_dim)
+
     def prepare_pool(self, spec: NamespaceSpec, manifest: CheckpointManifest) -> None:
         """Build (or load) the pool of ``manifest``'s step ahead of its neighbour batches."""
-        self.pool(spec, self.cache.get(manifest))
+        model = self.cache.get(manifest)
+        try:
+            self.pool(spec, model)
+        finally:
+            self._collected.pop((spec.name, model.step, model.manifest.sha256), None)
 
     def pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
         """The embeddings of every registered example under ``model``, indexed once per
@@ -275,33 +325,58 @@ class Maker:
 
     def _build_pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
         t0 = time.perf_counter()
-        ids: list[str] = []
-        for bucket in range(spec.buckets):
-            ids += self.bank.example_ids(spec.name, bucket)
-        # Several fetches in flight, inferred in order as they land: the pool's examples
-        # are read while a campaign's own batches load the bank, latency-bound, not slow.
-        vectors = np.zeros((len(ids), model.embedding_dim), np.float32)
+        collected = self._collected.get((spec.name, model.step, model.manifest.sha256))
+        if collected is None:
+            ids: list[str] = []
+            for bucket in range(spec.buckets):
+                ids += self.bank.example_ids(spec.name, bucket)
+            vectors = np.zeros((len(ids), model.embedding_dim), np.float32)
+            self._fetch_vectors(spec, model, ids, np.arange(len(ids)), vectors)
+            how = f"{len(ids)} embeddings fetched and inferred"
+        else:
+            collected.wait(self.pool_stall_s)
+            ids, vectors = collected.ids, collected.vectors
+            with collected.changed:
+                missing = np.flatnonzero(~collected.filled)
+            self._fetch_vectors(spec, model, ids, missing, vectors)
+            how = (
+                f"{len(ids) - missing.size} embeddings from the campaign's batches, "
+                f"{missing.size} fetched and inferred"
+            )
+        log.info(
+            "neighbour pool for %s step %d: %s (%.1f s)",
+            spec.name,
+            model.step,
+            how,
+            time.perf_counter() - t0,
+        )
+        return ids, VectorIndex(vectors, exact_below=self.exact_below, params=self.hnsw)
 
-        def fetch(at: int) -> tuple[int, Examples]:
-            return at, self.bank.fetch_examples(spec.name, ids[at : at + POOL_CHUNK])
+    def _fetch_vectors(
+        self,
+        spec: NamespaceSpec,
+        model: LoadedModel,
+        ids: list[str],
+        rows: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        """``vectors[rows]``: the embeddings of ``ids[rows]``, fetched and inferred. Several
+        fetches are in flight, inferred in order as they land: under a campaign's load the
+        reads are latency-bound."""
 
-        def infer(done: Future[tuple[int, Examples]]) -> None:
-            at, got = done.result()
-            vectors[at : at + len(got.ids)] = model.infer(got.features)[0]
+        def fetch(at: int) -> tuple[np.ndarray, Examples]:
+            part = rows[at : at + POOL_CHUNK]
+            return part, self.bank.fetch_examples(spec.name, [ids[j] for j in part])
+
+        def infer(done: Future[tuple[np.ndarray, Examples]]) -> None:
+            part, got = done.result()
+            vectors[part] = model.infer(got.features)[0]
 
         with ThreadPoolExecutor(POOL_FETCHES, thread_name_prefix="pool-fetch") as fetches:
-            pending: deque[Future[tuple[int, Examples]]] = deque()
-            for at in range(0, len(ids), POOL_CHUNK):
+            pending: deque[Future[tuple[np.ndarray, Examples]]] = deque()
+            for at in range(0, len(rows), POOL_CHUNK):
                 pending.append(fetches.submit(fetch, at))
                 if len(pending) > POOL_FETCHES:
                     infer(pending.popleft())
             while pending:
                 infer(pending.popleft())
-        log.info(
-            "neighbour pool for %s step %d: %d embeddings fetched and inferred in %.1f s",
-            spec.name,
-            model.step,
-            len(ids),
-            time.perf_counter() - t0,
-        )
-        return ids, VectorIndex(vectors, exact_below=self.exact_below, params=self.hnsw)

@@ -423,6 +423,10 @@ class Makers:
             and total >= self.cfg.neighbours_exact_below
         )
         first = tuple(k for k in spec.kinds if k != "neighbours") if staged else ()
+        if staged and self.consumer.owns_all(self.cfg.topics.examples):
+            # Every batch of the first phase comes to this worker: the pool takes their
+            # embeddings as they are made instead of fetching and inferring them again.
+            self.maker.collect(spec, manifest, [i for ids in buckets for i in ids])
         await self._publish_campaign(ns, manifest.step, campaign, buckets, first)
         log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
         await self._progress(ns, "embedding", manifest.step, 0, total, campaign)

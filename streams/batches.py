@@ -239,6 +239,16 @@ class BatchConsumer(Service):
         tp = TopicPartition(topic, partition)
         return consumer.highwater(tp) if tp in consumer.assignment() else None
 
+    def owns_all(self, topic: str) -> bool:
+        """Whether every partition of ``topic`` is this consumer's now (it is the only
+        member of its group reading it)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        partitions = consumer.partitions_for_topic(topic)
+        mine = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        return bool(partitions) and mine == set(partitions)
+
     def owns(self, record: Any) -> bool:
         """Whether ``record``'s partition is still this consumer's (not rebalanced away)."""
         consumer = self._consumer

@@ -304,6 +304,36 @@ def test_above_the_threshold_one_worker_builds_the_steps_index_and_the_other_loa
         env.close()  # the index goes with the namespace
 
 
+def test_a_lone_worker_builds_the_index_from_its_campaigns_own_embeddings(
+    stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARLS_NEIGHBOURS_EXACT_BELOW", "1000")
+    monkeypatch.setenv("CARLS_LOG_LEVEL", "INFO")
+    env = MakerEnv(tmp_path, examples=6000, buckets=4)
+    try:
+        env.start_worker()
+        env.wait_members(1)
+        env.publisher.manifest(env.save(10))
+        covered = env.wait_coverage(10, KINDS, timeout=240)
+        for c in covered.values():
+            assert (c.at_newest, c.older, c.none) == (len(env.ids), 0, 0)
+        log = (env.tmp / "worker-0.log").read_text()
+        # every first-phase batch came to this worker: no example read twice
+        assert "6000 embeddings from the campaign's batches, 0 fetched" in log, log[-3000:]
+        got = env.bank.read(env.ns, "neighbours", env.ids[:300], lineage=True)
+        assert set(got.steps.tolist()) == {10} and got.neighbour_ids is not None
+        pool = np.asarray(tiny_model(10)(env.features)[0])
+        unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+        hits = 0
+        for i, mine in enumerate(got.neighbour_ids):
+            scores = unit @ unit[i]
+            scores[i] = -np.inf
+            hits += len({env.ids[j] for j in np.argsort(-scores)[:5]} & set(mine))
+        assert hits / (5 * 300) >= 0.95
+    finally:
+        env.close()
+
+
 def _fields(m: CheckpointManifest) -> dict[str, object]:
     import dataclasses
 

@@ -168,3 +168,35 @@ def test_a_pool_fetched_chunk_by_chunk_serves_neighbour_batches_without_a_fetch(
     want = [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
     got = bank.read("ns", "neighbours", [f"e{i}" for i in range(N)], lineage=True)
     assert got.neighbour_ids == want and set(got.steps.tolist()) == {3}
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_a_pool_takes_the_campaigns_own_embeddings_and_fetches_only_the_rest(
+    made: tuple[MemoryBank, Maker, Any, Any, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    share: float,
+) -> None:
+    bank, maker, manifest, model, x = made
+    spec = bank.namespace("ns")
+    ids = [f"e{i}" for i in range(N)]
+    maker.collect(spec, manifest, ids)
+    maker.pool_stall_s = 0.2  # the other half went to another worker: fetched after this
+    first = [k for k in spec.kinds if k != "neighbours"]
+    mine = ids[: int(N * share)]
+    for s in range(0, len(mine), 8):
+        maker.process(spec, manifest, mine[s : s + 8], first)
+    fetched: list[str] = []
+    fetch = bank.fetch_examples
+    monkeypatch.setattr(
+        bank, "fetch_examples", lambda ns, some: fetched.extend(some) or fetch(ns, some)
+    )
+    maker.prepare_pool(spec, manifest)
+    assert sorted(fetched) == sorted(ids[len(mine) :])
+    maker.process(spec, manifest, ids, ["neighbours"])
+    pool = np.asarray(model(x)[0])
+    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    scores = unit @ unit.T
+    np.fill_diagonal(scores, -np.inf)
+    want = [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
+    got = bank.read("ns", "neighbours", ids)
+    assert got.neighbour_ids == want
