@@ -307,10 +307,17 @@ def bench_trainer(ctx: click.Context, steps: int, as_json: bool) -> None:
     show_default=True,
     help="The carls paradigm, run with its default parameters.",
 )
+@click.option(
+    "--params",
+    default="{}",
+    show_default=True,
+    help='The paradigm\'s parameters as JSON, e.g. \'{"thresholds": "adaptive"}\' (the '
+    "defaults when not given).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def bench_learning(
-    ctx: click.Context, datasets: str, seeds: str, paradigm: str, as_json: bool
+    ctx: click.Context, datasets: str, seeds: str, paradigm: str, params: str, as_json: bool
 ) -> None:
     """Semi-supervised accuracy of carls at its default settings against scikit-learn's
     LabelSpreading, SelfTraining and a supervised logistic regression, on one identical
@@ -335,7 +342,28 @@ def bench_learning(
             f"unknown {', '.join(unknown)}; the suite has {', '.join(suite())}",
             param_hint="--datasets",
         )
-    r = learning_bench(settings_of(ctx), progress, names, seed_list, paradigm)
+    import json
+
+    try:
+        overrides = json.loads(params)
+        if not isinstance(overrides, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise click.BadParameter(f"{params!r}: {exc}", param_hint="--params") from None
+    from carls.trainers.errors import SpecError
+    from carls.trainers.spec import load_spec
+
+    try:  # checked before the stack is touched
+        load_spec(
+            {
+                "namespace": "check",
+                "dataset": {"name": "iris"},
+                "paradigm": {"name": paradigm, "params": overrides},
+            }
+        )
+    except SpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--paradigm/--params") from None
+    r = learning_bench(settings_of(ctx), progress, names, seed_list, paradigm, overrides)
     if as_json:
         emit_json(r)
         return

@@ -169,6 +169,7 @@ def learning_bench(
     datasets: list[str] | None = None,
     seeds: tuple[int, ...] = SEEDS,
     paradigm: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``carls bench learning`` on the local stack: each carls job runs as ``carls
     trainer`` runs it, with one ``carls worker`` making its knowledge."""
@@ -192,7 +193,7 @@ def learning_bench(
             {
                 "namespace": ns,
                 "dataset": {"path": str(npz)},
-                "paradigm": {"name": paradigm_name},
+                "paradigm": {"name": paradigm_name, "params": params or {}},
                 "train": {"seed": seed},
             }
         )
@@ -209,7 +210,7 @@ def learning_bench(
                 seeds=seeds,
                 paradigm=paradigm or learning.PARADIGM,
                 say=say,
-            )
+            ) | {"params": params or {}}
     finally:
         worker.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

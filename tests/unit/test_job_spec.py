@@ -189,7 +189,7 @@ def test_unknown_paradigm_lists_the_valid_ones() -> None:
         (
             {"paradigm": {"name": "pseudo_label", "params": {"thresh": 0.5}}},
             "paradigm.params.thresh",
-            "unknown key; expected one of threshold, weight, class_balance",
+            "unknown key; expected one of thresholds, threshold, align, weight, class_balance",
         ),
         ({"paradigm.params": {"threshold": 0.5}}, "paradigm.params.threshold", "expected none"),
         ({"train.steps": "many"}, "train.steps", "expected an int"),
@@ -477,7 +477,9 @@ def test_pseudo_label_graph_is_both_plugins_with_their_declarations() -> None:
     assert from_spec(spec) == [PseudoLabel(weight=2.0), Graph(k=3)]
     own = {
         "pseudo_weight": (PseudoLabel, "weight"),
+        "thresholds": (PseudoLabel, "thresholds"),
         "threshold": (PseudoLabel, "threshold"),
+        "align": (PseudoLabel, "align"),
         "class_balance": (PseudoLabel, "class_balance"),
         "graph_weight": (Graph, "weight"),
         "k": (Graph, "k"),

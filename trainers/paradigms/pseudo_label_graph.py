@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -29,7 +29,9 @@ class PseudoLabelGraph(ParadigmParams):
 
     name: ClassVar[str] = "pseudo_label_graph"
     pseudo_weight: float = field_of(PseudoLabel, "weight")
+    thresholds: Literal["fixed", "adaptive"] = field_of(PseudoLabel, "thresholds")
     threshold: float = field_of(PseudoLabel, "threshold")
+    align: bool = field_of(PseudoLabel, "align")
     class_balance: bool = field_of(PseudoLabel, "class_balance")
     graph_weight: float = field_of(Graph, "weight")
     k: int = field_of(Graph, "k")
@@ -41,7 +43,9 @@ class PseudoLabelGraph(ParadigmParams):
     def plugins(self) -> list[Paradigm]:
         return [
             PseudoLabel(
+                thresholds=self.thresholds,
                 threshold=self.threshold,
+                align=self.align,
                 weight=self.pseudo_weight,
                 class_balance=self.class_balance,
             ),
