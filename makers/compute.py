@@ -190,6 +190,55 @@ def index_neighbours(
     return [[p_ids[j] for j in row] for row in rows.tolist()], scores
 
 
+def spread_labels(
+    neighbours: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    classes: int,
+    alpha: float = 0.99,
+    iterations: int = 50,
+) -> tuple[F32, npt.NDArray[np.bool_]]:
+    """Label spreading (Zhou et al., 2004) over a kNN graph: ``(distributions, reached)``.
+
+    ``neighbours`` ``(n, k)`` holds row numbers of each row's neighbours (``-1``: none);
+    the graph is their connectivity, made symmetric, normalized as ``D^-1/2 W D^-1/2``.
+    ``labels`` ``(n,)`` holds class indices, ``NO_LABEL`` (-1) for unlabeled rows. Each
+    iteration sets ``F = alpha S F + (1 - alpha) Y``; the rows of ``F`` are returned
+    normalized to class distributions, ``reached`` False (and the row uniform) where no
+    label's path arrives. Sparse throughout: memory and time grow with ``n k``.
+    """
+    from scipy import sparse
+
+    nb = np.asarray(neighbours)
+    if nb.ndim != 2 or nb.dtype.kind not in "iu":
+        raise InvalidInputError(f"neighbours: expected an (n, k) int array, got {nb.shape}")
+    n = nb.shape[0]
+    y = _labels(labels, n, classes)
+    if not 0 < alpha < 1:
+        raise InvalidInputError(f"alpha: must be in (0, 1), got {alpha}")
+    if nb.size and (nb.max(initial=-1) >= n or nb.min(initial=0) < -1):
+        raise InvalidInputError(f"neighbours: row numbers must be in [-1, {n})")
+    rows = np.repeat(np.arange(n), nb.shape[1])
+    cols = nb.reshape(-1)
+    keep = (cols >= 0) & (cols != rows)
+    w = sparse.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(n, n)
+    )
+    w = (w.maximum(w.T) > 0).astype(np.float32)  # an edge either way, once, is an edge
+    degree = np.asarray(w.sum(axis=1)).reshape(-1)
+    inv = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
+    s = sparse.diags(inv) @ w @ sparse.diags(inv)
+    seed = np.zeros((n, classes), np.float32)
+    known = y >= 0
+    seed[np.flatnonzero(known), y[known]] = 1.0
+    f = seed.copy()
+    for _ in range(iterations):
+        f = alpha * (s @ f) + (1 - alpha) * seed
+    total = f.sum(axis=1, keepdims=True)
+    reached = total[:, 0] > 0
+    out = np.where(reached[:, None], f / np.maximum(total, 1e-30), 1.0 / classes)
+    return out.astype(np.float32), reached
+
+
 # ---------------------------------------------------------------------------------------
 # Knowledge batches: one per kind, in the shapes ``bank.types`` documents.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from carls.makers.compute import (
     knowledge_batches,
     neighbours_batch,
     pseudo_labels,
+    spread_labels,
     top_k_neighbours,
 )
 from carls.makers.errors import BadModelOutputError, InvalidInputError, MakerError
@@ -238,3 +241,55 @@ def test_nan_model_outputs_never_become_knowledge() -> None:
     for kind in ("prediction", "pseudo_label", "difficulty"):
         with pytest.raises(BadModelOutputError, match="probabilities"):
             knowledge_batch(kind, ["a", "b", "c"], np.zeros((3, 2)), probs, np.array([0, 0, 0]))
+
+
+def test_label_spreading_converges_to_its_closed_form_and_leaves_the_unreached_uniform() -> None:
+    rng = np.random.default_rng(0)
+    n, k, classes, alpha = 30, 4, 3, 0.9
+    neighbours = rng.integers(0, 25, size=(n, k))  # rows 25..29 are nobody's neighbour ...
+    neighbours[25:] = -1  # ... and have none: unreached
+    labels = np.full(n, -1)
+    labels[[0, 1, 2]] = [0, 1, 2]
+    got, reached = spread_labels(neighbours, labels, classes, alpha=alpha, iterations=400)
+    w = np.zeros((n, n))
+    for i, row in enumerate(neighbours):
+        for j in row[row >= 0]:
+            if j != i:
+                w[i, j] = w[j, i] = 1.0
+    d = w.sum(axis=1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0)
+    s = inv[:, None] * w * inv[None, :]
+    y = np.zeros((n, classes))
+    y[[0, 1, 2], [0, 1, 2]] = 1
+    f = (1 - alpha) * np.linalg.solve(np.eye(n) - alpha * s, y)
+    want = f / np.maximum(f.sum(axis=1, keepdims=True), 1e-30)
+    assert reached[:25].all() and not reached[25:].any()
+    np.testing.assert_allclose(got[:25], want[:25], atol=1e-4)
+    np.testing.assert_allclose(got[25:], 1 / classes)
+
+
+def test_label_spreading_over_input_neighbours_separates_two_moons_from_ten_labels() -> None:
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(1000, noise=0.1, random_state=0)
+    labels = np.full(1000, -1)
+    for c in (0, 1):
+        labels[np.flatnonzero(y == c)[:5]] = c
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    neighbours = np.argsort(d, axis=1)[:, :7]
+    got, reached = spread_labels(neighbours, labels, 2)
+    assert reached.all() and (got.argmax(axis=1) == y).mean() > 0.97
+
+
+@pytest.mark.parametrize(
+    ("neighbours", "labels", "words"),
+    [
+        (np.zeros((3, 2)), [0, 1, -1], "an (n, k) int array"),
+        (np.array([[1], [5], [0]]), [0, 1, -1], "row numbers must be in [-1, 3)"),
+        (np.array([[1], [2], [0]]), [0, 3, -1], "row 1 holds 3"),
+    ],
+)
+def test_label_spreading_names_bad_input(neighbours: Any, labels: list[int], words: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(words)):
+        spread_labels(neighbours, labels, 2)
