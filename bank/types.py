@@ -7,6 +7,8 @@ Every kind's value for one id is a float32 vector of the kind's declared dimensi
     pseudo_label                      class probabilities, plus ``classes`` and ``confidence``
     difficulty                        one float: loss, or margin          (dim = 1)
     neighbours                        scores, plus ``neighbour_ids``      (dim = k, at most)
+    propagated                        class distribution from labels spread over the
+                                      neighbour graph                     (dim = classes)
 
 so a batch is one ``(n, dim)`` array, and reads are a single gather on the client.
 """

@@ -23,13 +23,22 @@ from carls.bank.errors import DimensionError
 from carls.bank.indexes import SharedIndexes
 from carls.bank.protocol import MakerBank
 from carls.bank.rows import check_batch
-from carls.bank.types import Examples, KnowledgeBatch, Lineage, NamespaceSpec
+from carls.bank.types import NO_LABEL, Examples, KnowledgeBatch, Lineage, NamespaceSpec
 from carls.makers.checkpoints import LoadedModel, ModelCache
-from carls.makers.compute import index_neighbours, knowledge_batch, neighbours_batch
+from carls.makers.compute import (
+    index_neighbours,
+    knowledge_batch,
+    neighbours_batch,
+    spread_labels,
+)
 from carls.schemas import CheckpointManifest
 
 log = logging.getLogger(__name__)
-MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
+MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours", "propagated")
+PER_ID = MAKERS[:5]
+"""The kinds made batch by batch; ``propagated`` is made for a whole namespace at once."""
+PROPAGATION_K = 10
+"""Neighbours per example in the propagation graph when the namespace keeps none."""
 POOL_CHUNK = 5000
 POOL_FETCHES = 4
 """Example fetches in flight while a pool is built (each of ``POOL_CHUNK`` ids)."""
@@ -158,7 +167,7 @@ class Maker:
         self._check_features(manifest, model, ex.features.shape[1])
         emb, probs = model.infer(ex.features)
         for kind in self.kinds_for(spec, ()):
-            if kind != "neighbours":
+            if kind not in ("neighbours", "propagated"):
                 check_batch(spec, kind, knowledge_batch(kind, ex.ids, emb, probs, ex.labels))
 
     @staticmethod
@@ -179,7 +188,7 @@ class Maker:
         """Make ``wanted`` kinds (default: all the namespace ``spec`` has that this maker
         makes) of ``ids`` with ``manifest``'s model and write them."""
         model = self.cache.get(manifest)
-        kinds = self.kinds_for(spec, wanted)
+        kinds = [k for k in self.kinds_for(spec, wanted) if k != "propagated"]
         out = Outcome(manifest.namespace, manifest.step)
         if kinds == ["neighbours"] and self._pooled_neighbours(spec, model, ids, out):
             return out
@@ -265,6 +274,49 @@ class Maker:
         out.processed = len(unique)
         self.times.add(StageTimes(0.0, 0.0, time.perf_counter() - t1, len(unique), 0.0, t1 - t0))
         return True
+
+    def propagate(self, spec: NamespaceSpec, manifest: CheckpointManifest) -> int:
+        """Write the ``propagated`` kind of every example in ``manifest``'s step pool: the
+        registered labels spread over the pool's kNN graph (``spread_labels``), a class
+        distribution per id, uniform where no label reaches. Rows written."""
+        model = self.cache.get(manifest)
+        ids, index = self.pool(spec, model)
+        if not ids:
+            return 0
+        t0 = time.perf_counter()
+        labels = np.full(len(ids), NO_LABEL, np.int32)
+        for at in range(0, len(ids), POOL_CHUNK):
+            labels[at : at + POOL_CHUNK] = self.bank.fetch_examples(
+                spec.name, ids[at : at + POOL_CHUNK]
+            ).labels
+        classes = spec.dim("propagated")
+        if labels.max(initial=NO_LABEL) >= classes:
+            raise DimensionError(
+                f"{spec.name}: a label of class {int(labels.max())}; propagated keeps {classes}"
+            )
+        k = min(spec.kinds.get("neighbours", PROPAGATION_K), len(ids) - 1)
+        rows = np.arange(len(ids))
+        graph = np.full((len(ids), max(k, 1)), -1, np.int64)
+        for at in range(0, len(ids), POOL_CHUNK):
+            part = rows[at : at + POOL_CHUNK]
+            if k > 0:
+                graph[part], _ = index.search(index.vectors(part), k, self_index=part)
+        distributions, reached = spread_labels(graph, labels, classes)
+        lineage = Lineage(model.step, f"{self.worker}", model.fingerprint)
+        written = 0
+        for at in range(0, len(ids), POOL_CHUNK):
+            batch = KnowledgeBatch(ids[at : at + POOL_CHUNK], distributions[at : at + POOL_CHUNK])
+            written += self.bank.write(spec.name, "propagated", batch, lineage)
+        log.info(
+            "labels of %s step %d propagated: %d labeled, %d of %d reached (%.1f s)",
+            spec.name,
+            model.step,
+            int((labels >= 0).sum()),
+            int(reached.sum()),
+            len(ids),
+            time.perf_counter() - t0,
+        )
+        return written
 
     def collect(self, spec: NamespaceSpec, manifest: CheckpointManifest, ids: list[str]) -> None:
         """Keep the embeddings of ``ids`` that this maker makes with ``manifest``'s model,

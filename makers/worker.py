@@ -434,6 +434,15 @@ class Makers:
             await self._run(self.maker.prepare_pool, spec, manifest)
             await self._publish_campaign(ns, manifest.step, campaign, buckets, ("neighbours",))
             log.info("campaign %s: neighbours of %d ids published", campaign, total)
+        if "propagated" in self.maker.kinds_for(spec, ()):
+            # The whole namespace at once, from the step's pool: here, not per batch.
+            try:
+                written = await self._run(self.maker.propagate, spec, manifest)
+            except CarlsError as exc:  # e.g. a label beyond the kind's classes
+                reason = f"labels of {ns} step {manifest.step} not propagated: {exc}"
+                await self._dead_letter(event, reason, exc)
+            else:
+                await self._progress(ns, "propagated", manifest.step, written, total, campaign)
         self.campaigned[ns] = generation
 
     async def _publish_campaign(

@@ -20,7 +20,14 @@ MODALITY_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 MAX_ID_BYTES = 256
 """Longest example id, counted in UTF-8 bytes."""
 
-KINDS: tuple[str, ...] = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours")
+KINDS: tuple[str, ...] = (
+    "embedding",
+    "pseudo_label",
+    "difficulty",
+    "prediction",
+    "neighbours",
+    "propagated",
+)
 """The knowledge kinds; ``embedding/<modality>`` is accepted as well."""
 
 _NAME_RE = re.compile(NAME_PATTERN)

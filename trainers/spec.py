@@ -64,6 +64,7 @@ from carls.trainers.fields import (
 from carls.trainers.paradigms.base import ParadigmParams
 from carls.trainers.paradigms.graph import DEFAULT_K, Graph
 from carls.trainers.paradigms.multimodal import Multimodal
+from carls.trainers.paradigms.pseudo_label import PseudoLabel
 from carls.trainers.paradigms.registry import PARADIGMS as REGISTRY
 
 __all__ = [
@@ -403,6 +404,8 @@ class JobSpec(_Spec):
         plugins = self.paradigm.params.plugins()
         k = max([p.k for p in plugins if isinstance(p, Graph)], default=DEFAULT_K)
         out = default_kinds(dim, classes, k)
+        if any(isinstance(p, PseudoLabel) and p.source == "propagated" for p in plugins):
+            out["propagated"] = classes
         for p in plugins:
             if isinstance(p, Multimodal):
                 for modality in (p.modality, *p.others):

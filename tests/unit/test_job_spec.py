@@ -189,7 +189,7 @@ def test_unknown_paradigm_lists_the_valid_ones() -> None:
         (
             {"paradigm": {"name": "pseudo_label", "params": {"thresh": 0.5}}},
             "paradigm.params.thresh",
-            "unknown key; expected one of thresholds, threshold, align, weight, class_balance",
+            "unknown key; expected one of source, thresholds, threshold, align, weight",
         ),
         ({"paradigm.params": {"threshold": 0.5}}, "paradigm.params.threshold", "expected none"),
         ({"train.steps": "many"}, "train.steps", "expected an int"),
@@ -477,6 +477,7 @@ def test_pseudo_label_graph_is_both_plugins_with_their_declarations() -> None:
     assert from_spec(spec) == [PseudoLabel(weight=2.0), Graph(k=3)]
     own = {
         "pseudo_weight": (PseudoLabel, "weight"),
+        "source": (PseudoLabel, "source"),
         "thresholds": (PseudoLabel, "thresholds"),
         "threshold": (PseudoLabel, "threshold"),
         "align": (PseudoLabel, "align"),
@@ -622,3 +623,16 @@ def test_the_codistillation_demo_submits_valid_peers_on_one_split_from_two_start
         paths[-1].write_text(yaml.safe_dump(jobs[role]))
     ok = CliRunner().invoke(main, ["submit", *map(str, paths), "--dry-run", "--json"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_job_reading_propagated_labels_declares_that_kind() -> None:
+    plain = load_spec(spec_dict({"paradigm": {"name": "pseudo_label"}}))
+    assert "propagated" not in plain.kinds(10)
+    spreading = load_spec(
+        spec_dict({"paradigm": {"name": "pseudo_label_graph", "params": {"source": "propagated"}}})
+    )
+    assert spreading.kinds(10)["propagated"] == 10
+    spec_error(
+        spec_dict({"paradigm": {"name": "pseudo_label", "params": {"source": "oracle"}}}),
+        "paradigm.params.source",
+    )

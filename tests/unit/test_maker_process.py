@@ -15,6 +15,7 @@ from carls.bank.memory import MemoryBank
 from carls.bank.types import NamespaceSpec, default_kinds
 from carls.makers import pipeline
 from carls.makers.checkpoints import ModelCache
+from carls.makers.compute import spread_labels
 from carls.makers.pipeline import Maker
 from carls.trainers.checkpoints import save_artifact
 from carls.trainers.paradigms import Graph, Outputs, PseudoLabel
@@ -200,3 +201,38 @@ def test_a_pool_takes_the_campaigns_own_embeddings_and_fetches_only_the_rest(
     want = [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
     got = bank.read("ns", "neighbours", ids)
     assert got.neighbour_ids == want
+
+
+def test_propagated_labels_spread_the_registered_labels_over_the_steps_pool(
+    tmp_path: Path,
+) -> None:
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(300, noise=0.05, random_state=0)
+    feats = np.zeros((300, FEATURES), np.float32)
+    feats[:, :2] = x
+    labels = np.full(300, -1)
+    for c in (0, 1):
+        labels[np.flatnonzero(y == c)[:3]] = c
+    bank = MemoryBank()
+    kinds = {**default_kinds(EMBED, CLASSES, K), "propagated": CLASSES}
+    bank.create_namespace(NamespaceSpec("ns", kinds, buckets=2))
+    ids = [f"e{i}" for i in range(300)]
+    bank.register_examples("ns", ids, feats, labels.tolist())
+    manifest = save_artifact(tiny_model(3), tmp_path, "ns", 3)
+    maker = Maker(bank, ModelCache(tmp_path), worker="test")
+    spec = bank.namespace("ns")
+    assert maker.propagate(spec, manifest) == 300
+    got = bank.read("ns", "propagated", ids, lineage=True)
+    assert set(got.steps.tolist()) == {3} and got.values.shape == (300, CLASSES)
+    np.testing.assert_allclose(got.values.sum(axis=1), 1.0, rtol=1e-5)
+    # the labeled rows keep their class; the distributions follow the pool's graph
+    assert (got.values[labels >= 0].argmax(axis=1) == labels[labels >= 0]).all()
+    pool, index = maker.pool(spec, maker.cache.get(manifest))
+    graph, _ = index.search(index.vectors(np.arange(300)), K, self_index=np.arange(300))
+    want, _ = spread_labels(graph, labels[[int(i[1:]) for i in pool]], CLASSES)
+    order = [pool.index(i) for i in ids]
+    np.testing.assert_allclose(got.values, want[order], atol=1e-6)
+    # a batch asking for every kind makes the per-id ones; propagated is left to campaigns
+    out = maker.process(spec, manifest, ids[:5])
+    assert "propagated" not in out.written and out.written["embedding"] == 5

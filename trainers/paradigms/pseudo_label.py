@@ -49,6 +49,11 @@ class PseudoLabel(Plugin):
     """Learn from confident pseudo labels of unlabeled examples."""
 
     name: ClassVar[str] = "pseudo_label"
+    source: Literal["pseudo_label", "propagated"] = "pseudo_label"
+    """The knowledge used as pseudo labels: the makers' predictions (``pseudo_label``), or
+    the labels spread over the namespace's neighbour graph (``propagated``, label
+    spreading by the makers at every checkpoint: needs nothing from this model but its
+    embeddings)."""
     thresholds: Literal["fixed", "adaptive"] = "fixed"
     """How a pseudo label is chosen for use: ``fixed`` from ``threshold`` on;
     ``adaptive``: per-class thresholds from the pseudo labels' own confidence."""
@@ -73,7 +78,7 @@ class PseudoLabel(Plugin):
     """Per class: the confidence a pseudo label of that class needs."""
 
     def bind(self, setup: Setup) -> list[Source]:
-        self._source = Source(setup.namespace, "pseudo_label", setup.classes)
+        self._source = Source(setup.namespace, self.source, setup.classes)
         self._class_weights = np.ones(setup.classes, np.float32)
         self._align = np.ones(setup.classes, np.float32)
         self._bars = np.full(setup.classes, self.threshold, np.float32)

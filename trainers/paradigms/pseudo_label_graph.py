@@ -29,6 +29,7 @@ class PseudoLabelGraph(ParadigmParams):
 
     name: ClassVar[str] = "pseudo_label_graph"
     pseudo_weight: float = field_of(PseudoLabel, "weight")
+    source: Literal["pseudo_label", "propagated"] = field_of(PseudoLabel, "source")
     thresholds: Literal["fixed", "adaptive"] = field_of(PseudoLabel, "thresholds")
     threshold: float = field_of(PseudoLabel, "threshold")
     align: bool = field_of(PseudoLabel, "align")
@@ -43,6 +44,7 @@ class PseudoLabelGraph(ParadigmParams):
     def plugins(self) -> list[Paradigm]:
         return [
             PseudoLabel(
+                source=self.source,
                 thresholds=self.thresholds,
                 threshold=self.threshold,
                 align=self.align,
