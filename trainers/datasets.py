@@ -212,8 +212,19 @@ def _split(spec: DatasetSpec, raw: _Raw, y: I32, seed: int) -> tuple[I64, I64]:
                 raw.where, "its test mask must leave rows on both sides (train and test)"
             )
         return np.flatnonzero(~raw.test), np.flatnonzero(raw.test)
-    pool = np.arange(n) if raw.mask is None else np.flatnonzero(~raw.mask)
-    count = max(1, round(spec.test_size * n))
+    if raw.mask is None:
+        try:
+            rows_train, rows_test = train_test_split(
+                np.arange(n), test_size=spec.test_size, stratify=y, random_state=seed
+            )
+        except ValueError as exc:
+            raise DatasetError(
+                "dataset.test_size",
+                f"cannot split {n} examples of {len(np.unique(y))} classes stratified: {exc}",
+            ) from exc
+        return np.sort(rows_train), np.sort(rows_test)
+    pool = np.flatnonzero(~raw.mask)
+    count = math.ceil(spec.test_size * n)  # as many as a split of every row would hold
     if count >= len(pool):
         raise DatasetError(
             "dataset.test_size",
