@@ -333,13 +333,13 @@ def bench_learning(
         raise click.BadParameter(
             f"not comma-separated integers: {seeds!r}", param_hint="--seeds"
         ) from None
-    from carls.benches.learning import suite
+    from carls.benches.learning import NAMES
 
     names = [d.strip() for d in datasets.split(",") if d.strip()]
-    unknown = sorted(set(names) - set(suite()))
+    unknown = sorted(set(names) - set(NAMES))
     if unknown:
         raise click.BadParameter(
-            f"unknown {', '.join(unknown)}; the suite has {', '.join(suite())}",
+            f"unknown {', '.join(unknown)}; the suite has {', '.join(NAMES)}",
             param_hint="--datasets",
         )
     import json

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,33 +81,26 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
     say("bringing up the local stack (the first start resolves jars from Maven Central)")
     bring_up(settings, say=say)
     stack_s = time.monotonic() - t0
-    cassandra = Connection(settings.cassandra).start()
-    bank = CassandraBank(cassandra).start()
-    jobs = CassandraJobStore(cassandra).start()
-    blobs = CassandraBlobs(cassandra).start()
-    store = settings.artifact_store(blobs)
-    publisher = Publisher(settings.kafka, settings.topics)
-    worker = start_worker(settings, say)
     result: dict[str, Any] = {"seeds": list(seeds), "stack_ready_s": round(stack_s, 1)}
-    try:
+    with on_stack(settings, say, "demo-worker") as stack:
+        bank = stack.bank
         base, ours, cov, stale, job_ids = [], [], [], [], []
         # Fresh namespaces every run: the makers follow the newest checkpoint of each
         # namespace name, so a reused name would be served by the previous run's final
         # model (its step is ahead of every checkpoint of the new run). Earlier runs'
         # namespaces and checkpoints are dropped; this run's stay for `carls bank`.
-        drop_earlier_runs(bank, blobs, settings, DEMO_NAMESPACE.fullmatch)
+        drop_earlier_runs(bank, stack.blobs, settings, DEMO_NAMESPACE.fullmatch)
         run_id = uuid.uuid4().hex[:6]
         for seed in seeds:
             ns_base, ns_carls = f"demo_base_s{seed}_{run_id}", f"demo_carls_s{seed}_{run_id}"
             say(f"seed {seed}: supervised-only baseline (50 labels)")
             spec = example_spec("digits_supervised", ns_base, seed)
-            ctx = Context(bank=bank, publisher=None, store=store, jobs=jobs)
+            ctx = stack.context(publish=False)
             base.append(JobRun(new_job_id(ns_base), spec, ctx, say).run()["test_accuracy"])
             say(f"seed {seed}: carls (pseudo labels + graph regularization from the bank)")
             spec = example_spec("digits_ssl", ns_carls, seed)
-            ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs)
             job_id = new_job_id(ns_carls)
-            state = JobRun(job_id, spec, ctx, say).run()
+            state = JobRun(job_id, spec, stack.context(), say).run()
             job_ids.append(job_id)
             ours.append(state["test_accuracy"])
             stale.append((state.get("staleness") or {}).get("mean"))
@@ -121,14 +114,51 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
             "job_ids": job_ids,
             "references": REFERENCES,
         }
-    finally:
-        worker.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(timeout=30)
-        publisher.close()
-        cassandra.close()
     result["wall_s"] = round(time.monotonic() - t0, 1)
     return result
+
+
+@dataclasses.dataclass(slots=True)
+class Stack:
+    """Connections to the local stack's bank, job store, checkpoint store and Kafka."""
+
+    bank: CassandraBank
+    jobs: CassandraJobStore
+    blobs: CassandraBlobs
+    store: Any
+    publisher: Publisher
+
+    def context(self, publish: bool = True) -> Context:
+        """A job context on this stack (``publish``: checkpoints and demand go to Kafka)."""
+        publisher = self.publisher if publish else None
+        return Context(bank=self.bank, publisher=publisher, store=self.store, jobs=self.jobs)
+
+
+@contextlib.contextmanager
+def on_stack(settings: Settings, say: Say, worker_log: str) -> Iterator[Stack]:
+    """The stack's connections and one ``carls worker`` (logging to ``worker_log``), all
+    closed and stopped on the way out."""
+    cassandra = Connection(settings.cassandra).start()
+    blobs = CassandraBlobs(cassandra).start()
+    publisher = Publisher(settings.kafka, settings.topics)
+    worker = _start_worker(settings, say, worker_log)
+    try:
+        yield Stack(
+            CassandraBank(cassandra).start(),
+            CassandraJobStore(cassandra).start(),
+            blobs,
+            settings.artifact_store(blobs),
+            publisher,
+        )
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        publisher.close()
+        cassandra.close()
 
 
 def _settled_coverage(
@@ -144,9 +174,7 @@ def _settled_coverage(
         time.sleep(0.5)
 
 
-def start_worker(
-    settings: Settings, say: Say, name: str = "demo-worker"
-) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, say: Say, name: str) -> subprocess.Popen[bytes]:
     """A ``carls worker`` process on ``settings``' stack, logging to the state folder."""
     log = settings.state_dir.resolve() / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -178,13 +206,6 @@ def learning_bench(
     from carls.benches import learning
 
     bring_up(settings, say=say)
-    cassandra = Connection(settings.cassandra).start()
-    bank = CassandraBank(cassandra).start()
-    jobs = CassandraJobStore(cassandra).start()
-    blobs = CassandraBlobs(cassandra).start()
-    store = settings.artifact_store(blobs)
-    publisher = Publisher(settings.kafka, settings.topics)
-    worker = start_worker(settings, say, "bench-learning-worker")
     run_id = uuid.uuid4().hex[:6]
 
     def run_carls(npz: Path, dataset: str, seed: int, paradigm_name: str) -> float:
@@ -197,11 +218,11 @@ def learning_bench(
                 "train": {"seed": seed},
             }
         )
-        ctx = Context(bank=bank, publisher=publisher, store=store, jobs=jobs)
-        return float(JobRun(new_job_id(ns), spec, ctx, lambda _: None).run()["test_accuracy"])
+        job = JobRun(new_job_id(ns), spec, stack.context(), lambda _: None)
+        return float(job.run()["test_accuracy"])
 
-    try:
-        drop_earlier_runs(bank, blobs, settings, LEARNING_NAMESPACE.fullmatch)
+    with on_stack(settings, say, "bench-learning-worker") as stack:
+        drop_earlier_runs(stack.bank, stack.blobs, settings, LEARNING_NAMESPACE.fullmatch)
         with tempfile.TemporaryDirectory() as folder:
             return learning.run(
                 run_carls,
@@ -211,9 +232,3 @@ def learning_bench(
                 paradigm=paradigm or learning.PARADIGM,
                 say=say,
             ) | {"params": params or {}}
-    finally:
-        worker.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(timeout=30)
-        publisher.close()
-        cassandra.close()

@@ -289,16 +289,7 @@ def test_above_the_threshold_one_worker_builds_the_steps_index_and_the_other_loa
         saved = blobs.entries(f"indexes/{env.ns}")
         assert len(saved) == 1 and "-step-000000000010-" in saved[0].name
         # the neighbours are the step-10 model's, close to exact ones
-        got = env.bank.read(env.ns, "neighbours", env.ids[:500], lineage=True)
-        assert set(got.steps.tolist()) == {10} and got.neighbour_ids is not None
-        pool = np.asarray(tiny_model(10)(env.features)[0])
-        unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
-        hits = 0
-        for i, mine in enumerate(got.neighbour_ids):
-            scores = unit @ unit[i]
-            scores[i] = -np.inf
-            hits += len({env.ids[j] for j in np.argsort(-scores)[:5]} & set(mine))
-        assert hits / (5 * 500) >= 0.95
+        assert _recall_at_5_of_step_10(env, 500) >= 0.95
     finally:
         blobs.close()
         env.close()  # the index goes with the namespace
@@ -320,18 +311,24 @@ def test_a_lone_worker_builds_the_index_from_its_campaigns_own_embeddings(
         log = (env.tmp / "worker-0.log").read_text()
         # every first-phase batch came to this worker: no example read twice
         assert "6000 embeddings from the campaign's batches, 0 fetched" in log, log[-3000:]
-        got = env.bank.read(env.ns, "neighbours", env.ids[:300], lineage=True)
-        assert set(got.steps.tolist()) == {10} and got.neighbour_ids is not None
-        pool = np.asarray(tiny_model(10)(env.features)[0])
-        unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
-        hits = 0
-        for i, mine in enumerate(got.neighbour_ids):
-            scores = unit @ unit[i]
-            scores[i] = -np.inf
-            hits += len({env.ids[j] for j in np.argsort(-scores)[:5]} & set(mine))
-        assert hits / (5 * 300) >= 0.95
+        assert _recall_at_5_of_step_10(env, 300) >= 0.95
     finally:
         env.close()
+
+
+def _recall_at_5_of_step_10(env: MakerEnv, count: int) -> float:
+    """The bank's neighbours of the first ``count`` ids carry step 10; the share of their
+    exact top 5 under the step-10 model's embeddings that they hold."""
+    got = env.bank.read(env.ns, "neighbours", env.ids[:count], lineage=True)
+    assert set(got.steps.tolist()) == {10} and got.neighbour_ids is not None
+    pool = np.asarray(tiny_model(10)(env.features)[0])
+    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    hits = 0
+    for i, mine in enumerate(got.neighbour_ids):
+        scores = unit @ unit[i]
+        scores[i] = -np.inf
+        hits += len({env.ids[j] for j in np.argsort(-scores)[:5]} & set(mine))
+    return hits / (5 * count)
 
 
 def _fields(m: CheckpointManifest) -> dict[str, object]:

@@ -43,6 +43,7 @@ def test_the_verdict_is_against_the_best_baselines_mean(tmp_path: Path) -> None:
         assert npz.is_file() and paradigm == "pseudo_label_graph"
         return 1.0 if dataset == "iris" else 0.0
 
+    assert tuple(learning.suite()) == learning.NAMES
     r = learning.run(run_carls, tmp_path, datasets=["iris", "circles"], seeds=(0, 1))
     assert seen == [("iris", 0), ("iris", 1), ("circles", 0), ("circles", 1)]
     iris, circles = r["datasets"]["iris"], r["datasets"]["circles"]

@@ -24,6 +24,16 @@ from tests.integration.makers_support import CLASSES, EMBED, FEATURES, K, tiny_m
 N = 40
 
 
+def exact_neighbours(model: Any, x: np.ndarray) -> list[list[str]]:
+    """Each example's K nearest others by cosine of ``model``'s embeddings, ties to the
+    lower row: what the makers must write."""
+    pool = np.asarray(model(x)[0])
+    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    scores = unit @ unit.T
+    np.fill_diagonal(scores, -np.inf)
+    return [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
+
+
 @pytest.fixture
 def made(tmp_path: Path) -> tuple[MemoryBank, Maker, Any, Any, np.ndarray]:
     bank = MemoryBank()
@@ -94,26 +104,19 @@ def test_neighbours_carry_their_models_step_and_never_replace_a_newer_steps(
     spec = bank.namespace("ns")
     ids = [f"e{i}" for i in range(N)]
 
-    def expected(model: Any) -> list[list[str]]:
-        pool = np.asarray(model(x)[0])
-        unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
-        scores = unit @ unit.T
-        np.fill_diagonal(scores, -np.inf)
-        return [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
-
     # The bank already holds step-5 embeddings; step 3's neighbours still come from the
     # step-3 model's embeddings, and say so.
     maker.process(spec, m5, ids, ["embedding"])
     maker.process(spec, m3, ids, ["neighbours"])
     got = bank.read("ns", "neighbours", ids, lineage=True)
     assert set(got.steps.tolist()) == {3}
-    assert got.neighbour_ids == expected(model3)
+    assert got.neighbour_ids == exact_neighbours(model3, x)
     # Step 5's replace them; step 3's, made again late (a replayed batch), do not.
     maker.process(spec, m5, ids, ["neighbours"])
     maker.process(spec, m3, ids, ["neighbours"])
     got = bank.read("ns", "neighbours", ids, lineage=True)
     assert set(got.steps.tolist()) == {5}
-    assert got.neighbour_ids == expected(tiny_model(5))
+    assert got.neighbour_ids == exact_neighbours(tiny_model(5), x)
 
 
 def test_only_the_kinds_asked_for_are_made(
@@ -162,11 +165,7 @@ def test_a_pool_fetched_chunk_by_chunk_serves_neighbour_batches_without_a_fetch(
     ids = [f"e{i}" for i in reversed(range(N))] + ["e3"]  # a repeat is written once
     out = maker.process(spec, manifest, ids, ["neighbours"])
     assert fetched == [] and out.processed == N and out.written == {"neighbours": N}
-    pool = np.asarray(model(x)[0])
-    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
-    scores = unit @ unit.T
-    np.fill_diagonal(scores, -np.inf)
-    want = [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
+    want = exact_neighbours(model, x)
     got = bank.read("ns", "neighbours", [f"e{i}" for i in range(N)], lineage=True)
     assert got.neighbour_ids == want and set(got.steps.tolist()) == {3}
 
@@ -194,11 +193,7 @@ def test_a_pool_takes_the_campaigns_own_embeddings_and_fetches_only_the_rest(
     maker.prepare_pool(spec, manifest)
     assert sorted(fetched) == sorted(ids[len(mine) :])
     maker.process(spec, manifest, ids, ["neighbours"])
-    pool = np.asarray(model(x)[0])
-    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
-    scores = unit @ unit.T
-    np.fill_diagonal(scores, -np.inf)
-    want = [[f"e{j}" for j in np.argsort(-row, kind="stable")[:K]] for row in scores]
+    want = exact_neighbours(model, x)
     got = bank.read("ns", "neighbours", ids)
     assert got.neighbour_ids == want
 
