@@ -35,8 +35,6 @@ from carls.schemas import CheckpointManifest
 
 log = logging.getLogger(__name__)
 MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours", "propagated")
-PER_ID = MAKERS[:5]
-"""The kinds made batch by batch; ``propagated`` is made for a whole namespace at once."""
 PROPAGATION_K = 10
 """Neighbours per example in the propagation graph when the namespace keeps none."""
 POOL_CHUNK = 5000
@@ -95,8 +93,8 @@ class _Collected:
         hit = rows >= 0
         with self.changed:
             self.vectors[rows[hit]] = vectors[hit]
+            self.count += int((~self.filled[rows[hit]]).sum())  # a batch's ids are distinct
             self.filled[rows[hit]] = True
-            self.count = int(self.filled.sum())
             self.grew_at = time.monotonic()
             self.changed.notify_all()
 
@@ -278,7 +276,8 @@ class Maker:
     def propagate(self, spec: NamespaceSpec, manifest: CheckpointManifest) -> int:
         """Write the ``propagated`` kind of every example in ``manifest``'s step pool: the
         registered labels spread over the pool's kNN graph (``spread_labels``), a class
-        distribution per id, uniform where no label reaches. Rows written."""
+        distribution per id that some label reaches (the others get no row). Rows
+        written."""
         model = self.cache.get(manifest)
         ids, index = self.pool(spec, model)
         if not ids:
@@ -304,8 +303,10 @@ class Maker:
         distributions, reached = spread_labels(graph, labels, classes)
         lineage = Lineage(model.step, f"{self.worker}", model.fingerprint)
         written = 0
-        for at in range(0, len(ids), POOL_CHUNK):
-            batch = KnowledgeBatch(ids[at : at + POOL_CHUNK], distributions[at : at + POOL_CHUNK])
+        keep = np.flatnonzero(reached)  # no label reaches the others: nothing to say there
+        for at in range(0, len(keep), POOL_CHUNK):
+            part = keep[at : at + POOL_CHUNK]
+            batch = KnowledgeBatch([ids[j] for j in part], distributions[part])
             written += self.bank.write(spec.name, "propagated", batch, lineage)
         log.info(
             "labels of %s step %d propagated: %d labeled, %d of %d reached (%.1f s)",
@@ -329,10 +330,14 @@ class Maker:
     def prepare_pool(self, spec: NamespaceSpec, manifest: CheckpointManifest) -> None:
         """Build (or load) the pool of ``manifest``'s step ahead of its neighbour batches."""
         model = self.cache.get(manifest)
+        key = (spec.name, model.step, model.manifest.sha256)
+        collected = self._collected.get(key)
         try:
+            if collected is not None:  # outside the pool lock: other pools stay served
+                collected.wait(self.pool_stall_s)
             self.pool(spec, model)
         finally:
-            self._collected.pop((spec.name, model.step, model.manifest.sha256), None)
+            self._collected.pop(key, None)
 
     def pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
         """The embeddings of every registered example under ``model``, indexed once per
@@ -377,7 +382,8 @@ class Maker:
 
     def _build_pool(self, spec: NamespaceSpec, model: LoadedModel) -> tuple[list[str], VectorIndex]:
         t0 = time.perf_counter()
-        collected = self._collected.get((spec.name, model.step, model.manifest.sha256))
+        # Taken out first: a late batch no longer writes into the vectors built from.
+        collected = self._collected.pop((spec.name, model.step, model.manifest.sha256), None)
         if collected is None:
             ids: list[str] = []
             for bucket in range(spec.buckets):
@@ -386,7 +392,6 @@ class Maker:
             self._fetch_vectors(spec, model, ids, np.arange(len(ids)), vectors)
             how = f"{len(ids)} embeddings fetched and inferred"
         else:
-            collected.wait(self.pool_stall_s)
             ids, vectors = collected.ids, collected.vectors
             with collected.changed:
                 missing = np.flatnonzero(~collected.filled)
