@@ -58,6 +58,9 @@ from carls.bank.types import (
     validate_name,
 )
 
+DROP_TIMEOUTS = 3
+"""How many times a dropped namespace's partition delete is sent again after a timeout."""
+
 
 class _NsRow(NamedTuple):
     name: str
@@ -202,9 +205,14 @@ class CassandraBank(Store):
         ns = self._lookup(name, fresh=True)
         backend("drop namespace", lambda: self.session.execute(self._q_drop, (name,)))
         self._ns.pop(name, None)
-        futures = [Call(self.session, self._q_drop_e, (ns.uid, b)) for b in range(ns.spec.buckets)]
+        # the uid is gone with the namespace row: nothing writes under it again, so a
+        # partition delete that timed out (a loaded node) is safe to send again
+        again = DROP_TIMEOUTS
+        futures = [
+            Call(self.session, self._q_drop_e, (ns.uid, b), again) for b in range(ns.spec.buckets)
+        ]
         futures += [
-            Call(self.session, self._q_drop_k, (ns.uid, k, b))
+            Call(self.session, self._q_drop_k, (ns.uid, k, b), again)
             for k in ns.spec.kinds
             for b in range(ns.spec.buckets)
         ]

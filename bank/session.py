@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from cassandra import ConsistencyLevel, DriverException, RequestExecutionException
+from cassandra import (
+    ConsistencyLevel,
+    DriverException,
+    OperationTimedOut,
+    RequestExecutionException,
+    WriteTimeout,
+)
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -153,19 +159,30 @@ class Call:
     than it is written to, as under a refresh campaign's writes). Such a statement never
     left the client, so sending it again is safe whatever it does."""
 
-    def __init__(self, session: Session, statement: Any, params: Any = None) -> None:
+    def __init__(
+        self, session: Session, statement: Any, params: Any = None, timeouts: int = 0
+    ) -> None:
+        """``timeouts``: how many times the statement is sent again after it timed out,
+        only for one whose second run cannot change the outcome (a partition delete of a
+        namespace nothing writes to any more)."""
         self._send: Callable[[], ResponseFuture] = lambda: session.execute_async(statement, params)
+        self._timeouts = timeouts
         self.future = self._send()
 
     def result(self, what: str) -> Any:
         """The statement's result set; ``BankUnavailableError`` when it failed otherwise, or
-        the connections stayed busy for ``BUSY_PATIENCE_S``."""
+        the connections stayed busy for ``BUSY_PATIENCE_S``, or it timed out once more than
+        ``timeouts``."""
         pause, deadline = 0.01, time.monotonic() + BUSY_PATIENCE_S
         while True:
             try:
                 return backend(what, self.future.result)
             except BankUnavailableError as exc:
-                if not _busy(exc.__cause__) or time.monotonic() > deadline:
+                timed_out = isinstance(exc.__cause__, (OperationTimedOut, WriteTimeout))
+                if timed_out and self._timeouts > 0:
+                    self._timeouts -= 1
+                    log.warning("%s timed out; sending it again", what)
+                elif not _busy(exc.__cause__) or time.monotonic() > deadline:
                     raise
             time.sleep(pause)
             pause = min(1.0, pause * 2)

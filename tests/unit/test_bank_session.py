@@ -1,12 +1,13 @@
-"""Statements the driver could not send because every connection was busy are sent again;
-every other failure is reported at once."""
+"""Statements the driver could not send because every connection was busy are sent again,
+as are those safe to repeat that timed out (as often as allowed); every other failure is
+reported at once."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from cassandra import OperationTimedOut
+from cassandra import OperationTimedOut, WriteTimeout
 from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionBusy
 
@@ -63,3 +64,21 @@ def test_connections_busy_for_longer_than_the_patience_are_reported(
     with pytest.raises(BankUnavailableError, match="all busy"):
         Call(s, "INSERT").result("write")
     assert 2 <= len(s.sent) < 100
+
+
+def test_a_statement_safe_to_repeat_is_sent_again_after_a_timeout_as_often_as_allowed() -> None:
+    s = _Session(OperationTimedOut("slow"), WriteTimeout("slow replica", write_type=0), "rows")
+    assert Call(s, "DELETE", (1,), timeouts=2).result("drop") == "rows"
+    assert s.sent == [("DELETE", (1,))] * 3
+
+    s = _Session(*[OperationTimedOut("slow") for _ in range(3)])
+    with pytest.raises(BankUnavailableError, match="drop failed: OperationTimedOut"):
+        Call(s, "DELETE", (1,), timeouts=2).result("drop")
+    assert len(s.sent) == 3
+
+
+def test_a_statement_not_marked_safe_to_repeat_is_not_sent_again_after_a_timeout() -> None:
+    s = _Session(OperationTimedOut("slow"), "rows")
+    with pytest.raises(BankUnavailableError, match="OperationTimedOut"):
+        Call(s, "INSERT").result("write")
+    assert len(s.sent) == 1
