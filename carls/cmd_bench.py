@@ -323,7 +323,8 @@ def bench_learning(
     LabelSpreading, SelfTraining and a supervised logistic regression, on one identical
     split per dataset and seed (iris, digits as plain vectors, two moons, two circles, a
     four-class make_classification; few labels each). Each carls job runs on the local
-    stack with one worker making its knowledge; about a minute per job."""
+    stack with one worker making its knowledge, which has caught up with a job before the
+    next starts; 15 to 20 seconds per job."""
     from carls.cli import settings_of
     from carls.demo import learning_bench
 

@@ -29,8 +29,9 @@ from carls.bank.jobs import CassandraJobStore
 from carls.bank.protocol import coverage
 from carls.bank.session import Connection
 from carls.settings import Settings
+from carls.streams.groups import wait_stable
 from carls.streams.producer import Publisher
-from carls.trainers.runner import Context, JobRun, new_job_id
+from carls.trainers.runner import Context, JobRun, new_job_id, publishes
 from carls.trainers.spec import JobSpec, load_spec
 from carls.wiring import bring_up
 
@@ -143,6 +144,7 @@ def on_stack(settings: Settings, say: Say, worker_log: str) -> Iterator[Stack]:
     publisher = Publisher(settings.kafka, settings.topics)
     worker = _start_worker(settings, say, worker_log)
     try:
+        _wait_worker(settings, say, worker)
         yield Stack(
             CassandraBank(cassandra).start(),
             CassandraJobStore(cassandra).start(),
@@ -188,6 +190,23 @@ def _start_worker(settings: Settings, say: Say, name: str) -> subprocess.Popen[b
     )
 
 
+def _wait_worker(settings: Settings, say: Say, worker: subprocess.Popen[bytes]) -> None:
+    """Wait until the worker reads checkpoints and id batches: a job started before then
+    trains its first hundreds of steps with no knowledge at all."""
+    group = f"{settings.topic_prefix}-makers"
+
+    def alive() -> None:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the knowledge-maker worker exited ({worker.returncode})")
+
+    t0 = time.monotonic()
+    wait_stable(settings.kafka, {group: 1, f"{group}-ids": 1}, timeout=WORKER_READY_S, check=alive)
+    say(f"the worker is ready ({time.monotonic() - t0:.1f} s)")
+
+
+WORKER_READY_S = 120.0
+"""How long ``on_stack`` waits for its worker to join the makers' consumer groups."""
+
 LEARNING_NAMESPACE = re.compile(r"bench_[a-z]+_s[0-9]+_[0-9a-f]{6}")
 
 
@@ -219,7 +238,10 @@ def learning_bench(
             }
         )
         job = JobRun(new_job_id(ns), spec, stack.context(), lambda _: None)
-        return float(job.run()["test_accuracy"])
+        accuracy = float(job.run()["test_accuracy"])
+        if publishes(spec):  # the next job starts on an idle worker, as on its own
+            _settled_coverage(stack.bank, ns, spec.train.steps)
+        return accuracy
 
     with on_stack(settings, say, "bench-learning-worker") as stack:
         drop_earlier_runs(stack.bank, stack.blobs, settings, LEARNING_NAMESPACE.fullmatch)
