@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from carls.bank.ann import VectorIndex
+from carls.bank.ann import EXACT_BELOW, HnswParams, VectorIndex
 from carls.bank.similarity import MAX_SCORE_ELEMENTS, top_k
 from carls.bank.types import F32, NO_LABEL, KnowledgeBatch
 from carls.makers.errors import BadModelOutputError, InvalidInputError
@@ -190,19 +190,77 @@ def index_neighbours(
     return [[p_ids[j] for j in row] for row in rows.tolist()], scores
 
 
+def feature_graph(
+    features: npt.ArrayLike,
+    k: int,
+    *,
+    exact_below: int = EXACT_BELOW,
+    params: HnswParams | None = None,
+) -> npt.NDArray[np.int64]:
+    """The ``(n, k')`` row numbers of each row's ``k`` nearest rows of ``features`` by
+    Euclidean distance after standardizing each column over the rows (constant columns
+    drop out), itself excluded; ``k' = min(k, n - 1)``. The kNN graph of the inputs, which
+    label spreading uses where a model's embeddings do not yet separate the classes (few
+    labels, data on a low-dimensional manifold).
+
+    Exact under ``exact_below`` rows (the nearest by distance is the best by the inner
+    product of ``[z, -|z|^2/2]`` with ``[q, 1]``), from an HNSW graph under the L2 metric
+    above (``params``; a row it finds fewer than ``k'`` neighbours for is padded with -1).
+    """
+    raw = np.asarray(features)
+    x = _matrix("features", raw.reshape(len(raw), -1))
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InvalidInputError(f"k: must be an int >= 1, got {k!r}")
+    n = x.shape[0]
+    width = min(int(k), n - 1)
+    selves = np.arange(n, dtype=np.int64)
+    if width < 1:
+        return np.zeros((n, 0), np.int64)
+    spread = x.std(axis=0, dtype=np.float64)
+    scale = np.where(spread > 0, 1.0 / np.where(spread > 0, spread, 1.0), 0.0)
+    z = ((x - x.mean(axis=0, dtype=np.float64)) * scale).astype(np.float32)
+    if n < exact_below:
+        pool = np.hstack([z, -0.5 * (z * z).sum(axis=1, keepdims=True)]).astype(np.float32)
+        queries = np.hstack([z, np.ones((n, 1))]).astype(np.float32)
+        graph, _ = top_k(queries, pool, width, cosine=False, self_index=selves)
+        return graph
+    import faiss
+
+    hnsw = params or HnswParams()
+    vectors = np.ascontiguousarray(z)
+    index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw.connectivity)  # L2
+    index.hnsw.efConstruction = hnsw.expansion_add
+    index.add(vectors)
+    index.hnsw.efSearch = max(2 * hnsw.expansion_search, width + 1)
+    _, keys = index.search(vectors, width + 1)
+    valid = (keys >= 0) & (keys != selves[:, None])
+    take = valid & (np.cumsum(valid, axis=1) <= width)
+    out = np.full((n, width), -1, np.int64)
+    rows, cols = np.nonzero(take)
+    slot = np.cumsum(take, axis=1)[rows, cols] - 1
+    out[rows, slot] = keys[rows, cols]
+    return out
+
+
 def spread_labels(
     neighbours: npt.ArrayLike,
     labels: npt.ArrayLike,
     classes: int,
     alpha: float = 0.99,
-    iterations: int = 50,
+    iterations: int = 200,
+    class_mass: bool = True,
+    tolerance: float = 1e-6,
 ) -> tuple[F32, npt.NDArray[np.bool_]]:
     """Label spreading (Zhou et al., 2004) over a kNN graph: ``(distributions, reached)``.
 
     ``neighbours`` ``(n, k)`` holds row numbers of each row's neighbours (``-1``: none);
     the graph is their connectivity, made symmetric, normalized as ``D^-1/2 W D^-1/2``.
     ``labels`` ``(n,)`` holds class indices, ``NO_LABEL`` (-1) for unlabeled rows. Each
-    iteration sets ``F = alpha S F + (1 - alpha) Y``; the rows of ``F`` are returned
+    iteration sets ``F = alpha S F + (1 - alpha) Y``, until no entry moves by more than
+    ``tolerance`` or after ``iterations``. With ``class_mass`` each class's column is then
+    scaled so that the classes' total mass follows their share among the labels (class
+    mass normalization, Zhu et al., 2003): with ``alpha`` near 1 a class whose labels sit
+    in a dense region would otherwise flood its neighbours'. The rows are returned
     normalized to class distributions, ``reached`` False (and the row uniform) where no
     label's path arrives. Sparse throughout: memory and time grow with ``n k``.
     """
@@ -215,6 +273,8 @@ def spread_labels(
     y = _labels(labels, n, classes)
     if not 0 < alpha < 1:
         raise InvalidInputError(f"alpha: must be in (0, 1), got {alpha}")
+    if iterations < 1:
+        raise InvalidInputError(f"iterations: must be at least 1, got {iterations}")
     if nb.size and (nb.max(initial=-1) >= n or nb.min(initial=0) < -1):
         raise InvalidInputError(f"neighbours: row numbers must be in [-1, {n})")
     rows = np.repeat(np.arange(n), nb.shape[1])
@@ -232,9 +292,18 @@ def spread_labels(
     seed[np.flatnonzero(known), y[known]] = 1.0
     f = seed.copy()
     for _ in range(iterations):
-        f = alpha * (s @ f) + (1 - alpha) * seed
+        moved = alpha * (s @ f) + (1 - alpha) * seed
+        done = float(np.abs(moved - f).max(initial=0.0)) <= tolerance
+        f = moved
+        if done:
+            break
+    reached = f.sum(axis=1) > 0
+    if class_mass and known.any():
+        share = np.bincount(y[known], minlength=classes) / known.sum()
+        mass = f.sum(axis=0)
+        f = f * np.where(mass > 0, share / np.maximum(mass, 1e-30), 0.0)[None, :]
     total = f.sum(axis=1, keepdims=True)
-    reached = total[:, 0] > 0
+    reached &= total[:, 0] > 0
     out = np.where(reached[:, None], f / np.maximum(total, 1e-30), 1.0 / classes)
     return out.astype(np.float32), reached
 

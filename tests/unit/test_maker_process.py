@@ -15,7 +15,7 @@ from carls.bank.memory import MemoryBank
 from carls.bank.types import NamespaceSpec, default_kinds
 from carls.makers import pipeline
 from carls.makers.checkpoints import ModelCache
-from carls.makers.compute import spread_labels
+from carls.makers.compute import feature_graph, spread_labels
 from carls.makers.pipeline import Maker
 from carls.trainers.checkpoints import save_artifact
 from carls.trainers.paradigms import Graph, Outputs, PseudoLabel
@@ -223,11 +223,24 @@ def test_propagated_labels_spread_the_registered_labels_over_the_steps_pool(
     np.testing.assert_allclose(got.values.sum(axis=1), 1.0, rtol=1e-5)
     # the labeled rows keep their class; the distributions follow the pool's graph
     assert (got.values[labels >= 0].argmax(axis=1) == labels[labels >= 0]).all()
-    pool, index = maker.pool(spec, maker.cache.get(manifest))
-    graph, _ = index.search(index.vectors(np.arange(300)), K, self_index=np.arange(300))
-    want, _ = spread_labels(graph, labels[[int(i[1:]) for i in pool]], CLASSES)
+    # the spreads over the inputs' 5- and 10-NN graphs, averaged
+    pool, _ = maker.pool(spec, maker.cache.get(manifest))
+    rows = [int(i[1:]) for i in pool]
+    graph = feature_graph(feats[rows], 10)
+    want = np.mean([spread_labels(graph[:, :w], labels[rows], CLASSES)[0] for w in (5, 10)], axis=0)
     order = [pool.index(i) for i in ids]
     np.testing.assert_allclose(got.values, want[order], atol=1e-6)
+    assert (got.values.argmax(axis=1) == y).mean() > 0.97  # the moons come apart
+    # a later step writes the same spread again, at its own step (fresh for trainers)
+    later = save_artifact(tiny_model(5), tmp_path, "ns", 5)
+    assert maker.propagate(spec, later) == 300
+    again = bank.read("ns", "propagated", ids, lineage=True)
+    assert set(again.steps.tolist()) == {5}
+    np.testing.assert_allclose(again.values, got.values)
+    # a new label changes it
+    bank.register_examples("ns", ["e299"], feats[299:], [int(y[299])])
+    assert maker.propagate(spec, save_artifact(tiny_model(6), tmp_path, "ns", 6)) == 300
+    assert not np.allclose(bank.read("ns", "propagated", ids).values, got.values)
     # a batch asking for every kind makes the per-id ones; propagated is left to campaigns
     out = maker.process(spec, manifest, ids[:5])
     assert "propagated" not in out.written and out.written["embedding"] == 5

@@ -14,6 +14,7 @@ from carls.bank.types import NamespaceSpec, default_kinds
 from carls.makers.compute import (
     check_finite,
     difficulty,
+    feature_graph,
     knowledge_batch,
     knowledge_batches,
     neighbours_batch,
@@ -250,7 +251,9 @@ def test_label_spreading_converges_to_its_closed_form_and_leaves_the_unreached_u
     neighbours[25:] = -1  # ... and have none: unreached
     labels = np.full(n, -1)
     labels[[0, 1, 2]] = [0, 1, 2]
-    got, reached = spread_labels(neighbours, labels, classes, alpha=alpha, iterations=400)
+    got, reached = spread_labels(
+        neighbours, labels, classes, alpha=alpha, iterations=400, class_mass=False
+    )
     w = np.zeros((n, n))
     for i, row in enumerate(neighbours):
         for j in row[row >= 0]:
@@ -280,6 +283,48 @@ def test_label_spreading_over_input_neighbours_separates_two_moons_from_ten_labe
     neighbours = np.argsort(d, axis=1)[:, :7]
     got, reached = spread_labels(neighbours, labels, 2)
     assert reached.all() and (got.argmax(axis=1) == y).mean() > 0.97
+
+
+def test_class_mass_normalization_gives_each_class_its_share_of_the_labels() -> None:
+    # a dense clique around class 0's label and a sparse chain from class 1's: spreading
+    # alone hands class 0 most of the mass; normalized, the classes weigh as their labels
+    n = 40
+    neighbours = np.full((n, 6), -1)
+    for i in range(20):  # rows 0..19: a clique of six-neighbour rows
+        neighbours[i] = [(i + d) % 20 for d in range(1, 7)]
+    for i in range(20, n):  # rows 20..39: a chain, row 19 links it to the clique
+        neighbours[i, 0] = i - 1
+    labels = np.full(n, -1)
+    labels[[0, 39]] = [0, 1]
+    plain, _ = spread_labels(neighbours, labels, 2, class_mass=False)
+    got, reached = spread_labels(neighbours, labels, 2)
+    assert reached.all()
+    assert plain[:, 0].sum() > 1.2 * plain[:, 1].sum()  # the clique floods ...
+    raw = spread_labels(neighbours, labels, 2, class_mass=False)[0]
+    assert (got.argmax(axis=1) == 1).sum() > (raw.argmax(axis=1) == 1).sum()  # ... undone
+    # the labeled rows keep their class either way
+    assert got[0].argmax() == 0 and got[39].argmax() == 1
+
+
+def test_the_feature_graph_is_the_standardized_inputs_euclidean_knn() -> None:
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 5)) * [1, 10, 100, 0.1, 1]  # scales differ by 1000x
+    x[:, 4] = 3.0  # a constant column carries nothing
+    want = (
+        NearestNeighbors(n_neighbors=8)
+        .fit(StandardScaler().fit_transform(x[:, :4]))
+        .kneighbors(return_distance=False)
+    )
+    exact = feature_graph(x, 8)
+    assert exact.shape == (400, 8) and (exact != np.arange(400)[:, None]).all()
+    assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(exact, want, strict=True)]) > 0.99
+    approximate = feature_graph(x, 8, exact_below=100)  # an HNSW index
+    hits = np.mean([len(set(a) & set(b)) / 8 for a, b in zip(approximate, want, strict=True)])
+    assert hits > 0.9
+    assert feature_graph(x[:1], 8).shape == (1, 0) and feature_graph(x[:3], 8).shape == (3, 2)
 
 
 @pytest.mark.parametrize(
