@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -100,6 +101,12 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
     if as_json:
         emit_json(state)
         return
+    rows = status_rows(job_id, state)
+    click.echo(table(list(rows.items()), ["", ""]))
+
+
+def status_rows(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The rows ``carls job status`` prints for a job's ``state``, the empty ones left out."""
     stale = (state.get("staleness") or {}).get("mean")
     last = (state.get("history") or [{}])[-1]
     rows = [
@@ -115,6 +122,18 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
         ),
         ("knowledge coverage", last.get("knowledge_coverage")),
     ]
+    use = last.get("knowledge_use") or {}
+    if "pseudo_used" in use:
+        rows.append(("pseudo labels used (share of rows)", f"{use['pseudo_used']:.2f}"))
+    if "pseudo_accuracy" in use:
+        used = use.get("pseudo_used_accuracy")
+        rows.append(
+            (
+                f"pseudo-label accuracy ({int(use.get('pseudo_held_out', 0))} held out)",
+                f"{use['pseudo_accuracy']:.3f}"
+                + ("" if used is None else f" (of those used: {used:.3f})"),
+            )
+        )
     rows += [
         ("attempt", state.get("attempts")),
         ("trainer", state.get("trainer")),
@@ -128,7 +147,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
         )
     if state.get("reason"):
         rows.append(("reason", state["reason"]))
-    click.echo(table([r for r in rows if r[1] is not None], ["", ""]))
+    return {k: v for k, v in rows if v is not None}
 
 
 def _when(at: float | None) -> str | None:

@@ -10,7 +10,7 @@ Wrap any Keras 3 model, keep ``compile``/``fit``/``evaluate``, and add knowledge
     conn = carls.connect()                      # bank, Kafka publisher, checkpoint store
     km = KnowledgeModel(
         model,                                  # returns {"embedding": ..., "logits": ...}
-        [PseudoLabel(threshold=0.8), Graph(target="probabilities")],
+        [PseudoLabel(), Graph(target="probabilities")],
         bank=conn.bank, namespace="my_run", ids=ids, labels=labels, features=x,
     )
     km.register_examples()                      # the makers read features from the bank

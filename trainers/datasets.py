@@ -102,6 +102,24 @@ class Dataset:
         return np.where(self.labeled, self.y_train, NO_LABEL).astype(np.int32)
 
 
+def hold_out(ds: Dataset, fraction: float, seed: int) -> Bool:
+    """Hold out ``fraction`` of each class's labeled training examples (rounded, each
+    class keeping at least one label), chosen by ``seed``: they become unlabeled in
+    ``ds.labeled`` (so in training and in the bank) and the returned mask names them,
+    to measure knowledge against their true labels."""
+    held = np.zeros(len(ds.y_train), bool)
+    if fraction <= 0:
+        return held
+    rng = np.random.default_rng([seed, 1])
+    for c in range(ds.classes):
+        rows = np.flatnonzero(ds.labeled & (ds.y_train == c))
+        take = min(round(fraction * len(rows)), len(rows) - 1)
+        if take > 0:
+            held[rng.choice(rows, size=take, replace=False)] = True
+    ds.labeled &= ~held
+    return held
+
+
 @dataclass(slots=True)
 class _Raw:
     x: F64

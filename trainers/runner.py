@@ -37,7 +37,12 @@ from carls.bank.retry import retry_unavailable
 from carls.bank.types import NamespaceSpec
 from carls.streams.producer import Publisher
 from carls.trainers import augment
-from carls.trainers.datasets import Dataset, load_dataset, validate_against_namespace
+from carls.trainers.datasets import (
+    Dataset,
+    hold_out,
+    load_dataset,
+    validate_against_namespace,
+)
 from carls.trainers.errors import ModelError
 from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
 from carls.trainers.paradigms import Multimodal, from_spec
@@ -376,13 +381,16 @@ class JobRun:
         )
         inputs = _inputs(spec, ds)
         _check_augment(spec, inputs)  # check_job's first half; _wrap checks the model
+        held = hold_out(ds, tr.holdout, tr.seed)
         km = self._wrap(ds, inputs)
+        km.knowledge.view.held_out = np.where(held, ds.y_train, -1).astype(np.int32)
         self.model = km
         self._register(ds, km)
         self.say(
             f"{self.job_id}: {len(ds.ids_train)} training examples "
-            f"({int(ds.labeled.sum())} labeled), {ds.classes} classes, paradigm "
-            f"{spec.paradigm.name}"
+            f"({int(ds.labeled.sum())} labeled"
+            + (f", {int(held.sum())} held out" if held.any() else "")
+            + f"), {ds.classes} classes, paradigm {spec.paradigm.name}"
         )
         batches = self._batches(ds, inputs, km)
         callbacks: list[Any] = []

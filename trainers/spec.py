@@ -333,6 +333,10 @@ class TrainSpec(_Spec):
     """Keep an exponential moving average of the weights with this decay (0: off): the
     evaluations use it, and it is the job's final model."""
     weight_decay: Number = Field(0.0, ge=0)
+    holdout: Number = Field(0.0, ge=0, lt=1)
+    """Fraction of the labeled training examples held out (0: none): their labels are
+    kept from training and from the makers, and measure the pseudo labels instead (job
+    status: pseudo-label accuracy). Each class keeps at least one label."""
 
 
 class ParadigmSpec(_Spec):

@@ -142,7 +142,7 @@ def test_a_model_with_a_custom_layer_is_served_by_a_worker_without_its_code(
     env.namespaces.append(ns)
     km = KnowledgeModel(
         model,
-        [PseudoLabel(threshold=0.5)],
+        [PseudoLabel(source="pseudo_label", thresholds="fixed", threshold=0.5)],
         bank=env.bank,
         namespace=ns,
         ids=ids,

@@ -12,7 +12,13 @@ from carls.bank.artifacts import register_data
 from carls.bank.blobs import MemoryBlobs
 from carls.bank.types import NamespaceSpec, default_kinds
 from carls.schemas.errors import CarlsError
-from carls.trainers.datasets import CLIP, Dataset, load_dataset, validate_against_namespace
+from carls.trainers.datasets import (
+    CLIP,
+    Dataset,
+    hold_out,
+    load_dataset,
+    validate_against_namespace,
+)
 from carls.trainers.errors import DatasetError, SpecError
 from carls.trainers.spec import DatasetSpec, load_spec
 
@@ -80,6 +86,21 @@ def test_labeled_subset_has_the_count_and_is_balanced(digits: Dataset) -> None:
     assert bank_labels.dtype == np.int32
     assert (bank_labels[~digits.labeled] == -1).all()
     assert (bank_labels[digits.labeled] == digits.y_train[digits.labeled]).all()
+
+
+def test_a_held_out_slice_of_the_labels_is_hidden_from_training_and_the_bank() -> None:
+    ds = load_dataset(DatasetSpec(name="digits", labeled=50), seed=0)
+    labeled = ds.labeled.copy()
+    held = hold_out(ds, 0.2, seed=0)
+    # a fifth of each class's 5 labels; the rest stay labeled, the slice is unlabeled
+    assert held.sum() == 10 and (np.bincount(ds.y_train[held], minlength=10) == 1).all()
+    assert (held <= labeled).all() and (ds.labeled == labeled & ~held).all()
+    assert (ds.labels_for_bank()[held] == -1).all()
+    # every class keeps a label, however large the fraction; none held at 0
+    few = load_dataset(DatasetSpec(name="digits", labeled=20), seed=0)  # 2 per class
+    assert hold_out(few, 0.9, seed=0).sum() == 10
+    assert (np.bincount(few.y_train[few.labeled], minlength=10) == 1).all()
+    assert hold_out(load_dataset(DatasetSpec(name="digits", labeled=50), 0), 0.0, 0).sum() == 0
 
 
 def test_uneven_counts_spread_as_evenly_as_possible() -> None:

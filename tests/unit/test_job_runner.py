@@ -19,7 +19,9 @@ from sklearn.datasets import load_digits
 from carls.bank.errors import BankUnavailableError, NamespaceError
 from carls.bank.jobs import MemoryJobStore
 from carls.bank.memory import MemoryBank
+from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec
 from carls.cli import main
+from carls.cmd_jobs import status_rows
 from carls.trainers import runner
 from carls.trainers.errors import ModelError, SpecError
 from carls.trainers.runner import Context, JobRun, new_job_id
@@ -171,6 +173,40 @@ def test_tabular_examples_train_on_corrupted_views_and_declared_images_on_image_
         bank = MemoryBank()
         state = run(job(path, dataset=dataset, model=small, train=train), bank)
         assert state["state"] == "succeeded" and state["step"] == 40
+
+
+def test_a_held_out_slice_measures_the_pseudo_labels_and_is_never_learnt_from(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tabular.npz"
+    rng = np.random.default_rng(0)
+    y = np.arange(80) % 2
+    labeled = np.zeros(80, bool)
+    labeled[:20] = True  # ten per class
+    np.savez(path, X=rng.normal(size=(80, 6)) + y[:, None], y=y, labeled=labeled)
+    spec = job(
+        path,
+        dataset={"labeled": None, "test_size": 0.25},
+        model={"builder": None, "params": {}, "hidden": [8], "embedding_dim": 4},
+        paradigm={"name": "pseudo_label", "params": {}},  # the defaults: propagated, soft
+        train={"holdout": 0.2},
+    )
+    s = load_spec(spec)
+    bank = MemoryBank()
+    bank.create_namespace(NamespaceSpec(s.namespace, s.kinds(2), buckets=8))
+    ids = [f"tabular-{i:06d}" for i in range(80)]
+    # propagated labels, right for every example
+    truth = np.eye(2, dtype=np.float32)[y]
+    bank.write(s.namespace, "propagated", KnowledgeBatch(ids, truth), Lineage(0, "t", "f"))
+    state = run(spec, bank)
+    assert state["state"] == "succeeded"
+    use = state["history"][-1]["knowledge_use"]
+    # two of each class's ten labels held out: unlabeled in the bank, measured instead
+    assert use["pseudo_held_out"] == 4 and use["pseudo_accuracy"] == 1.0
+    registered = bank.fetch_examples(s.namespace, ids)
+    assert (registered.labels[~registered.missing] >= 0).sum() == 16
+    rows = status_rows(state["job_id"], state)
+    assert rows["pseudo-label accuracy (4 held out)"] == "1.000 (of those used: 1.000)"
 
 
 def test_submit_builds_and_checks_a_user_model_before_queueing(

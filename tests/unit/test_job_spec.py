@@ -533,6 +533,10 @@ def test_submit_dry_run_describes_image_inputs(tmp_path: Path) -> None:
     [
         ({"paradigm.name": "magic"}, "error: paradigm.name: unknown paradigm 'magic'"),
         ({"dataset": {"name": "iris", "labeled": 2}}, "error: dataset.labeled: 2 labeled"),
+        (  # iris's 4 features are not a 2 x 2 image
+            {"dataset": {"name": "iris", "labeled": 9}, "train.augment": "affine"},
+            "error: train.augment:",
+        ),
     ],
 )
 def test_submit_reports_bad_specs(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
@@ -626,12 +630,14 @@ def test_the_codistillation_demo_submits_valid_peers_on_one_split_from_two_start
 
 
 def test_a_job_reading_propagated_labels_declares_that_kind() -> None:
-    plain = load_spec(spec_dict({"paradigm": {"name": "pseudo_label"}}))
-    assert "propagated" not in plain.kinds(10)
-    spreading = load_spec(
-        spec_dict({"paradigm": {"name": "pseudo_label_graph", "params": {"source": "propagated"}}})
-    )
+    default = load_spec(spec_dict({"paradigm": {"name": "pseudo_label"}}))  # propagated
+    assert default.kinds(10)["propagated"] == 10
+    spreading = load_spec(spec_dict({"paradigm": {"name": "pseudo_label_graph"}}))
     assert spreading.kinds(10)["propagated"] == 10
+    predictions = load_spec(
+        spec_dict({"paradigm": {"name": "pseudo_label", "params": {"source": "pseudo_label"}}})
+    )
+    assert "propagated" not in predictions.kinds(10)
     spec_error(
         spec_dict({"paradigm": {"name": "pseudo_label", "params": {"source": "oracle"}}}),
         "paradigm.params.source",

@@ -173,7 +173,7 @@ def test_fit_adds_the_paradigms_terms_and_skips_unlabeled_rows_in_the_supervised
     ids, x, labels = data()
     km = KnowledgeModel(
         functional(),
-        [PseudoLabel(threshold=0.5)],
+        [PseudoLabel(source="pseudo_label", thresholds="fixed", threshold=0.5)],
         bank=bank,
         namespace="ns",
         ids=ids,
@@ -520,7 +520,7 @@ def test_batches_joined_in_groups_carry_the_same_knowledge_as_joined_one_by_one(
     for group in (1, 8):
         km = KnowledgeModel(
             functional(),
-            [PseudoLabel(threshold=0.5)],
+            [PseudoLabel(source="pseudo_label", thresholds="fixed", threshold=0.5)],
             bank=bank,
             namespace="ns",
             ids=ids,

@@ -110,7 +110,10 @@ def train(
     keras.utils.set_random_seed(seed)
     d = digits(seed)
     paradigms: list[Paradigm] = (
-        [PseudoLabel(threshold=0.8), Graph(weight=1.0, k=10, target="probabilities")]
+        [
+            PseudoLabel(source="pseudo_label", thresholds="fixed", threshold=0.8),
+            Graph(weight=1.0, k=10, target="probabilities"),
+        ]
         if knowledge
         else []
     )

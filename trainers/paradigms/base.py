@@ -89,6 +89,9 @@ class View:
         self.progress = 0.0
         """Fraction of training done, 0..1 (1 when the length is unknown)."""
         self.stats: dict[str, float] = {}
+        self.held_out: npt.NDArray[np.int32] | None = None
+        """True labels of the held-out labeled examples (``train.holdout``), -1 for the
+        others: unlabeled to training and to the makers, they measure the knowledge."""
 
     def get(self, source: Source, rows: I64, step: int) -> Slice:
         """Knowledge of ``rows`` with the staleness policy applied (``Slice.usable``)."""

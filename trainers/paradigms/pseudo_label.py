@@ -1,24 +1,33 @@
 """Pseudo-label semi-supervised learning.
 
-Cross-entropy to the bank's pseudo labels (the makers' predictions at the latest
-checkpoint) on unlabeled examples whose confidence passes a threshold. Labels improve as
-checkpoints improve: the reader follows the namespace's newest knowledge.
+Cross-entropy to pseudo labels from the bank on unlabeled examples, weighted by their
+confidence. The reader follows the namespace's newest knowledge.
 
-* ``thresholds: fixed`` uses a pseudo label from ``threshold`` on. ``adaptive`` sets one
-  per class from the unlabeled examples' pseudo labels themselves, as FreeMatch's
-  self-adaptive thresholds do (Wang et al., 2023): the global threshold is their mean
-  confidence, scaled per class by the class's mean probability over the largest class
-  mean. A model confident about everything (small tabular sets) then uses its most
-  confident pseudo labels, not all of them; an unsure class gets a lower bar.
+* ``source: propagated`` (the default) reads the labels the makers spread over the inputs'
+  kNN graph (``makers.compute.spread_labels``, class mass normalized: the classes keep the
+  labels' proportions); ``pseudo_label`` reads the makers' predictions with the newest
+  checkpoint, which sharpen as the model learns (images with augmentation: the demo).
+* ``thresholds: soft`` (the default) uses every pseudo label, weighted 1 from its class's
+  mean confidence up and by a Gaussian of the shortfall below it, with the class's
+  confidence variance (SoftMatch: Chen et al., 2023, with per-class statistics): nothing
+  is thrown away, the unsure pseudo labels of a class count less. ``fixed`` uses a pseudo
+  label from ``threshold`` on. ``adaptive`` sets a bar per class from the pseudo labels
+  themselves, as FreeMatch's self-adaptive thresholds do (Wang et al., 2023): the global
+  bar is their mean confidence, scaled per class by the class's mean probability over the
+  largest class mean.
 * ``align`` (distribution alignment, ReMixMatch: Berthelot et al., 2020) multiplies each
   pseudo-label distribution by the labeled examples' class frequencies over the mean
   pseudo-label distribution, then normalizes: the pseudo labels' class proportions follow
-  the labels' instead of drifting to the classes the model favours.
+  the labels' instead of drifting to the classes the model favours. Propagated labels
+  are aligned by the maker already; for the makers' predictions, turn it on.
 * ``class_balance`` weights each class by its inverse frequency among the used pseudo
   labels (at most 3x), so the majority guess does not take over.
 
-Both adaptive statistics are computed over every unlabeled example of the reader's cache
-every ``refresh_every`` steps (no running average needed: the bank holds them all).
+The statistics are computed over every unlabeled example of the reader's cache every
+``refresh_every`` steps (no running average needed: the bank holds them all). With
+``train.holdout``, the same refresh measures the pseudo labels' accuracy on the held-out
+labeled examples (``View.held_out``): ``pseudo_accuracy`` (every one that has a pseudo
+label), ``pseudo_used_accuracy`` (those past their bar), in the job's history.
 """
 
 from __future__ import annotations
@@ -49,17 +58,17 @@ class PseudoLabel(Plugin):
     """Learn from confident pseudo labels of unlabeled examples."""
 
     name: ClassVar[str] = "pseudo_label"
-    source: Literal["pseudo_label", "propagated"] = "pseudo_label"
-    """The knowledge used as pseudo labels: the makers' predictions (``pseudo_label``), or
-    the labels spread over the namespace's neighbour graph (``propagated``, label
-    spreading by the makers at every checkpoint: needs nothing from this model but its
-    embeddings)."""
-    thresholds: Literal["fixed", "adaptive"] = "fixed"
-    """How a pseudo label is chosen for use: ``fixed`` from ``threshold`` on;
-    ``adaptive``: per-class thresholds from the pseudo labels' own confidence."""
+    source: Literal["pseudo_label", "propagated"] = "propagated"
+    """The knowledge used as pseudo labels: the registered labels spread over the inputs'
+    kNN graph by the makers (``propagated``: needs nothing from this model), or the
+    makers' predictions with the newest checkpoint (``pseudo_label``)."""
+    thresholds: Literal["fixed", "adaptive", "soft"] = "soft"
+    """How pseudo labels are chosen and weighed: ``soft`` every one, the unsure ones of
+    a class weighing less; ``fixed`` from ``threshold`` on; ``adaptive`` past per-class
+    bars from the pseudo labels' own confidence."""
     threshold: Number = Field(0.9, ge=0, le=1)
     """Confidence a pseudo label needs to be used (``thresholds: fixed``; with
-    ``adaptive``, the bar until the first pseudo labels arrive)."""
+    ``adaptive``, the bar until the first pseudo labels arrive; unused by ``soft``)."""
     align: Flag = False
     """Distribution alignment of the pseudo labels to the labeled class frequencies."""
     weight: Number = Field(1.0, ge=0)
@@ -76,21 +85,33 @@ class PseudoLabel(Plugin):
     """Per class: labeled frequency / mean pseudo-label probability (``align``)."""
     _bars: Any = PrivateAttr(None)
     """Per class: the confidence a pseudo label of that class needs."""
+    _soft: Any = PrivateAttr(None)
+    """Per class: ``(means, variances)`` of the confidence of the pseudo labels of that
+    class (``soft``)."""
 
     def bind(self, setup: Setup) -> list[Source]:
         self._source = Source(setup.namespace, self.source, setup.classes)
         self._class_weights = np.ones(setup.classes, np.float32)
         self._align = np.ones(setup.classes, np.float32)
-        self._bars = np.full(setup.classes, self.threshold, np.float32)
+        bar = 0.0 if self.thresholds == "soft" else self.threshold
+        self._bars = np.full(setup.classes, bar, np.float32)
         return [self._source]
 
-    def _choose(self, values: Any, usable: Any, unlabeled: Any) -> tuple[Any, Any]:
-        """``(classes, used)`` of pseudo-label rows: aligned, then past their class's bar."""
+    def _choose(self, values: Any, usable: Any, unlabeled: Any) -> tuple[Any, Any, Any]:
+        """``(classes, used, weights)`` of pseudo-label rows: aligned, then past their
+        class's bar; weighted 1, or under ``soft`` by a Gaussian of how far their
+        confidence falls below the mean."""
         q = values * self._align if self.align else values
         q = q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
         classes = q.argmax(axis=1).astype(np.int32)
         confidence = q.max(axis=1)
-        return classes, usable & unlabeled & (confidence >= self._bars[classes])
+        used = usable & unlabeled & (confidence >= self._bars[classes])
+        weights = np.ones(len(classes), np.float32)
+        if self.thresholds == "soft" and self._soft is not None:
+            mean, var = self._soft[0][classes], self._soft[1][classes]
+            below = np.exp(-((confidence - mean) ** 2) / (2 * np.maximum(var, 1e-6)))
+            weights = np.where(confidence >= mean, 1.0, below).astype(np.float32)
+        return classes, used, weights
 
     def signature(self) -> dict[str, ArraySpec]:
         return {"pl_class": ArraySpec("int32"), "pl_w": ArraySpec("float32")}
@@ -99,7 +120,9 @@ class PseudoLabel(Plugin):
         """Alignment factors, adaptive per-class bars and inverse-frequency class weights,
         from the pseudo labels of every unlabeled example."""
         adaptive = self.thresholds == "adaptive"
-        if not (self.class_balance or self.align or adaptive) or self._source is None:
+        held = view.held_out is not None and bool((view.held_out >= 0).any())
+        statistics = self.class_balance or self.align or self.thresholds != "fixed" or held
+        if not statistics or self._source is None:
             return
         if view.reader is None:
             return
@@ -119,8 +142,19 @@ class PseudoLabel(Plugin):
             q = q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
             per_class = q.mean(axis=0)
             self._bars = (q.max(axis=1).mean() * per_class / per_class.max()).astype(np.float32)
+        if self.thresholds == "soft":
+            q = values[pool] * (self._align if self.align else 1.0)
+            q = q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
+            confidence, chosen = q.max(axis=1), q.argmax(axis=1)
+            mean = np.full(classes, confidence.mean())
+            var = np.full(classes, confidence.var())
+            for c in np.unique(chosen):
+                mean[c], var[c] = confidence[chosen == c].mean(), confidence[chosen == c].var()
+            self._soft = (mean, var)
+        if held:
+            self._measure(view, values, got.usable)
         if self.class_balance:
-            chosen, ok = self._choose(values, got.usable, ~view.labeled)
+            chosen, ok, _ = self._choose(values, got.usable, ~view.labeled)
             counts = np.bincount(chosen[ok], minlength=classes).astype(np.float32)
             if counts.sum() > 0:
                 mean_count = counts[counts > 0].mean()
@@ -129,17 +163,29 @@ class PseudoLabel(Plugin):
                     MAX_CLASS_WEIGHT,
                 ).astype(np.float32)
 
+    def _measure(self, view: View, values: Any, usable: Any) -> None:
+        """Accuracy of the pseudo labels on the held-out labeled examples that have one:
+        of every such pseudo label, and of those past their class's bar (the ones used)."""
+        assert view.held_out is not None
+        truth = view.held_out
+        classes, used, _ = self._choose(values, usable, truth >= 0)
+        have = usable & (truth >= 0)
+        if have.any():
+            view.stats["pseudo_accuracy"] = float((classes[have] == truth[have]).mean())
+            view.stats["pseudo_held_out"] = float(have.sum())
+        if used.any():
+            view.stats["pseudo_used_accuracy"] = float((classes[used] == truth[used]).mean())
+
     def prepare(self, view: View, rows: I64, step: int) -> Arrays:
         assert self._source is not None, "bind() first"
         pl = view.get(self._source, rows, step)
-        classes, ok = self._choose(np.asarray(pl.values), pl.usable, ~view.labeled[rows])
+        classes, ok, soft = self._choose(np.asarray(pl.values), pl.usable, ~view.labeled[rows])
         view.note("pseudo_usable", float(pl.usable.mean()))
         view.note("pseudo_used", float(ok.mean()))
+        weights = ok * soft * self._class_weights[classes] * ramp(view, self.burn_in)
         return {
             "pl_class": np.where(ok, classes, 0).astype(np.int32),
-            "pl_w": (ok * self._class_weights[classes] * ramp(view, self.burn_in)).astype(
-                np.float32
-            ),
+            "pl_w": weights.astype(np.float32),
         }
 
     def loss(self, knowledge: dict[str, Any], out: Outputs) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class PseudoLabelGraph(ParadigmParams):
     name: ClassVar[str] = "pseudo_label_graph"
     pseudo_weight: float = field_of(PseudoLabel, "weight")
     source: Literal["pseudo_label", "propagated"] = field_of(PseudoLabel, "source")
-    thresholds: Literal["fixed", "adaptive"] = field_of(PseudoLabel, "thresholds")
+    thresholds: Literal["fixed", "adaptive", "soft"] = field_of(PseudoLabel, "thresholds")
     threshold: float = field_of(PseudoLabel, "threshold")
     align: bool = field_of(PseudoLabel, "align")
     class_balance: bool = field_of(PseudoLabel, "class_balance")
