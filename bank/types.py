@@ -9,6 +9,8 @@ Every kind's value for one id is a float32 vector of the kind's declared dimensi
     neighbours                        scores, plus ``neighbour_ids``      (dim = k, at most)
     propagated                        class distribution from labels spread over the
                                       neighbour graph                     (dim = classes)
+    instruction                       a teacher's weight and admission point
+                                      per example                         (dim = 2)
 
 so a batch is one ``(n, dim)`` array, and reads are a single gather on the client.
 """

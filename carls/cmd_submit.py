@@ -202,6 +202,25 @@ def _check_namespace(job: _Job, settings: Settings) -> None:
         f"namespace {spec.namespace}: "
         f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"
     )
+    if spec.paradigm.params.requires():
+        _check_sources(spec, settings)
+
+
+def _check_sources(spec: JobSpec, settings: Settings) -> None:
+    """The namespaces the paradigm reads besides its own (a teacher's) exist, declare
+    the kinds it reads and have a checkpoint."""
+    from carls.bank.cassandra import CassandraBank
+    from carls.streams.manifests import latest_manifest
+    from carls.trainers.sources import check_sources
+
+    def has_checkpoint(namespace: str, since: float) -> bool:
+        found = latest_manifest(settings.kafka, settings.topics.checkpoints, namespace, since)
+        return found is not None
+
+    with CassandraBank(settings.cassandra) as bank:
+        check_sources(spec, bank, has_checkpoint)
+    for need in spec.paradigm.params.requires():
+        progress(f"{need.namespace}: has {', '.join(need.kinds)} and a checkpoint")
 
 
 def _registered(spec: JobSpec, settings: Settings) -> JobSpec:

@@ -350,6 +350,44 @@ def difficulty_batch(
     return KnowledgeBatch(_ids(ids, values.shape[0], "probabilities"), values)
 
 
+def instructions(probs: npt.ArrayLike, labels: npt.ArrayLike) -> F32:
+    """A teacher's instructions to a student, ``(n, 2)`` float32 in ``[0, 1]``: per example
+    a ``weight`` and an ``admit_at``.
+
+    * ``weight``: how much the student should count the example: for a labeled row the
+      teacher's probability of the label over its top probability (1 when the teacher
+      agrees with the label, small for a label it disputes: a suspected mistake); for an
+      unlabeled row, the teacher's confidence (its top probability);
+    * ``admit_at``: when to show it, as a fraction of the student's schedule: the
+      teacher's difficulty on a common 0..1 scale (a labeled row ``1 - p[label]``, an
+      unlabeled one ``1 - (p_top1 - p_top2)``): easy examples from the start, hard ones
+      later.
+    """
+    p = _probabilities(probs)
+    n, c = p.shape
+    y = _labels(labels, n, c)
+    out = np.empty((n, 2), np.float32)
+    top = p.max(axis=1)
+    labeled = y >= 0
+    rows = np.flatnonzero(labeled)
+    if rows.size:
+        picked = p[rows, y[labeled]]
+        out[labeled, 0] = picked / np.maximum(top[labeled], np.float32(LOG_FLOOR))
+        out[labeled, 1] = 1.0 - picked
+    if (~labeled).any():
+        out[~labeled, 0] = top[~labeled]
+        out[~labeled, 1] = difficulty(p[~labeled], np.full(int((~labeled).sum()), NO_LABEL))
+    return np.clip(out, 0.0, 1.0)
+
+
+def instruction_batch(
+    ids: Sequence[str], probs: npt.ArrayLike, labels: npt.ArrayLike
+) -> KnowledgeBatch:
+    """``instruction``: ``(n, 2)`` weights and admission points (see ``instructions``)."""
+    values = instructions(probs, labels)
+    return KnowledgeBatch(_ids(ids, values.shape[0], "probabilities"), values)
+
+
 def neighbours_batch(
     ids: Sequence[str], neighbour_ids: list[list[str]], scores: npt.ArrayLike
 ) -> KnowledgeBatch:
@@ -372,9 +410,9 @@ def knowledge_batch(
 ) -> KnowledgeBatch:
     """The batch of one kind from one inference's outputs.
 
-    ``embedding``/``embedding/<modality>``, ``prediction``, ``pseudo_label`` and
-    ``difficulty`` (which needs ``labels``, ``-1`` = unlabeled). ``neighbours`` needs a
-    pool: use ``top_k_neighbours`` and ``neighbours_batch``.
+    ``embedding``/``embedding/<modality>``, ``prediction``, ``pseudo_label``,
+    ``difficulty`` and ``instruction`` (which need ``labels``, ``-1`` = unlabeled).
+    ``neighbours`` needs a pool: use ``top_k_neighbours`` and ``neighbours_batch``.
     """
     if kind == "embedding" or kind.startswith("embedding/"):
         return embedding_batch(ids, embeddings)
@@ -386,6 +424,10 @@ def knowledge_batch(
         if labels is None:
             raise InvalidInputError("difficulty: needs labels (-1 where unlabeled)")
         return difficulty_batch(ids, probs, labels)
+    if kind == "instruction":
+        if labels is None:
+            raise InvalidInputError("instruction: needs labels (-1 where unlabeled)")
+        return instruction_batch(ids, probs, labels)
     if kind == "neighbours":
         raise InvalidInputError(
             "neighbours: needs a pool of embeddings; use top_k_neighbours and neighbours_batch"

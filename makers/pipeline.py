@@ -36,7 +36,15 @@ from carls.makers.compute import (
 from carls.schemas import CheckpointManifest
 
 log = logging.getLogger(__name__)
-MAKERS = ("embedding", "pseudo_label", "difficulty", "prediction", "neighbours", "propagated")
+MAKERS = (
+    "embedding",
+    "pseudo_label",
+    "difficulty",
+    "prediction",
+    "instruction",
+    "neighbours",
+    "propagated",
+)
 PROPAGATION_KS = (5, 10)
 """Neighbours per example in the input graphs whose label spreads are averaged: no one
 width suits every density (on the learning bench 5 alone lost on moons, 5-10-20 on iris)."""

@@ -27,6 +27,7 @@ KINDS: tuple[str, ...] = (
     "prediction",
     "neighbours",
     "propagated",
+    "instruction",
 )
 """The knowledge kinds; ``embedding/<modality>`` is accepted as well."""
 

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
         Multimodal,
         Paradigm,
         PseudoLabel,
+        Teacher,
     )
+    from carls.trainers.teacher import publish_teacher
     from carls.trainers.wrapper import KnowledgeModel
 
 __all__ = [
@@ -60,9 +62,11 @@ __all__ = [
     "PublishCheckpoints",
     "SavedModelExporter",
     "SpecError",
+    "Teacher",
     "TrainerError",
     "augmented",
     "example_batches",
+    "publish_teacher",
 ]
 
 _WHERE = {
@@ -83,6 +87,8 @@ _WHERE = {
     "Multimodal": "paradigms",
     "Paradigm": "paradigms",
     "PseudoLabel": "paradigms",
+    "Teacher": "paradigms",
+    "publish_teacher": "teacher",
 }
 
 

@@ -85,7 +85,7 @@ class Knowledge:
             raise ValueError(
                 f"labels: expected one per id ({len(setup.ids)}), got shape {labels.shape}"
             )
-        self.view = View(self.reader, labels, max_staleness)
+        self.view = View(self.reader, labels, max_staleness, setup.namespace)
         self._weighting = [p for p in self.paradigms if isinstance(p, Weighting)]
         self._refreshing = [p for p in self.paradigms if isinstance(p, Refreshing)]
         self._started = False

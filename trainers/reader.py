@@ -3,8 +3,13 @@
 A background thread keeps a dense local copy (one row per training example) of the kinds a
 paradigm needs, refreshing the rows of upcoming batches first and sweeping the rest; the
 training step reads that copy with a numpy gather and never touches the network. Rows that
-are missing, or older than ``max_staleness`` steps relative to the trainer's step, are
-masked out; every read records the staleness it saw (a histogram).
+are missing, or more than ``max_staleness`` steps behind their source's clock, are masked
+out; every read records the staleness it saw (a histogram).
+
+Staleness is measured on the source's own step clock, which the caller passes to ``get``:
+the trainer's step for its own namespace's knowledge, and for another namespace's (a peer,
+a teacher) the newest step of that kind the reader has seen (``clock``), since another
+run's steps say nothing about this one's.
 
 A bank that is away is retried with backoff: training goes on with the cached knowledge
 and reports growing staleness.
@@ -134,6 +139,7 @@ class KnowledgeReader:
             )
             for ns, kind, dim in self.source
         }
+        self._clock = dict.fromkeys(self._tables, -1)  # newest step seen, per source
         self._read_at = np.full(n, -np.inf)  # when each row was last read (all kinds)
         self._cursor = 0  # where the sweep goes on
         self._lock = threading.Lock()
@@ -194,6 +200,12 @@ class KnowledgeReader:
         self.staleness.record(current_step - steps, missing, too_stale)
         return Slice(values, steps, ~missing & ~too_stale, classes, conf, nbrs)
 
+    def clock(self, namespace: str, kind: str) -> int:
+        """The source's step clock as the reader knows it: the newest step of its
+        knowledge of this kind read so far (-1: none yet)."""
+        with self._lock:
+            return self._clock[(namespace, kind)]
+
     def rows(
         self, namespace: str, kind: str, indices: npt.ArrayLike
     ) -> tuple[npt.NDArray[np.float32], I64]:
@@ -234,6 +246,9 @@ class KnowledgeReader:
                         mapped = [self.index.get(x, -1) for x in nids[:width]]
                         nbr_idx[r, : len(mapped)] = mapped
                 with self._lock:
+                    if have.any():
+                        key = (ns, kind)
+                        self._clock[key] = max(self._clock[key], int(got.steps[have].max()))
                     # Never let an older read overwrite newer cached knowledge.
                     newer = got.steps[have] >= t.steps[rows]
                     rows_new = rows[newer]

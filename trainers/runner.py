@@ -35,6 +35,7 @@ from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.retry import retry_unavailable
 from carls.bank.types import NamespaceSpec
+from carls.streams.manifests import latest_manifest
 from carls.streams.producer import Publisher
 from carls.trainers import augment
 from carls.trainers.datasets import (
@@ -46,6 +47,7 @@ from carls.trainers.datasets import (
 from carls.trainers.errors import ModelError
 from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
 from carls.trainers.paradigms import Multimodal, from_spec
+from carls.trainers.sources import check_sources
 from carls.trainers.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -151,11 +153,13 @@ def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
 
 
 def publishes(spec: JobSpec) -> bool:
-    """Does the job publish checkpoints? ``train.publish``, by default: when its paradigm
-    reads knowledge from the bank (a supervised job keeps the makers idle)."""
+    """Does the job publish checkpoints? ``train.publish``, by default: when it teaches, or
+    its paradigm reads knowledge the makers make from its checkpoints (a supervised job,
+    or a student of a teacher alone, keeps the makers idle)."""
     if spec.train.publish is not None:
         return spec.train.publish
-    return bool(spec.paradigm.params.plugins())
+    plugins = spec.paradigm.params.plugins()
+    return spec.train.teach or any(getattr(p, "needs_checkpoints", True) for p in plugins)
 
 
 def check_job(spec: JobSpec, ds: Dataset) -> HeadShapes:
@@ -381,6 +385,7 @@ class JobRun:
         )
         inputs = _inputs(spec, ds)
         _check_augment(spec, inputs)  # check_job's first half; _wrap checks the model
+        self._check_sources()
         held = hold_out(ds, tr.holdout, tr.seed)
         km = self._wrap(ds, inputs)
         km.knowledge.view.held_out = np.where(held, ds.y_train, -1).astype(np.int32)
@@ -423,6 +428,21 @@ class JobRun:
                 train_seconds=round(time.monotonic() - job_log.t0, 2),
             )
 
+    def _check_sources(self) -> None:
+        """What the paradigm reads from other namespaces (a teacher) is there: checked
+        at submit time, and again here, since a queued job may run much later."""
+        if not self.spec.paradigm.params.requires():
+            return
+        pub = self.ctx.publisher
+        has_checkpoint = None
+        if pub is not None:
+
+            def has_checkpoint(namespace: str, since: float) -> bool:
+                found = latest_manifest(pub.conn, pub.topics.checkpoints, namespace, since)
+                return found is not None
+
+        check_sources(self.spec, self.ctx.bank, has_checkpoint)
+
     def _wrap(self, ds: Dataset, inputs: _Inputs) -> Any:
         """The ``KnowledgeModel``, with the job's optimizer compiled in; the model, its
         outputs and the paradigms are all checked here, before anything is written."""
@@ -443,6 +463,7 @@ class JobRun:
             logits=logits,
             input_shape=shapes.input_shape,
             max_staleness=tr.max_staleness,
+            teach=tr.teach,
         )
         km.compile(
             optimizer=keras.optimizers.AdamW(

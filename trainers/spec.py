@@ -333,10 +333,20 @@ class TrainSpec(_Spec):
     """Keep an exponential moving average of the weights with this decay (0: off): the
     evaluations use it, and it is the job's final model."""
     weight_decay: Number = Field(0.0, ge=0)
+    teach: Flag = False
+    """Serve as a teacher: the namespace also declares the per-example ``instruction``
+    kind a student's ``teacher`` paradigm reads, and the job publishes checkpoints (the
+    makers keep its final step's predictions, difficulty and instructions)."""
     holdout: Number = Field(0.0, ge=0, lt=1)
     """Fraction of the labeled training examples held out (0: none): their labels are
     kept from training and from the makers, and measure the pseudo labels instead (job
     status: pseudo-label accuracy). Each class keeps at least one label."""
+
+    @model_validator(mode="after")
+    def _teach_publishes(self) -> Self:
+        if self.teach and self.publish is False:
+            raise FieldProblem(("publish",), "a teacher (teach: true) publishes checkpoints")
+        return self
 
 
 class ParadigmSpec(_Spec):
@@ -410,6 +420,8 @@ class JobSpec(_Spec):
         out = default_kinds(dim, classes, k)
         if any(isinstance(p, PseudoLabel) and p.source == "propagated" for p in plugins):
             out["propagated"] = classes
+        if self.train.teach:
+            out["instruction"] = 2
         for p in plugins:
             if isinstance(p, Multimodal):
                 for modality in (p.modality, *p.others):

@@ -65,7 +65,10 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         embedding, logits: which outputs are which: dict keys, positions in a list of
             outputs, or (functional models) layer names.
         input_shape: the per-example input shape, for a model that does not declare it.
-        max_staleness: knowledge older than this many steps is masked out.
+        max_staleness: knowledge more than this many steps behind its source's clock is
+            masked out (a frozen source, a teacher, is never stale).
+        teach: the namespace also declares the ``instruction`` kind a student's
+            ``Teacher`` paradigm reads (see ``publish_teacher``).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         logits: OutputName = "logits",
         input_shape: Sequence[int] | None = None,
         max_staleness: int | None = 1000,
+        teach: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,6 +94,7 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         except SchemaError as exc:
             raise ModelError(str(exc)) from exc
         self.base = base
+        self.teach = teach
         self.heads = ModelHeads(base, embedding, logits, input_shape)
         shapes = self.heads.shapes
         self.namespace = namespace
@@ -127,6 +132,8 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         for src in self.knowledge.sources:
             if src.namespace == self.namespace:
                 out[src.kind] = max(out.get(src.kind, 0), src.dim)
+        if self.teach:
+            out["instruction"] = 2
         if (m := self._multimodal()) is not None:  # the makers write this modality's kind
             for modality in (m.modality, *m.others):
                 out[f"embedding/{modality}"] = s.embedding_dim

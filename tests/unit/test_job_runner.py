@@ -328,3 +328,22 @@ def test_the_trainer_runs_a_job_once_and_sets_aside_one_that_keeps_stopping_trai
     assert "already succeeded" in said[-1]
     run(SimpleNamespace(topic="jobs", partition=0, offset=next(offsets), value=None))
     assert service.ran == 2  # the one set aside and the one run
+
+
+def test_a_teachers_namespace_declares_instructions_and_a_student_needs_its_teacher(
+    images: Path,
+) -> None:
+    bank = MemoryBank()
+    spec = job(images, train={"teach": True, "steps": 20})
+    spec["paradigm"] = {"name": "supervised"}
+    assert run(spec, bank)["state"] == "succeeded"
+    assert bank.namespace("images_job").kinds["instruction"] == 2
+    # a student whose teacher's namespace is not in the bank fails before training,
+    # naming the field (carls submit says the same before queueing it)
+    student = job(images)
+    student["namespace"] = "student_job"
+    student["paradigm"] = {"name": "teacher", "params": {"teacher": "no_such_teacher"}}
+    with pytest.raises(SpecError, match="namespace no_such_teacher does not exist") as info:
+        run(student, bank)
+    assert info.value.field == "paradigm.params.teacher"
+    assert "student_job" not in [n.name for n in bank.namespaces()]  # nothing written

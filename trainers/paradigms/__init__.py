@@ -4,7 +4,9 @@
 * ``Graph`` (``graph``) — graph regularization with neighbours' stale knowledge;
 * ``Curriculum`` (``curriculum``) — easy examples first, by the makers' difficulty;
 * ``Codistillation`` (``codistillation``) — a peer trainer's stale predictions;
-* ``Multimodal`` (``multimodal``) — alignment with the other modalities' embeddings.
+* ``Multimodal`` (``multimodal``) — alignment with the other modalities' embeddings;
+* ``Teacher`` (``teacher``) — a finished job's or a pre-trained model's predictions,
+  per-example instructions and difficulty guide a student.
 
 Each is a pydantic model whose fields are its parameters, so ``PseudoLabel(threshold=1.5)``
 fails as a job spec's ``threshold: 1.5`` does. A job spec's ``paradigm.params`` is one of
@@ -22,6 +24,7 @@ from carls.trainers.paradigms.base import (
     ParadigmParams,
     Plugin,
     Refreshing,
+    Requirement,
     Setup,
     Source,
     View,
@@ -35,6 +38,7 @@ from carls.trainers.paradigms.pseudo_label import PseudoLabel
 from carls.trainers.paradigms.pseudo_label_graph import PseudoLabelGraph
 from carls.trainers.paradigms.registry import PARADIGMS, from_spec, paradigm_class
 from carls.trainers.paradigms.supervised import Supervised
+from carls.trainers.paradigms.teacher import Teacher
 
 __all__ = [
     "PARADIGMS",
@@ -50,9 +54,11 @@ __all__ = [
     "PseudoLabel",
     "PseudoLabelGraph",
     "Refreshing",
+    "Requirement",
     "Setup",
     "Source",
     "Supervised",
+    "Teacher",
     "View",
     "Weighting",
     "feature_graph",

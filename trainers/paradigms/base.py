@@ -44,11 +44,29 @@ Arrays = dict[str, npt.NDArray[Any]]
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One kind of knowledge a paradigm reads: ``(namespace, kind)`` rows of width ``dim``."""
+    """One kind of knowledge a paradigm reads: ``(namespace, kind)`` rows of width ``dim``,
+    from any namespace (its own, a peer's, a teacher's, another modality's).
+
+    Staleness is measured on the source's own step clock: the trainer's step for its own
+    namespace, the newest step of the kind seen for another namespace. A ``frozen``
+    source (a finished teacher, a pre-trained model) is never stale."""
 
     namespace: str
     kind: str
     dim: int
+    frozen: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """Knowledge of another namespace a paradigm cannot work without, checked against the
+    bank when a job is submitted: ``namespace`` must exist, declare ``kinds`` and (with
+    ``checkpoint``) have published a checkpoint. ``field`` is the parameter naming it."""
+
+    field: tuple[str, ...]
+    namespace: str
+    kinds: tuple[str, ...]
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +99,12 @@ class View:
         reader: KnowledgeReader | None,
         labels: npt.NDArray[np.int32],
         max_staleness: int | None,
+        namespace: str | None = None,
     ) -> None:
         self.reader = reader
+        self.namespace = namespace
+        """The trainer's own namespace, whose knowledge runs on the trainer's step clock
+        (``None``: every source does)."""
         self.labels = labels
         self.labeled = labels >= 0
         self.max_staleness = max_staleness
@@ -94,9 +116,15 @@ class View:
         others: unlabeled to training and to the makers, they measure the knowledge."""
 
     def get(self, source: Source, rows: I64, step: int) -> Slice:
-        """Knowledge of ``rows`` with the staleness policy applied (``Slice.usable``)."""
+        """Knowledge of ``rows`` with the staleness policy applied (``Slice.usable``) on
+        the source's clock: ``step`` (the trainer's) for the trainer's own namespace, the
+        newest step seen of the source otherwise; a frozen source is never stale."""
         assert self.reader is not None
-        return self.reader.get(source.namespace, source.kind, rows, step, self.max_staleness)
+        ns, kind = source.namespace, source.kind
+        own = self.namespace is None or ns == self.namespace
+        clock = step if own and not source.frozen else max(self.reader.clock(ns, kind), 0)
+        limit = None if source.frozen else self.max_staleness
+        return self.reader.get(ns, kind, rows, clock, limit)
 
     def rows(self, source: Source, rows: npt.ArrayLike) -> tuple[F32, I64]:
         """Values and steps (-1: none) of any rows, with no staleness policy."""
@@ -121,6 +149,9 @@ class Paradigm(Protocol):
     """A learning paradigm as a plug-in (see the module docstring)."""
 
     name: ClassVar[str]
+    needs_checkpoints: ClassVar[bool]
+    """Whether it works only when the job publishes checkpoints (it reads knowledge the
+    makers make from them, or a peer reads this job's); a teacher's student does not."""
 
     def bind(self, setup: Setup) -> list[Source]: ...
 
@@ -168,6 +199,11 @@ class ParadigmParams(BaseModel):
         """Checks against the rest of a job spec (its namespace, its dataset's modalities);
         raises ``carls.trainers.fields.FieldProblem`` naming a field of these params."""
 
+    def requires(self) -> list[Requirement]:
+        """Other namespaces' knowledge these params read, for ``carls submit`` to check
+        in the bank (a teacher that exists, declares the kinds and has a checkpoint)."""
+        return [r for p in self.plugins() if isinstance(p, ParadigmParams) for r in p.requires()]
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BaseModel):
             return NotImplemented
@@ -180,8 +216,13 @@ class Plugin(ParadigmParams):
     """Base of the plug-ins: parameters as fields (validated on construction, keywords
     only), state from ``bind`` in private attributes. A plug-in is its own spec params."""
 
+    needs_checkpoints: ClassVar[bool] = True
+
     def plugins(self) -> list[Paradigm]:
         return [self.fresh()]
+
+    def requires(self) -> list[Requirement]:
+        return []
 
     def fresh(self) -> Self:
         """An unbound copy with the same parameters."""

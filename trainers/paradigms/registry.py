@@ -21,6 +21,7 @@ from carls.trainers.paradigms.multimodal import Multimodal
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
 from carls.trainers.paradigms.pseudo_label_graph import PseudoLabelGraph
 from carls.trainers.paradigms.supervised import Supervised
+from carls.trainers.paradigms.teacher import Teacher
 
 if TYPE_CHECKING:
     from carls.trainers.spec import JobSpec
@@ -33,6 +34,7 @@ PARADIGMS: Final[dict[str, type[ParadigmParams]]] = {
     Curriculum.name: Curriculum,
     Codistillation.name: Codistillation,
     Multimodal.name: Multimodal,
+    Teacher.name: Teacher,
 }
 
 

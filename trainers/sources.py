@@ -1,0 +1,55 @@
+"""Checks of the knowledge a job reads from other namespaces (a teacher's), against the
+bank: run by ``carls submit`` before a job is queued and by the runner before it trains,
+so a missing teacher is an error naming the field, not a student that silently learns
+alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from carls.bank.errors import NamespaceError
+from carls.bank.protocol import NamespaceLookup
+from carls.trainers.errors import SpecError
+from carls.trainers.spec import JobSpec
+
+
+def check_sources(
+    spec: JobSpec, bank: NamespaceLookup, has_checkpoint: Callable[[str, float], bool] | None
+) -> None:
+    """Each ``Requirement`` of the job's paradigm: the namespace exists in ``bank``,
+    declares the kinds, and (when ``has_checkpoint`` is given: whether a namespace
+    created at a time has published a checkpoint since) has a checkpoint. Raises
+    ``SpecError`` naming the paradigm's field."""
+    for need in spec.paradigm.params.requires():
+        field = ".".join(("paradigm", "params", *need.field))
+        try:
+            found = bank.namespace(need.namespace)
+        except NamespaceError:
+            raise SpecError(
+                field,
+                f"namespace {need.namespace} does not exist in the bank: run the teacher's "
+                "job (train.teach: true) or publish a pre-trained model "
+                "(carls.trainers.publish_teacher) first",
+            ) from None
+        missing = [k for k in need.kinds if k not in found.kinds]
+        if missing:
+            hint = (
+                " (a teacher's namespace declares it when its job has train.teach: true)"
+                if "instruction" in missing
+                else ""
+            )
+            raise SpecError(
+                field,
+                f"namespace {need.namespace} does not declare {', '.join(missing)}; it has "
+                f"{', '.join(sorted(found.kinds))}{hint}",
+            )
+        if (
+            need.checkpoint
+            and has_checkpoint is not None
+            and not has_checkpoint(need.namespace, found.created_at)
+        ):
+            raise SpecError(
+                field,
+                f"namespace {need.namespace} has no checkpoint: its knowledge is made "
+                "from one (has its job run?)",
+            )
