@@ -11,6 +11,9 @@ Every kind's value for one id is a float32 vector of the kind's declared dimensi
                                       neighbour graph                     (dim = classes)
     instruction                       a teacher's weight and admission point
                                       per example                         (dim = 2)
+    message                           a sender's learned message          (dim = its size)
+    feedback                          a receiver's gradient of its loss
+                                      with respect to the message         (dim = its size)
 
 so a batch is one ``(n, dim)`` array, and reads are a single gather on the client.
 """

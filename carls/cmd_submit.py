@@ -158,13 +158,33 @@ def _split(spec: JobSpec) -> DatasetSpec:
 
 
 def _check_group(jobs: list[_Job]) -> None:
-    """Peers must train on one task (one dataset, one split), each in its own namespace."""
+    """Peers must train on one task (one dataset, one split), each in its own namespace,
+    and read from each other what the other declares (a message of the size it sends)."""
+    from carls.trainers.errors import SpecError
+
     first = jobs[0]
     names = [j.spec.namespace for j in jobs]
     if len(set(names)) != len(names):
         raise click.UsageError(
             f"a group's jobs need namespaces of their own; {', '.join(names)} repeat one"
         )
+    members = {j.spec.namespace: j for j in jobs}
+    for job in jobs:
+        for need in job.spec.paradigm.params.requires():
+            partner = members.get(need.namespace)
+            if partner is None:
+                continue
+            declared = partner.spec.kinds(partner.data.classes, partner.embedding_dim)
+            for kind in need.kinds:
+                want = need.dims.get(kind)
+                if kind not in declared or (want is not None and declared[kind] != want):
+                    has = f"{kind} of width {declared[kind]}" if kind in declared else f"no {kind}"
+                    raise SpecError(
+                        ".".join(("paradigm", "params", *need.where)),
+                        f"{job.path}: its peer {need.namespace} ({partner.path}) has {has}; "
+                        f"this side needs {kind}"
+                        + (f" of width {want}: both sides must agree" if want else ""),
+                    )
     for job in jobs[1:]:
         if job.spec.dataset != first.spec.dataset:
             raise click.UsageError(

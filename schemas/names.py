@@ -28,6 +28,8 @@ KINDS: tuple[str, ...] = (
     "neighbours",
     "propagated",
     "instruction",
+    "message",
+    "feedback",
 )
 """The knowledge kinds; ``embedding/<modality>`` is accepted as well."""
 

@@ -21,6 +21,7 @@ from carls.trainers.paradigms import (
     ArraySpec,
     Outputs,
     Paradigm,
+    Publishing,
     Refreshing,
     Setup,
     Source,
@@ -88,6 +89,8 @@ class Knowledge:
         self.view = View(self.reader, labels, max_staleness, setup.namespace)
         self._weighting = [p for p in self.paradigms if isinstance(p, Weighting)]
         self._refreshing = [p for p in self.paradigms if isinstance(p, Refreshing)]
+        self.publishing = [p for p in self.paradigms if isinstance(p, Publishing)]
+        """Paradigms whose trainer publishes knowledge itself (a message channel's)."""
         self._started = False
         self._batches = 0
 
@@ -150,7 +153,18 @@ class Knowledge:
         if self.reader is not None:
             self.reader.hint(rows)
 
+    def layers(self) -> list[Any]:
+        """Layers the paradigms add to the model (trained with it)."""
+        return [layer for p in self.publishing for layer in p.layers()]
+
     # The compiled side --------------------------------------------------------------------
+    def inputs(self, knowledge: dict[str, Any], features: Any) -> Any:
+        """The model's inputs for a batch: ``features`` with what paradigms feed the model
+        from the bank (a received message) put in."""
+        for p in self.publishing:
+            features = p.inputs(knowledge, features)
+        return features
+
     def loss(self, knowledge: dict[str, Any], embedding: Any, logits: Any) -> dict[str, Any]:
         """Every paradigm's named loss terms for one batch."""
         out = Outputs(embedding, logits)

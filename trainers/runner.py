@@ -44,9 +44,9 @@ from carls.trainers.datasets import (
     load_dataset,
     validate_against_namespace,
 )
-from carls.trainers.errors import ModelError
+from carls.trainers.errors import ModelError, SpecError
 from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
-from carls.trainers.paradigms import Multimodal, from_spec
+from carls.trainers.paradigms import Message, Multimodal, from_spec
 from carls.trainers.sources import check_sources
 from carls.trainers.spec import JobSpec
 
@@ -140,9 +140,21 @@ class _Inputs:
 
 
 def _inputs(spec: JobSpec, ds: Dataset) -> _Inputs:
-    if isinstance(p := spec.paradigm.params, Multimodal):
+    p = spec.paradigm.params
+    if isinstance(p, Multimodal):
         lo, hi = ds.modalities[p.modality]
         return _Inputs(ds.x_train[:, lo:hi], ds.x_test[:, lo:hi], None)
+    if isinstance(p, Message):
+        if len(ds.input_shape) != 1:
+            raise SpecError(
+                "paradigm.name",
+                f"a message channel needs flat features; the examples are {ds.input_shape}",
+            )
+        lo, hi = ds.modalities[p.modality] if p.modality is not None else (0, ds.feature_dim)
+        train, test = ds.x_train[:, lo:hi], ds.x_test[:, lo:hi]
+        if p.role == "receive":  # the message's columns, filled from the bank
+            train, test = (np.pad(x, ((0, 0), (0, p.size))) for x in (train, test))
+        return _Inputs(train, test, None)
     return _Inputs(ds.x_train, ds.x_test, ds.x_train_raw, ds.image_shape)
 
 
@@ -388,6 +400,9 @@ class JobRun:
         self._check_sources()
         held = hold_out(ds, tr.holdout, tr.seed)
         km = self._wrap(ds, inputs)
+        for p in km.knowledge.publishing:
+            if isinstance(p, Message) and p.role == "send":  # the receiver tests on these
+                p.also_publish(ds.ids_test, inputs.x_test)
         km.knowledge.view.held_out = np.where(held, ds.y_train, -1).astype(np.int32)
         self.model = km
         self._register(ds, km)
@@ -402,7 +417,7 @@ class JobRun:
         publish = self._publish_checkpoints()
         if publish is not None:
             callbacks.append(publish)
-        job_log = _JobLog(self, km, inputs.x_test, ds.y_test)
+        job_log = _JobLog(self, km, inputs.x_test, ds.y_test, self._test_inputs(ds))
         callbacks += [job_log, _StopTraining(self.stop)]
         if self.after_first_step is not None:
             callbacks.append(_AfterFirstStep(self.after_first_step))
@@ -427,6 +442,26 @@ class JobRun:
                 knowledge_coverage=reader.coverage() if reader is not None else None,
                 train_seconds=round(time.monotonic() - job_log.t0, 2),
             )
+
+    def _test_inputs(self, ds: Dataset) -> Callable[[Any], Any] | None:
+        """For a message's receiver: the test features with the sender's latest message
+        of each test example put in (read from the bank at each evaluation)."""
+        p = self.spec.paradigm.params
+        if not isinstance(p, Message) or p.role != "receive":
+            return None
+        bank, peer, ids = self.ctx.bank, p.peer, ds.ids_test
+
+        def fill(x: Any) -> Any:
+            out = np.array(x, np.float32)
+            try:
+                got = bank.read(peer, "message", ids)
+            except NamespaceError:  # the sender has not started yet: no message
+                out[:, -p.size :] = 0.0
+                return out
+            out[:, -p.size :] = np.where(got.missing[:, None], 0.0, got.values)
+            return out
+
+        return fill
 
     def _check_sources(self) -> None:
         """What the paradigm reads from other namespaces (a teacher) is there: checked
@@ -598,9 +633,18 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
     records the test accuracy (of the averaged weights when the job keeps an average) and
     the epoch's mean loss terms in the job's history."""
 
-    def __init__(self, job: JobRun, km: Any, x_test: Any, y_test: Any) -> None:
+    def __init__(
+        self,
+        job: JobRun,
+        km: Any,
+        x_test: Any,
+        y_test: Any,
+        test_inputs: Callable[[Any], Any] | None = None,
+    ) -> None:
         super().__init__()
         self.job, self.km, self.x_test, self.y_test = job, km, x_test, y_test
+        self.test_inputs = test_inputs
+        """Makes the test inputs at each evaluation (a receiver's: the latest messages)."""
         self.done = 0
         self.t0 = time.monotonic()
         self._before: tuple[float, int] = (0.0, 0)
@@ -638,7 +682,8 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
             swap.set_model(self.km)
             swap.on_test_begin()  # the averaged weights in, for the evaluation
         try:
-            logits = self.km.predict(self.x_test, batch_size=1024, verbose=0)
+            x = self.x_test if self.test_inputs is None else self.test_inputs(self.x_test)
+            logits = self.km.predict(x, batch_size=1024, verbose=0)
         finally:
             if swap is not None:
                 swap.on_test_end()

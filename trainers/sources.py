@@ -21,10 +21,12 @@ def check_sources(
     created at a time has published a checkpoint since) has a checkpoint. Raises
     ``SpecError`` naming the paradigm's field."""
     for need in spec.paradigm.params.requires():
-        field = ".".join(("paradigm", "params", *need.field))
+        field = ".".join(("paradigm", "params", *need.where))
         try:
             found = bank.namespace(need.namespace)
         except NamespaceError:
+            if not need.exists:  # a peer that has not started yet: it checks this side
+                continue
             raise SpecError(
                 field,
                 f"namespace {need.namespace} does not exist in the bank: run the teacher's "
@@ -43,6 +45,13 @@ def check_sources(
                 f"namespace {need.namespace} does not declare {', '.join(missing)}; it has "
                 f"{', '.join(sorted(found.kinds))}{hint}",
             )
+        for kind, dim in need.dims.items():
+            if found.kinds[kind] != dim:
+                raise SpecError(
+                    field,
+                    f"namespace {need.namespace} has {kind} of width {found.kinds[kind]}; "
+                    f"this side's is {dim}: both sides must agree",
+                )
         if (
             need.checkpoint
             and has_checkpoint is not None

@@ -63,6 +63,7 @@ from carls.trainers.fields import (
 )
 from carls.trainers.paradigms.base import ParadigmParams
 from carls.trainers.paradigms.graph import DEFAULT_K, Graph
+from carls.trainers.paradigms.message import Message
 from carls.trainers.paradigms.multimodal import Multimodal
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
 from carls.trainers.paradigms.registry import PARADIGMS as REGISTRY
@@ -422,6 +423,9 @@ class JobSpec(_Spec):
             out["propagated"] = classes
         if self.train.teach:
             out["instruction"] = 2
+        for p in plugins:
+            if isinstance(p, Message):
+                out[p.own_kind] = p.size
         for p in plugins:
             if isinstance(p, Multimodal):
                 for modality in (p.modality, *p.others):

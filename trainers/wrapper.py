@@ -37,6 +37,7 @@ from carls.trainers.knowledge import Knowledge
 from carls.trainers.outputs import ModelHeads, OutputName
 from carls.trainers.paradigms import Graph, Multimodal, Paradigm, Setup
 from carls.trainers.paradigms.graph import DEFAULT_K
+from carls.trainers.writer import KnowledgeWriter
 
 REGISTER_CHUNK = 5000
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         self._names = sorted(self.knowledge.signature)
         self.term_names = self._check_terms()
         """The paradigms' loss terms, by name (as in ``fit``'s logs)."""
+        self.paradigm_layers = self.knowledge.layers()
+        """Layers the paradigms add (a message head), trained with the model."""
+        self.writer: KnowledgeWriter | None = None
+        """Writes what the paradigms publish themselves (messages, feedback)."""
         self._terms = _TermMeans(self.term_names)
         self._rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -134,6 +139,8 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
                 out[src.kind] = max(out.get(src.kind, 0), src.dim)
         if self.teach:
             out["instruction"] = 2
+        for p in self.knowledge.publishing:
+            out[p.own_kind] = p.own_dim
         if (m := self._multimodal()) is not None:  # the makers write this modality's kind
             for modality in (m.modality, *m.others):
                 out[f"embedding/{modality}"] = s.embedding_dim
@@ -211,6 +218,8 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         also when training fails, unless a ``with`` block around it keeps it)."""
         callbacks = list(kwargs.pop("callbacks", None) or [])
         kwargs["callbacks"] = [_Progress(self), *callbacks]
+        if self.knowledge.publishing:
+            kwargs["callbacks"].append(_PublishKnowledge(self))
         data = args[0] if args else kwargs.get("x")
         if isinstance(data, tf.data.Dataset):
             # a dataset shuffles itself (``example_batches`` does)
@@ -258,6 +267,7 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         batch = tf.cast(tf.shape(weight)[0], tf.float32)
         weight = weight * batch / tf.maximum(tf.reduce_sum(weight), 1.0)
         y_safe = tf.maximum(y, 0)
+        features = self.knowledge.inputs(knowledge, features)
         with tf.GradientTape() as tape:
             emb, logits = self.heads(features, training=True)
             loss = self.compute_loss(
@@ -345,8 +355,12 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
 
     # Lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the knowledge reader's thread (also done by ``with``)."""
+        """Stop the knowledge reader's thread (also done by ``with``), and write what the
+        paradigms published that is not written yet."""
         self.knowledge.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def __enter__(self) -> KnowledgeModel:
         self.knowledge.start()
@@ -354,6 +368,41 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _PublishKnowledge(keras.callbacks.Callback):  # type: ignore[misc]
+    """Publishes what the paradigms publish themselves, at the first step, every ``every``
+    steps and at the end, through the model's ``KnowledgeWriter`` (training never waits)."""
+
+    def __init__(self, model: KnowledgeModel) -> None:
+        super().__init__()
+        self._km = model
+        self._first = 0
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        km = self._km
+        if km.bank is None:
+            raise ModelError(f"{km.namespace}: publishing knowledge needs the model's bank")
+        if km.writer is None:
+            km.writer = KnowledgeWriter(km.bank, km.namespace, f"trainer-{km.namespace}")
+        self._first = int(km.optimizer.iterations.numpy())
+
+    def _publish(self, every: bool) -> None:
+        km = self._km
+        done = int(km.optimizer.iterations.numpy()) - self._first
+        step = km.step_base + done
+        assert km.writer is not None
+        for p in km.knowledge.publishing:
+            if every or done == 1 or done % p.every == 0:
+                batch = p.publish(km.heads, km.knowledge.view, step)
+                if batch is not None:
+                    km.writer.put(p.own_kind, batch, step)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._publish(every=False)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self._publish(every=True)
 
 
 class _Progress(keras.callbacks.Callback):  # type: ignore[misc]

@@ -5,6 +5,8 @@
 * ``Curriculum`` (``curriculum``) — easy examples first, by the makers' difficulty;
 * ``Codistillation`` (``codistillation``) — a peer trainer's stale predictions;
 * ``Multimodal`` (``multimodal``) — alignment with the other modalities' embeddings;
+* ``Message`` (``message``) — a learned message channel: one trainer's message as the
+  other's input, the other's feedback as the first's loss;
 * ``Teacher`` (``teacher``) — a finished job's or a pre-trained model's predictions,
   per-example instructions and difficulty guide a student.
 
@@ -23,6 +25,7 @@ from carls.trainers.paradigms.base import (
     Paradigm,
     ParadigmParams,
     Plugin,
+    Publishing,
     Refreshing,
     Requirement,
     Setup,
@@ -33,6 +36,7 @@ from carls.trainers.paradigms.base import (
 from carls.trainers.paradigms.codistillation import Codistillation
 from carls.trainers.paradigms.curriculum import Curriculum
 from carls.trainers.paradigms.graph import Graph, feature_graph, user_graph
+from carls.trainers.paradigms.message import Message
 from carls.trainers.paradigms.multimodal import Multimodal, peer_namespace
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
 from carls.trainers.paradigms.pseudo_label_graph import PseudoLabelGraph
@@ -46,6 +50,7 @@ __all__ = [
     "Codistillation",
     "Curriculum",
     "Graph",
+    "Message",
     "Multimodal",
     "Outputs",
     "Paradigm",
@@ -53,6 +58,7 @@ __all__ = [
     "Plugin",
     "PseudoLabel",
     "PseudoLabelGraph",
+    "Publishing",
     "Refreshing",
     "Requirement",
     "Setup",

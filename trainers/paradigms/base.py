@@ -27,7 +27,7 @@ entry (``supervised``, ``pseudo_label_graph``) whose ``plugins()`` are the plug-
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Self, cast, runtime_checkable
 
@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
+from carls.bank.types import KnowledgeBatch
 from carls.trainers.reader import KnowledgeReader, Slice
 
 F32 = npt.NDArray[np.float32]
@@ -61,12 +62,16 @@ class Source:
 class Requirement:
     """Knowledge of another namespace a paradigm cannot work without, checked against the
     bank when a job is submitted: ``namespace`` must exist, declare ``kinds`` and (with
-    ``checkpoint``) have published a checkpoint. ``field`` is the parameter naming it."""
+    ``checkpoint``) have published a checkpoint. ``where`` is the parameter naming it."""
 
-    field: tuple[str, ...]
+    where: tuple[str, ...]
     namespace: str
     kinds: tuple[str, ...]
     checkpoint: bool = False
+    dims: Mapping[str, int] = field(default_factory=dict)
+    """Widths the kinds must have (a message's size both sides agree on)."""
+    exists: bool = True
+    """The namespace must exist already (false: a peer that may not have started)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,27 @@ class Refreshing(Protocol):
     refresh_every: int
 
     def refresh(self, view: View, step: int) -> None: ...
+
+
+@runtime_checkable
+class Publishing(Protocol):
+    """A paradigm whose trainer publishes knowledge itself, every ``every`` steps, as
+    ``own_kind`` of its own namespace (a message, a receiver's feedback): ``publish``
+    computes it with the model's ``heads``; ``layers`` are what it adds to the model."""
+
+    every: int
+
+    @property
+    def own_kind(self) -> str: ...
+
+    @property
+    def own_dim(self) -> int: ...
+
+    def layers(self) -> list[Any]: ...
+
+    def inputs(self, knowledge: dict[str, Any], features: Any) -> Any: ...
+
+    def publish(self, heads: Any, view: View, step: int) -> KnowledgeBatch | None: ...
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ from carls.trainers.paradigms.base import Paradigm, ParadigmParams
 from carls.trainers.paradigms.codistillation import Codistillation
 from carls.trainers.paradigms.curriculum import Curriculum
 from carls.trainers.paradigms.graph import Graph
+from carls.trainers.paradigms.message import Message
 from carls.trainers.paradigms.multimodal import Multimodal
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
 from carls.trainers.paradigms.pseudo_label_graph import PseudoLabelGraph
@@ -35,6 +36,7 @@ PARADIGMS: Final[dict[str, type[ParadigmParams]]] = {
     Codistillation.name: Codistillation,
     Multimodal.name: Multimodal,
     Teacher.name: Teacher,
+    Message.name: Message,
 }
 
 
