@@ -381,7 +381,7 @@ def bench_teacher(ctx: click.Context, seeds: str, params: str, as_json: bool) ->
     worker makes its knowledge; then per seed the student (digits_student.yaml, the same
     MLP from random weights, 50 labels) trains alone and with the teacher from the same
     initial weights. Prints the steps each takes to reach 95 % of the final accuracy of
-    the student alone, and both final accuracies. About 3 minutes for three seeds."""
+    the student alone, and both final accuracies. 3 to 4 minutes for three seeds."""
     from carls.cli import settings_of
     from carls.demo_teacher import run
 
@@ -426,7 +426,7 @@ def bench_message(ctx: click.Context, seeds: str, size: int, as_json: bool) -> N
     A's message learned from B's feedback (trainers/examples/digits_message_a.yaml and
     _b.yaml), with a fixed message of the same size (A's embedding through a random
     projection), and B alone. Prints B's test accuracy in each and the bandwidth. About
-    5 minutes a seed."""
+    a minute a seed."""
     from carls.cli import settings_of
     from carls.demo_message import run
 

@@ -20,8 +20,11 @@ pytestmark = pytest.mark.integration
 SIZE = 4
 STEPS = 1000
 SEEDS = (0, 1)
-OVER_FIXED = 0.0
-OVER_ALONE = 0.02
+OVER_FIXED = 0.005
+OVER_ALONE = 0.03
+"""Margins from five runs of this test (two seeds each): B's accuracy with the learned
+message minus with the fixed one 0.017 to 0.048 (learned 0.972-0.985, fixed 0.935-0.957),
+minus B alone 0.054 to 0.074 (alone 0.904-0.920)."""
 MODALITIES = {"top": [0, 32], "bottom": [32, 64]}
 
 
