@@ -223,10 +223,10 @@ def _check_namespace(job: _Job, settings: Settings) -> None:
         f"{'exists, dimensions match' if existing else 'new; the trainer creates it'}"
     )
     if spec.paradigm.params.requires():
-        _check_sources(spec, settings)
+        _check_sources(spec, settings, job.data.classes)
 
 
-def _check_sources(spec: JobSpec, settings: Settings) -> None:
+def _check_sources(spec: JobSpec, settings: Settings, classes: int) -> None:
     """The namespaces the paradigm reads besides its own (a teacher's) exist, declare
     the kinds it reads and have a checkpoint."""
     from carls.bank.cassandra import CassandraBank
@@ -238,9 +238,11 @@ def _check_sources(spec: JobSpec, settings: Settings) -> None:
         return found is not None
 
     with CassandraBank(settings.cassandra) as bank:
-        check_sources(spec, bank, has_checkpoint)
+        check_sources(spec, bank, has_checkpoint, {"prediction": classes})
     for need in spec.paradigm.params.requires():
-        progress(f"{need.namespace}: has {', '.join(need.kinds)} and a checkpoint")
+        if need.exists:
+            checkpoint = " and a checkpoint" if need.checkpoint else ""
+            progress(f"{need.namespace}: has {', '.join(need.kinds)}{checkpoint}")
 
 
 def _registered(spec: JobSpec, settings: Settings) -> JobSpec:

@@ -275,6 +275,10 @@ class KnowledgeReader:
                 log.warning("knowledge reader: %s; retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+            except Exception:  # a bug: said loudly, and the reader keeps its thread
+                log.exception("knowledge reader: a read failed; retrying in %.1f s", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
 
     def read_pass(self) -> None:
         """One pass of the background refresh (the thread runs one every

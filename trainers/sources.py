@@ -5,7 +5,7 @@ alone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from carls.bank.errors import NamespaceError
 from carls.bank.protocol import NamespaceLookup
@@ -14,12 +14,16 @@ from carls.trainers.spec import JobSpec
 
 
 def check_sources(
-    spec: JobSpec, bank: NamespaceLookup, has_checkpoint: Callable[[str, float], bool] | None
+    spec: JobSpec,
+    bank: NamespaceLookup,
+    has_checkpoint: Callable[[str, float], bool] | None,
+    widths: Mapping[str, int] | None = None,
 ) -> None:
     """Each ``Requirement`` of the job's paradigm: the namespace exists in ``bank``,
     declares the kinds, and (when ``has_checkpoint`` is given: whether a namespace
     created at a time has published a checkpoint since) has a checkpoint. Raises
-    ``SpecError`` naming the paradigm's field."""
+    ``SpecError`` naming the paradigm's field. ``widths``: the widths this job reads kinds
+    at (``prediction``: its classes), checked like the requirements' own."""
     for need in spec.paradigm.params.requires():
         field = ".".join(("paradigm", "params", *need.where))
         try:
@@ -45,7 +49,8 @@ def check_sources(
                 f"namespace {need.namespace} does not declare {', '.join(missing)}; it has "
                 f"{', '.join(sorted(found.kinds))}{hint}",
             )
-        for kind, dim in need.dims.items():
+        wanted = {k: w for k, w in (widths or {}).items() if k in need.kinds} | dict(need.dims)
+        for kind, dim in wanted.items():
             if found.kinds[kind] != dim:
                 raise SpecError(
                     field,

@@ -243,7 +243,7 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
                     except Exception:  # never hides how fit ended, nor stops the rest
                         log.exception("%s.after_fit failed", type(cb).__name__)
             if started_here:  # outside ``with``: the reader lives as long as this fit
-                self.knowledge.close()
+                self.close()
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -386,6 +386,15 @@ class _PublishKnowledge(keras.callbacks.Callback):  # type: ignore[misc]
         if km.writer is None:
             km.writer = KnowledgeWriter(km.bank, km.namespace, f"trainer-{km.namespace}")
         self._first = int(km.optimizer.iterations.numpy())
+        # An earlier run's knowledge in this namespace has steps of its own: this run's
+        # follow on, or the bank (step-ordered writes) would keep the old rows.
+        sample = km.ids[:: max(1, len(km.ids) // 256)]
+        for p in km.knowledge.publishing:
+            try:
+                steps = km.bank.read(km.namespace, p.own_kind, sample, lineage=True).steps
+            except NamespaceError:  # not registered: the writer's writes will say so
+                continue
+            km.step_base = max(km.step_base, int(steps.max(initial=-1)) + 1)
 
     def _publish(self, every: bool) -> None:
         km = self._km

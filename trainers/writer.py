@@ -86,6 +86,9 @@ class KnowledgeWriter:
                     self._cond.wait(pause)
                 pause = min(2 * pause, 8.0)
                 continue
+            except Exception:  # a bug or an unexpected reply: this batch is lost, not the rest
+                log.exception("%s %s step %d: not written", self.namespace, kind, step)
+                continue
             pause = 0.2
             s = self.sent.setdefault(kind, Sent())
             s.batches += 1

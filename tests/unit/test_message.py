@@ -178,3 +178,14 @@ def test_a_group_whose_sides_disagree_on_the_size_is_refused_at_submit(tmp_path:
     paths[1].write_text(yaml.safe_dump(b))
     result = CliRunner().invoke(main, ["submit", *map(str, paths), "--dry-run"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_second_run_in_the_namespace_publishes_after_the_first() -> None:
+    bank = MemoryBank()
+    a, _, (xa, _) = pair(bank)
+    train(a, xa, 12)
+    first = int(bank.read("a", "message", IDS, lineage=True).steps.max())
+    again, _, _ = pair(bank)  # a new run of side A, from fresh weights
+    train(again, xa, 3)
+    steps = bank.read("a", "message", IDS, lineage=True).steps
+    assert first >= 12 and (steps > first).all()  # the new messages were kept

@@ -203,3 +203,17 @@ def test_a_student_learns_the_teachers_classes_for_unlabeled_examples() -> None:
     assert history.history["distill"][-1] < history.history["distill"][0]
     predicted = km.predict(x.astype(np.float32), verbose=0).argmax(1)
     assert (predicted[1:] == (np.arange(N) % C)[1:]).mean() >= 0.9
+
+
+def test_a_teacher_of_another_number_of_classes_is_refused() -> None:
+    bank = MemoryBank()
+    bank.create_namespace(NamespaceSpec("t", default_kinds(4, 10, 2) | {"instruction": 2}))
+    spec = load_spec(
+        {
+            "namespace": "s",
+            "dataset": {"name": "iris"},
+            "paradigm": {"name": "teacher", "params": {"teacher": "t"}},
+        }
+    )
+    with pytest.raises(SpecError, match="prediction of width 10; this side's is 3"):
+        check_sources(spec, bank, None, {"prediction": 3})

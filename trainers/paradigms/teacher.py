@@ -77,7 +77,8 @@ class Teacher(Plugin):
             raise FieldProblem(("teacher",), _NOT_OWN)
 
     def requires(self) -> list[Requirement]:
-        return [Requirement(("teacher",), self.teacher, self._kinds(), checkpoint=True)]
+        dims = {"instruction": 2} if "instruction" in self._kinds() else {}
+        return [Requirement(("teacher",), self.teacher, self._kinds(), True, dims)]
 
     def _kinds(self) -> tuple[str, ...]:
         kinds = ["prediction"]
