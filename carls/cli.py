@@ -98,6 +98,7 @@ def _register() -> None:
         cmd_bench,
         cmd_datasets,
         cmd_demo,
+        cmd_hypergraph,
         cmd_infra,
         cmd_jobs,
         cmd_publish,
@@ -113,6 +114,7 @@ def _register() -> None:
     main.add_command(cmd_publish.examples)
     main.add_command(cmd_submit.submit)
     main.add_command(cmd_datasets.dataset)
+    main.add_command(cmd_hypergraph.hypergraph)
     main.add_command(cmd_worker.worker)
     main.add_command(cmd_jobs.trainer)
     main.add_command(cmd_jobs.job)

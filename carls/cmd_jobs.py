@@ -240,3 +240,68 @@ def cancel(ctx: click.Context, job_id: str) -> None:
             click.echo(f"cancelled job {job_id} (it had not started)")
             return
     click.echo(f"asked the trainer running job {job_id} to stop; it is marked cancelled then")
+
+
+@job.command(name="run")
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
+@click.pass_context
+def run_(ctx: click.Context, spec_file: Path, as_json: bool) -> None:
+    """Run the job in SPEC_FILE in this process, without the jobs topic.
+
+    One process per job, on purpose: e.g. each modality of a hypergraph task in its own
+    process (`carls trainer` may run a job group's members side by side in one). Its state
+    is kept for `carls job status`, as a queued job's is, and `carls job cancel` stops it;
+    the exit status is 0 only when the job succeeds.
+    """
+    import threading
+
+    from carls.bank.blobs import CassandraBlobs
+    from carls.bank.cassandra import CassandraBank
+    from carls.bank.jobs import CassandraJobStore
+    from carls.bank.session import Connection
+    from carls.cli import settings_of
+    from carls.schemas.errors import CarlsError
+    from carls.streams.producer import Publisher
+    from carls.trainers.runner import Context, JobRun, StopSignal, new_job_id, publishes
+    from carls.trainers.spec import load_spec
+
+    settings = settings_of(ctx)
+    spec = load_spec(spec_file)
+    cassandra = Connection(settings.cassandra).start()
+    publisher = Publisher(settings.kafka, settings.topics) if publishes(spec) else None
+    stop, done = StopSignal(), threading.Event()
+    try:
+        jobs = CassandraJobStore(cassandra).start()
+        context = Context(
+            bank=CassandraBank(cassandra).start(),
+            publisher=publisher,
+            store=settings.artifact_store(CassandraBlobs(cassandra).start()),
+            jobs=jobs,
+        )
+        job_id = new_job_id(spec.namespace)
+
+        def watch() -> None:  # `carls job cancel`, as a trainer's lease loop looks for it
+            while not done.wait(2.0):
+                try:
+                    if jobs.cancel_requested(job_id):
+                        stop.set(StopSignal.CANCELLED)
+                except CarlsError:
+                    pass
+
+        threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
+        progress(f"running job {job_id} ({spec.paradigm.name} on {spec.namespace})")
+        state = JobRun(job_id, spec, context, say=progress, stop=stop).run()
+    finally:
+        done.set()
+        if publisher is not None:
+            publisher.close()
+        cassandra.close()
+    if as_json:
+        emit_json(state)
+    else:
+        acc = state.get("test_accuracy")
+        shown = "none" if acc is None else f"{acc:.4f}"
+        click.echo(f"{job_id}: {state['state']}, test accuracy {shown}")
+    if state["state"] != "succeeded":
+        ctx.exit(1)

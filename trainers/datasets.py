@@ -11,7 +11,8 @@ split, its ``labeled`` mask the labeled examples, as given (labeled rows are nev
 to the test split: without a ``test`` mask, the test split is drawn from the unlabeled
 rows). Example ids are
 ``<dataset>-<row>`` with the row of the source, so an example keeps its id whatever the
-seed or trainer.
+seed or trainer; an .npz may name them itself (``ids``: one distinct string per row, e.g.
+the item ids a multimodal task's modality files share).
 
 Examples keep their shape: an .npz ``X`` may be N x D features, N x H x W x C images,
 N x T sequences, any rank >= 2; ``Dataset.input_shape`` is the shape of one example and
@@ -24,6 +25,7 @@ import csv
 import math
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from carls.bank.errors import (
     UnreadableUriError,
 )
 from carls.bank.types import NO_LABEL, NamespaceSpec
+from carls.schemas.errors import CarlsError
+from carls.schemas.names import validate_id
 from carls.trainers.augment import image_of
 from carls.trainers.errors import DatasetError, SpecError
 from carls.trainers.paradigms.graph import Graph
@@ -53,7 +57,7 @@ Bool = npt.NDArray[np.bool_]
 CLIP = 5.0
 BUNDLED_IMAGES = {"digits": (8, 8)}
 """The bundled datasets whose flat features are images."""
-NPZ_ARRAYS = ("X", "y", "labeled", "test")
+NPZ_ARRAYS = ("X", "y", "labeled", "test", "ids")
 """The arrays an .npz dataset may hold."""
 
 _INT_LABEL = re.compile(r"[-+]?[0-9]+")
@@ -132,6 +136,8 @@ class _Raw:
     """Names of the feature columns of flat data (``None``: a position names a value)."""
     where: str
     """The spec field that names the source (``dataset.name``, ``.path`` or ``.uri``)."""
+    ids: list[str] | None = None
+    """The file's own example ids (``ids``; ``None``: ``<dataset>-<row>``)."""
 
 
 def load_dataset(
@@ -188,12 +194,13 @@ def load_dataset(
         scaler = StandardScaler().fit(raw.x[rows_train].reshape(len(rows_train), dim))
         mean = scaler.mean_.astype(np.float64)
         scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float64)
+    ids = raw.ids if raw.ids is not None else [f"{name}-{row:06d}" for row in range(len(y))]
     return Dataset(
-        ids_train=[f"{name}-{row:06d}" for row in rows_train],
+        ids_train=[ids[row] for row in rows_train],
         x_train=_standardize(raw.x[rows_train], mean, scale),
         y_train=y_train,
         labeled=labeled,
-        ids_test=[f"{name}-{row:06d}" for row in rows_test],
+        ids_test=[ids[row] for row in rows_test],
         x_test=_standardize(raw.x[rows_test], mean, scale),
         y_test=y[rows_test],
         classes=classes,
@@ -377,7 +384,8 @@ def _load_npz(path: Path, where: str) -> _Raw:
         raise DatasetError(
             where,
             f"{path.name} holds arrays carls does not read: {', '.join(unknown)} (it reads X "
-            "and y, and optionally the boolean masks labeled and test); remove them",
+            "and y, and optionally the boolean masks labeled and test and the example ids "
+            "ids); remove them",
         )
     x, y, mask, test = arrays["X"], arrays["y"], arrays.get("labeled"), arrays.get("test")
     if x.ndim < 2 or 0 in x.shape or x.dtype.kind not in "iuf":
@@ -403,7 +411,26 @@ def _load_npz(path: Path, where: str) -> _Raw:
             )
     labels = y.astype(np.int64) if y.dtype.kind in "bf" else y
     columns = _numbered(x.shape[1]) if x.ndim == 2 else None
-    return _Raw(x.astype(np.float64), labels, mask, test, columns, where)
+    ids = _npz_ids(arrays.get("ids"), x.shape[0], path.name, where)
+    return _Raw(x.astype(np.float64), labels, mask, test, columns, where, ids)
+
+
+def _npz_ids(ids: npt.NDArray[Any] | None, n: int, name: str, where: str) -> list[str] | None:
+    """An .npz's own example ids: N distinct valid ids (strings), or ``None``."""
+    if ids is None:
+        return None
+    if ids.shape != (n,) or ids.dtype.kind != "U":
+        raise DatasetError(where, f"{name}: ids must be {n} strings, got {ids.dtype} {ids.shape}")
+    out: list[str] = [str(i) for i in ids.tolist()]
+    for row, i in enumerate(out):
+        try:
+            validate_id(i)
+        except CarlsError as exc:
+            raise DatasetError(where, f"{name}: ids[{row}]: {exc}") from None
+    if len(set(out)) != n:
+        dup = Counter(out).most_common(1)[0][0]
+        raise DatasetError(where, f"{name}: ids must be distinct; {dup!r} appears twice")
+    return out
 
 
 def _load_csv(path: Path, label_column: str, where: str) -> _Raw:

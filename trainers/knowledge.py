@@ -19,6 +19,7 @@ import numpy.typing as npt
 from carls.bank.protocol import KnowledgeBank
 from carls.trainers.paradigms import (
     ArraySpec,
+    Following,
     Outputs,
     Paradigm,
     Publishing,
@@ -100,14 +101,22 @@ class Knowledge:
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> Knowledge:
-        if self.reader is not None and not self._started:
-            self.reader.start()
+        if not self._started:
+            if self.reader is not None:
+                self.reader.start()
+            for p in self.paradigms:
+                if isinstance(p, Following):
+                    p.start()
             self._started = True
         return self
 
     def close(self) -> None:
-        if self.reader is not None and self._started:
-            self.reader.stop()
+        if self._started:
+            if self.reader is not None:
+                self.reader.stop()
+            for p in self.paradigms:
+                if isinstance(p, Following):
+                    p.stop()
             self._started = False
 
     def __enter__(self) -> Knowledge:
@@ -119,8 +128,9 @@ class Knowledge:
     # The host side ------------------------------------------------------------------------
     @property
     def reads_unlabeled(self) -> bool:
-        """Whether any paradigm has loss terms (and so wants unlabeled examples)."""
-        return bool(self.signature)
+        """Whether any paradigm prepares arrays for unlabeled examples (loss terms on
+        them), so batches should hold them."""
+        return any(p.signature() and getattr(p, "reads_unlabeled", True) for p in self.paradigms)
 
     def batch(
         self, rows: npt.ArrayLike, step: int, batches: int = 1

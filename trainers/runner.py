@@ -31,6 +31,7 @@ import numpy as np
 from carls.bank.artifacts import ArtifactStore
 from carls.bank.blobs import MAX_BYTES
 from carls.bank.errors import BankUnavailableError, NamespaceError
+from carls.bank.hypergraphs import HypergraphStore
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.retry import retry_unavailable
@@ -47,7 +48,7 @@ from carls.trainers.datasets import (
 )
 from carls.trainers.errors import ModelError, SpecError
 from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
-from carls.trainers.paradigms import Message, Multimodal, from_spec
+from carls.trainers.paradigms import HyperLearn, Message, Multimodal, from_spec
 from carls.trainers.sources import check_sources
 from carls.trainers.spec import JobSpec
 
@@ -156,7 +157,38 @@ def _inputs(spec: JobSpec, ds: Dataset) -> _Inputs:
         if p.role == "receive":  # the message's columns, filled from the bank
             train, test = (np.pad(x, ((0, 0), (0, p.size))) for x in (train, test))
         return _Inputs(train, test, None)
+    if isinstance(p, HyperLearn):
+        if len(ds.input_shape) != 1:
+            raise SpecError(
+                "paradigm.name",
+                f"a hypergraph learner needs flat features; the examples are {ds.input_shape}",
+            )
+        if spec.model.builder is not None or spec.model.path is not None:
+            raise SpecError(
+                "model",
+                "a hypergraph learner's first layer is the convolution's weights: it trains "
+                "the built-in MLP (model.hidden, model.embedding_dim), not a user model",
+            )
+        pad = p.width(ds.feature_dim, spec.model.embedding_dim)  # the columns it fills
+        train, test = (np.pad(x, ((0, 0), (0, pad))) for x in (ds.x_train, ds.x_test))
+        return _Inputs(train, test, None)
     return _Inputs(ds.x_train, ds.x_test, ds.x_train_raw, ds.image_shape)
+
+
+def transductive(ds: Dataset) -> Dataset:
+    """``ds`` with its test examples among the training ones, unlabeled (a hypergraph
+    learner's nodes: the others' hyperedges may name them); the test split stays for
+    evaluation."""
+    from dataclasses import replace
+
+    return replace(
+        ds,
+        ids_train=[*ds.ids_train, *ds.ids_test],
+        x_train=np.concatenate([ds.x_train, ds.x_test]),
+        y_train=np.concatenate([ds.y_train, ds.y_test]),
+        labeled=np.concatenate([ds.labeled, np.zeros(len(ds.ids_test), bool)]),
+        x_train_raw=None,
+    )
 
 
 def _check_augment(spec: JobSpec, inputs: _Inputs) -> None:
@@ -396,6 +428,9 @@ class JobRun:
             f"{self.job_id}: reading dataset {spec.dataset.display_name}",
             stop=lambda _: time.monotonic() - started > STATE_RETRY_S,
         )
+        hyper = isinstance(spec.paradigm.params, HyperLearn)
+        if hyper:
+            ds = transductive(ds)
         inputs = _inputs(spec, ds)
         _check_augment(spec, inputs)  # check_job's first half; _wrap checks the model
         self._check_sources(ds.classes)
@@ -404,6 +439,15 @@ class JobRun:
         for p in km.knowledge.publishing:
             if isinstance(p, Message) and p.role == "send":  # the receiver tests on these
                 p.also_publish(ds.ids_test, inputs.x_test)
+        for p in km.knowledge.paradigms:
+            if isinstance(p, HyperLearn):
+                if blobs is None:
+                    raise SpecError(
+                        "paradigm",
+                        "a hypergraph learner reads its task's hypergraph from the bank's "
+                        "blob store: run it with CARLS_CHECKPOINT_STORE=bank (the default)",
+                    )
+                p.attach(HypergraphStore(blobs), self.ctx.bank)
         km.knowledge.view.held_out = np.where(held, ds.y_train, -1).astype(np.int32)
         self.model = km
         self._register(ds, km)
@@ -418,7 +462,7 @@ class JobRun:
         publish = self._publish_checkpoints()
         if publish is not None:
             callbacks.append(publish)
-        job_log = _JobLog(self, km, inputs.x_test, ds.y_test, self._test_inputs(ds))
+        job_log = _JobLog(self, km, inputs.x_test, ds.y_test, self._test_inputs(ds, km))
         callbacks += [job_log, _StopTraining(self.stop)]
         if self.after_first_step is not None:
             callbacks.append(_AfterFirstStep(self.after_first_step))
@@ -442,12 +486,18 @@ class JobRun:
                 staleness=reader.staleness.as_dict() if reader is not None else None,
                 knowledge_coverage=reader.coverage() if reader is not None else None,
                 train_seconds=round(time.monotonic() - job_log.t0, 2),
+                train_cpu_seconds=round(time.process_time() - job_log.cpu0, 2),
             )
 
-    def _test_inputs(self, ds: Dataset) -> Callable[[Any], Any] | None:
+    def _test_inputs(self, ds: Dataset, km: Any) -> Callable[[Any], Any] | None:
         """For a message's receiver: the test features with the sender's latest message
-        of each test example put in (read from the bank at each evaluation)."""
+        of each test example put in (read from the bank at each evaluation); for a
+        hypergraph learner, its test nodes' filled columns."""
         p = self.spec.paradigm.params
+        learner = next((q for q in km.knowledge.paradigms if isinstance(q, HyperLearn)), None)
+        if learner is not None:
+            test_rows = np.arange(len(ds.ids_test)) + len(ds.ids_train) - len(ds.ids_test)
+            return lambda x: learner.fill(x, test_rows)
         if not isinstance(p, Message) or p.role != "receive":
             return None
         bank, peer, ids = self.ctx.bank, p.peer, ds.ids_test
@@ -651,10 +701,12 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
         """Makes the test inputs at each evaluation (a receiver's: the latest messages)."""
         self.done = 0
         self.t0 = time.monotonic()
+        self.cpu0 = time.process_time()
         self._before: tuple[float, int] = (0.0, 0)
 
     def on_train_begin(self, logs: Any = None) -> None:
         self.t0 = time.monotonic()
+        self.cpu0 = time.process_time()
         # fit runs whole epochs of eval_every steps; training is the job's steps, after
         # which this callback stops it: paradigms that ramp or pace see that length
         self.km.total_steps = self.job.spec.train.steps

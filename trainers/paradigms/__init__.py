@@ -8,7 +8,9 @@
 * ``Message`` (``message``) — a learned message channel: one trainer's message as the
   other's input, the other's feedback as the first's loss;
 * ``Teacher`` (``teacher``) — a finished job's or a pre-trained model's predictions,
-  per-example instructions and difficulty guide a student.
+  per-example instructions and difficulty guide a student;
+* ``HyperLearn`` (``hypergraph``) — one learner per modality, a hypergraph convolution over
+  its features and the other modalities' latest embeddings (HyperLearn).
 
 Each is a pydantic model whose fields are its parameters, so ``PseudoLabel(threshold=1.5)``
 fails as a job spec's ``threshold: 1.5`` does. A job spec's ``paradigm.params`` is one of
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from carls.trainers.paradigms.base import (
     ArraySpec,
+    Following,
     Outputs,
     Paradigm,
     ParadigmParams,
@@ -36,6 +39,7 @@ from carls.trainers.paradigms.base import (
 from carls.trainers.paradigms.codistillation import Codistillation
 from carls.trainers.paradigms.curriculum import Curriculum
 from carls.trainers.paradigms.graph import Graph, feature_graph, user_graph
+from carls.trainers.paradigms.hypergraph import HyperLearn
 from carls.trainers.paradigms.message import Message
 from carls.trainers.paradigms.multimodal import Multimodal, peer_namespace
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
@@ -49,7 +53,9 @@ __all__ = [
     "ArraySpec",
     "Codistillation",
     "Curriculum",
+    "Following",
     "Graph",
+    "HyperLearn",
     "Message",
     "Multimodal",
     "Outputs",

@@ -198,6 +198,16 @@ class Publishing(Protocol):
 
 
 @runtime_checkable
+class Following(Protocol):
+    """A paradigm with a background thread of its own, run while the trainer trains
+    (a hypergraph learner following its task's hypergraph and the other modalities)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
 class Weighting(Protocol):
     """A paradigm that weights the supervised term per row (e.g. a curriculum)."""
 
@@ -243,6 +253,9 @@ class Plugin(ParadigmParams):
     only), state from ``bind`` in private attributes. A plug-in is its own spec params."""
 
     needs_checkpoints: ClassVar[bool] = True
+    reads_unlabeled: ClassVar[bool] = True
+    """Whether its prepared arrays are for unlabeled examples too (batches then hold
+    them); a paradigm that only feeds the model inputs of labeled ones says False."""
 
     def plugins(self) -> list[Paradigm]:
         return [self.fresh()]

@@ -17,6 +17,7 @@ from carls.trainers.paradigms.base import Paradigm, ParadigmParams
 from carls.trainers.paradigms.codistillation import Codistillation
 from carls.trainers.paradigms.curriculum import Curriculum
 from carls.trainers.paradigms.graph import Graph
+from carls.trainers.paradigms.hypergraph import HyperLearn
 from carls.trainers.paradigms.message import Message
 from carls.trainers.paradigms.multimodal import Multimodal
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
@@ -37,6 +38,7 @@ PARADIGMS: Final[dict[str, type[ParadigmParams]]] = {
     Multimodal.name: Multimodal,
     Teacher.name: Teacher,
     Message.name: Message,
+    HyperLearn.name: HyperLearn,
 }
 
 
