@@ -72,6 +72,7 @@ def write_example(
     quadrant and the concatenated-features baseline's spec."""
     import yaml
 
+    out = out.resolve()  # the specs name their data by absolute paths
     info = hl.quadrant_digits(out, seed=seed, missing=missing)
     specs = []
     for m, path in info["modalities"].items():

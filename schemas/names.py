@@ -30,6 +30,7 @@ KINDS: tuple[str, ...] = (
     "instruction",
     "message",
     "feedback",
+    "fused",
 )
 """The knowledge kinds; ``embedding/<modality>`` is accepted as well."""
 

@@ -311,3 +311,24 @@ def test_learners_run_as_jobs_publish_every_nodes_embedding_and_refuse_a_changed
     assert run.state["state"] == "failed"
     after = bank.fetch_examples("dq_q0", z["ids"][:5].tolist()).features
     np.testing.assert_array_equal(before, after)
+
+
+def test_the_fusion_is_written_as_a_kind_and_a_changed_width_is_refused() -> None:
+    bank = MemoryBank()
+    for m in ("a", "b"):
+        bank.create_namespace(NamespaceSpec(f"t_{m}", {f"embedding/{m}": 2}))
+        bank.write(
+            f"t_{m}",
+            f"embedding/{m}",
+            KnowledgeBatch(["1", "2"], np.ones((2, 2), np.float32)),
+            Lineage(1, m),
+        )
+    hg = Hypergraph.of([[("a", "1"), ("b", "1")], [("a", "2"), ("b", "2")]])
+    fused = hl.write_fused(bank, "t", hg, 2)
+    assert fused.namespace == "t_fused" and fused.modalities == ["a", "b"]
+    got = bank.read("t_fused", "fused", ["1", "2"])
+    assert not got.missing.any() and got.values.shape == (2, 8)
+    bank.create_namespace(NamespaceSpec("t_c", {"embedding/c": 2}))
+    three = Hypergraph.of([[("a", "1"), ("b", "1"), ("c", "1")]])
+    with pytest.raises(HypergraphError, match="t_fused holds fused rows of width 8; 3 modalities"):
+        hl.write_fused(bank, "t", three, 2)

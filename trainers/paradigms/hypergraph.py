@@ -137,6 +137,10 @@ class HyperLearn(Plugin):
     """Steps between publications of this learner's embeddings."""
     poll_s: Number = Field(2.0, gt=0)
     """Seconds between looks at the bank (a new hypergraph, the others' embeddings)."""
+    wait_s: Number = Field(300.0, ge=0)
+    """Seconds to wait, before the first step, for the task's hypergraph when it has none
+    yet (it is registered once the learners' examples are in); then it trains on its own
+    features until one comes. 0: never wait."""
 
     _setup: Setup | None = PrivateAttr(None)
     _graphs: GraphSource | None = PrivateAttr(None)
@@ -226,7 +230,23 @@ class HyperLearn(Plugin):
         if self._thread is not None or self._graphs is None:
             return
         self._stop.clear()
-        self.poll()  # what is there already, before the first step
+        self._try_poll()  # what is there already, before the first step
+        task, waited = self._state["task"], 0.0
+        while self._state["graph"] is None and waited < float(self.wait_s):
+            if waited % 30 < float(self.poll_s):
+                log.warning(
+                    "hypergraph learner %s: waiting for task %s's hypergraph (carls "
+                    "hypergraph register %s FILE), %.0f s of %.0f s",
+                    self.modality,
+                    task,
+                    task,
+                    waited,
+                    float(self.wait_s),
+                )
+            if self._stop.wait(float(self.poll_s)):
+                return
+            waited += float(self.poll_s)
+            self._try_poll()
         self._thread = threading.Thread(target=self._follow, name="hypergraph", daemon=True)
         self._thread.start()
 
@@ -238,12 +258,15 @@ class HyperLearn(Plugin):
 
     def _follow(self) -> None:
         while not self._stop.wait(float(self.poll_s)):
-            try:
-                self.poll()
-            except CarlsError as exc:  # the bank is away: keep the last inputs
-                log.warning("hypergraph learner %s: bank unreadable (%s)", self.modality, exc)
-            except Exception:
-                log.exception("hypergraph learner %s: poll failed; still following", self.modality)
+            self._try_poll()
+
+    def _try_poll(self) -> None:
+        try:
+            self.poll()
+        except CarlsError as exc:  # the bank is away: keep the last inputs
+            log.warning("hypergraph learner %s: bank unreadable (%s)", self.modality, exc)
+        except Exception:
+            log.exception("hypergraph learner %s: poll failed; still following", self.modality)
 
     def poll(self) -> None:
         """Pick up a new hypergraph, read the other modalities' embeddings, and rebuild
