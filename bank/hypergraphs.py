@@ -22,6 +22,7 @@ import math
 import re
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,9 +140,12 @@ def check_structure(hg: Hypergraph) -> None:
 def load(source: Path | bytes, name: str = "") -> Hypergraph:
     """Read a hypergraph file (see the module docstring); ``HypergraphError`` if bad."""
     try:
-        with np.load(io.BytesIO(source) if isinstance(source, bytes) else source) as z:
+        got = np.load(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if not isinstance(got, np.lib.npyio.NpzFile):
+            raise HypergraphError("not a hypergraph .npz file: it holds one array, not named ones")
+        with got as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise HypergraphError(f"not a hypergraph .npz file: {exc}") from None
     unknown = sorted(set(arrays) - {"modality", "id", "weight", "edge"})
     if unknown:

@@ -217,7 +217,7 @@ def show(ctx: click.Context, task: str, as_json: bool) -> None:
 @click.pass_context
 def fuse(ctx: click.Context, task: str, dim: int, as_json: bool) -> None:
     """Write TASK's fused representation: every modality's latest embedding side by side,
-    and one hypergraph convolution of it over the items, as the kind `fused` of
+    convolved once over the items through the hypergraph, as the kind `fused` of
     namespace <task>_fused."""
     from carls.bank.hypergraphs import HypergraphStore
     from carls.trainers.hyperlearn import write_fused

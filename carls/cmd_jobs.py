@@ -251,9 +251,11 @@ def run_(ctx: click.Context, spec_file: Path, as_json: bool) -> None:
 
     One process per job, on purpose: e.g. each modality of a hypergraph task in its own
     process (`carls trainer` may run a job group's members side by side in one). Its state
-    is kept for `carls job status`, as a queued job's is, and `carls job cancel` stops it;
-    the exit status is 0 only when the job succeeds.
+    is kept for `carls job status`, as a queued job's is; `carls job cancel`, Ctrl-C or
+    SIGTERM stop it at its next step (marked cancelled). The exit status is 0 only when the
+    job succeeds.
     """
+    import signal
     import threading
 
     from carls.bank.blobs import CassandraBlobs
@@ -290,6 +292,8 @@ def run_(ctx: click.Context, spec_file: Path, as_json: bool) -> None:
                     pass
 
         threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # stop at the next step, state written
+            signal.signal(sig, lambda *_: stop.set("stopped by a signal (Ctrl-C or SIGTERM)"))
         progress(f"running job {job_id} ({spec.paradigm.name} on {spec.namespace})")
         state = JobRun(job_id, spec, context, say=progress, stop=stop).run()
     finally:

@@ -125,8 +125,14 @@ class _Runs:
         return out
 
     def stop(self) -> None:
+        """Stop what still runs: SIGTERM (the job is marked cancelled), then kill."""
         for proc, _ in self.procs.values():
             if proc.poll() is None:
+                proc.terminate()
+        for proc, _ in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs.clear()
 
@@ -186,8 +192,11 @@ def one(
         cut = [[(m, i) for m, i in e if m in modalities] for e in hg.members]
         keep = [(e, w) for e, w in zip(cut, hg.weights, strict=True) if len(e) >= 2]
         path.write_bytes(Hypergraph.of([e for e, _ in keep], [w for _, w in keep]).to_bytes())
-    waited = _register_when_ready(bank, store, task, path, runs, say)
-    states = runs.wait()
+    try:
+        waited = _register_when_ready(bank, store, task, path, runs, say)
+        states = runs.wait()
+    finally:
+        runs.stop()  # nothing left training after a failure
     row: dict[str, Any] = {"seed": seed, "missing": missing, "registered_after_s": round(waited, 1)}
     for m in modalities:
         st = states[m]

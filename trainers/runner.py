@@ -447,7 +447,7 @@ class JobRun:
                         "a hypergraph learner reads its task's hypergraph from the bank's "
                         "blob store: run it with CARLS_CHECKPOINT_STORE=bank (the default)",
                     )
-                p.attach(HypergraphStore(blobs), self.ctx.bank)
+                p.attach(HypergraphStore(blobs), self.ctx.bank, self.stop.is_set)
         km.knowledge.view.held_out = np.where(held, ds.y_train, -1).astype(np.int32)
         self.model = km
         self._register(ds, km)

@@ -6,6 +6,7 @@ representation, and learners run as jobs."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,9 +150,10 @@ def test_a_learner_takes_in_the_others_embeddings_through_the_hypergraph() -> No
     op = Operator(hg, "a", tuple(ids))
     _, cols = op.others["b"]
     row = cols.toarray()
-    np.testing.assert_allclose(slot[0], row[0, 0] * e_b[0], rtol=1e-5)
+    unit = e_b  # taken in as published
+    np.testing.assert_allclose(slot[0], row[0, 0] * unit[0], rtol=1e-5)
     # item 2: b:3 has no embedding yet -> the aggregate over b:2, rescaled to the row mass
-    np.testing.assert_allclose(slot[1], (row[1, 1] + row[1, 2]) * e_b[1], rtol=1e-5)
+    np.testing.assert_allclose(slot[1], (row[1, 1] + row[1, 2]) * unit[1], rtol=1e-5)
     np.testing.assert_allclose(mass[:2], [1.0, 0.5])
     assert (block[2] == 0).all()  # item 3 is in no hyperedge
 
@@ -232,12 +234,15 @@ def test_the_fused_representation_concatenates_and_convolves_over_items() -> Non
         Lineage(1, "b"),
     )
     hg = Hypergraph.of([[("a", "1"), ("a", "2")], [("a", "1"), ("b", "1")]])
-    z, present = hl.fuse(bank, "t", hg, ["1", "2"], 2)
-    np.testing.assert_allclose(z[:, :4], [[0.6, 0.8, 0, 1], [1, 0, 0, 0]], atol=1e-6)
+    side, present = hl.side_by_side(bank, "t", ["a", "b"], ["1", "2"], 2)
+    np.testing.assert_allclose(side, [[0.6, 0.8, 0, 1], [1, 0, 0, 0]], atol=1e-6)
     assert present.tolist() == [[1, 1], [1, 0]]  # item 2 lacks b: zeros there
+    z, _ = hl.fuse(bank, "t", hg, ["1", "2"], 2)
     p = hl.item_operator(hg, ["1", "2"]).toarray()
-    np.testing.assert_allclose(z[:, 4:], p @ z[:, :4], atol=1e-6)
+    np.testing.assert_allclose(z, p @ side, atol=1e-6)
     assert p[0, 1] > 0  # the a-kNN hyperedge joins items 1 and 2; the 1-1 one joins none
+    lone = Hypergraph.of([[("a", "1"), ("b", "1")]])  # joins no two items
+    np.testing.assert_allclose(hl.fuse(bank, "t", lone, ["1", "2"], 2)[0], side, atol=1e-6)
 
 
 # Learners as jobs ------------------------------------------------------------------------
@@ -327,8 +332,84 @@ def test_the_fusion_is_written_as_a_kind_and_a_changed_width_is_refused() -> Non
     fused = hl.write_fused(bank, "t", hg, 2)
     assert fused.namespace == "t_fused" and fused.modalities == ["a", "b"]
     got = bank.read("t_fused", "fused", ["1", "2"])
-    assert not got.missing.any() and got.values.shape == (2, 8)
+    assert not got.missing.any() and got.values.shape == (2, 4)
     bank.create_namespace(NamespaceSpec("t_c", {"embedding/c": 2}))
     three = Hypergraph.of([[("a", "1"), ("b", "1"), ("c", "1")]])
-    with pytest.raises(HypergraphError, match="t_fused holds fused rows of width 8; 3 modalities"):
+    with pytest.raises(HypergraphError, match="t_fused holds fused rows of width 4; 3 modalities"):
         hl.write_fused(bank, "t", three, 2)
+
+
+def test_a_newer_hypergraph_without_a_modality_leaves_its_slot_empty() -> None:
+    bank, store = MemoryBank(), HypergraphStore(MemoryBlobs())
+    bank.create_namespace(NamespaceSpec("t_b", {"embedding/b": E}))
+    bank.write(
+        "t_b", "embedding/b", KnowledgeBatch(["1"], np.ones((1, E), np.float32)), Lineage(1, "b")
+    )
+    store.register("t", Hypergraph.of([[("a", "1"), ("b", "1")], [("a", "1"), ("a", "2")]]))
+    p = _learner("t", "a", ["1", "2"], 3)
+    p.attach(store, bank)
+    p.poll()
+    assert (p.block([0])[0, 3 : 3 + E] > 0).all()
+    store.register("t", Hypergraph.of([[("a", "1"), ("a", "2")]]))  # b gone
+    p.poll()
+    assert (p.block([0, 1])[:, 3:] == 0).all()  # b's slot and mass empty, no error
+    assert p.block([0])[0, :3].any()  # the own aggregate follows the new hypergraph
+
+
+def test_the_items_operator_is_hgnns_operator_over_items() -> None:
+    hg = Hypergraph.of(
+        [
+            [("a", "1"), ("a", "2"), ("a", "3")],
+            [("a", "2"), ("b", "2"), ("b", "3")],  # joins items 2 and 3
+            [("a", "1"), ("b", "1")],  # one item: joins none
+        ],
+        [1.0, 2.0, 1.0],
+    )
+    ids = ["1", "2", "3"]
+    h = np.array([[1, 0], [1, 1], [1, 1]], float)
+    w, de = np.diag([1.0, 2.0]), np.diag([1 / 3, 1 / 2])
+    dv = np.diag(1 / np.sqrt(h @ [1.0, 2.0]))
+    np.testing.assert_allclose(hl.item_operator(hg, ids).toarray(), dv @ h @ w @ de @ h.T @ dv)
+
+
+def test_modalities_with_different_embedding_widths_are_refused() -> None:
+    bank = MemoryBank()
+    for m, e in (("a", 4), ("b", 8)):
+        bank.create_namespace(NamespaceSpec(f"t_{m}", {f"embedding/{m}": e}))
+        bank.register_examples(f"t_{m}", ["1"], np.zeros((1, 2), np.float32))
+    store = HypergraphStore(MemoryBlobs())
+    with pytest.raises(HypergraphError, match="embedding widths differ \\(a 4, b 8\\)"):
+        store.register("t", Hypergraph.of([[("a", "1"), ("b", "1")]]), hl.bank_check(bank, "t"))
+    assert store.newest("t") is None
+
+
+def test_a_file_that_is_not_a_hypergraph_is_refused_with_a_message(tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(HypergraphError, match="it holds one array"):
+        load(tmp_path / "one.npy")
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(HypergraphError, match=r"not a hypergraph \.npz file"):
+        load(tmp_path / "junk.npz")
+
+
+def test_a_learner_waits_for_its_hypergraph_until_it_comes_or_the_job_stops() -> None:
+    store = HypergraphStore(MemoryBlobs())
+    p = _learner("t", "a", ["1", "2"], 3)
+    p.wait_s, p.poll_s = 30.0, 0.05
+    stopping = threading.Event()
+    p.attach(store, MemoryBank(), stopping.is_set)
+    threading.Timer(0.3, stopping.set).start()
+    t0 = time.monotonic()
+    p.start()  # no hypergraph: waits until the job is asked to stop
+    assert 0.25 < time.monotonic() - t0 < 10 and p.modalities == {}
+    p.stop()
+    q = _learner("t", "a", ["1", "2"], 3)
+    q.wait_s, q.poll_s = 30.0, 0.05
+    q.attach(store, MemoryBank())
+    hg = Hypergraph.of([[("a", "1"), ("b", "1")]])
+    threading.Timer(0.3, lambda: store.register("t", hg)).start()
+    q.start()  # returns once the hypergraph is there
+    try:
+        assert q.modalities == {"b": 0}
+    finally:
+        q.stop()

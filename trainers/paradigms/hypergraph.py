@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -145,6 +145,8 @@ class HyperLearn(Plugin):
     _setup: Setup | None = PrivateAttr(None)
     _graphs: GraphSource | None = PrivateAttr(None)
     _bank: Any = PrivateAttr(None)
+    _stopping: Callable[[], bool] | None = PrivateAttr(None)
+    _failing: set[str] = PrivateAttr(default_factory=set)
     _block: F32 | None = PrivateAttr(None)
     _state: dict[str, Any] = PrivateAttr(default_factory=dict)
     _thread: threading.Thread | None = PrivateAttr(None)
@@ -188,9 +190,14 @@ class HyperLearn(Plugin):
         return feature_dim + self.slots * (embedding_dim + 1)
 
     # The trainer's side ------------------------------------------------------------------
-    def attach(self, graphs: GraphSource, bank: Any) -> None:
-        """Where the hypergraph and the other modalities' embeddings are read from."""
+    def attach(
+        self, graphs: GraphSource, bank: Any, stopping: Callable[[], bool] | None = None
+    ) -> None:
+        """Where the hypergraph and the other modalities' embeddings are read from;
+        ``stopping`` says the job is asked to stop (cancelled), which ends a wait for the
+        hypergraph."""
         self._graphs, self._bank = graphs, bank
+        self._stopping = stopping
 
     def bind(self, setup: Setup) -> list[Source]:
         if setup.features is None:
@@ -243,7 +250,7 @@ class HyperLearn(Plugin):
                     waited,
                     float(self.wait_s),
                 )
-            if self._stop.wait(float(self.poll_s)):
+            if self._stop.wait(float(self.poll_s)) or (self._stopping and self._stopping()):
                 return
             waited += float(self.poll_s)
             self._try_poll()
@@ -273,11 +280,14 @@ class HyperLearn(Plugin):
         the inputs block (what the background thread does every ``poll_s``)."""
         assert self._setup is not None and self._graphs is not None, "bind() and attach() first"
         st, task = self._state, self._state["task"]
-        info = self._graphs.newest(task)
-        if info is not None and (st["graph"] is None or st["graph"].name != info.name):
-            hg = self._graphs.read(task, info)
-            if hg is not None:
-                self._take_graph(hg)
+        try:
+            info = self._graphs.newest(task)
+            if info is not None and (st["graph"] is None or st["graph"].name != info.name):
+                hg = self._graphs.read(task, info)
+                if hg is not None:
+                    self._take_graph(hg)
+        except CarlsError as exc:  # keep the hypergraph it has; the embeddings still refresh
+            log.warning("hypergraph learner %s: hypergraph unread (%s)", self.modality, exc)
         op: Operator | None = st["operator"]
         e, d = self._setup.embedding_dim, self._feature_dim()
         block = np.zeros_like(self._block) if self._block is not None else None
@@ -285,8 +295,22 @@ class HyperLearn(Plugin):
         block[:, :d] = st["own_agg"]
         if op is not None:
             for m, slot in st["slots"].items():
+                if m not in op.others:  # a newer hypergraph no longer names it: zeros
+                    continue
                 ids, cols = op.others[m]
-                values, steps = self._read(f"{task}_{m}", f"embedding/{m}", ids, e)
+                try:
+                    values, steps = self._read(f"{task}_{m}", f"embedding/{m}", ids, e)
+                except (CarlsError, SpecError) as exc:  # that modality only: left at zero
+                    if m not in self._failing:
+                        self._failing.add(m)
+                        log.warning(
+                            "hypergraph learner %s: modality %s unread, left out (%s)",
+                            self.modality,
+                            m,
+                            exc,
+                        )
+                    continue
+                self._failing.discard(m)
                 avail = (steps >= 0).astype(np.float64)
                 total = np.asarray(cols.sum(1)).ravel()
                 there = cols @ avail
@@ -308,12 +332,13 @@ class HyperLearn(Plugin):
         d = self._feature_dim()
         x = self._setup.features.reshape(len(self._setup.ids), -1)[:, :d].astype(np.float64)
         st["own_agg"] = np.asarray(op.own @ x, np.float32)
+        slots = dict(st["slots"])  # a new dict: prepare() may be reading the old one
         for m in sorted(op.others):
-            if m in st["slots"]:
+            if m in slots:
                 continue
-            free = sorted(set(range(self.slots)) - set(st["slots"].values()))
+            free = sorted(set(range(self.slots)) - set(slots.values()))
             if free:
-                st["slots"][m] = free[0]
+                slots[m] = free[0]
                 log.info(
                     "hypergraph learner %s: modality %s joins (slot %d)", self.modality, m, free[0]
                 )
@@ -326,7 +351,7 @@ class HyperLearn(Plugin):
                     m,
                     self.slots,
                 )
-        st["graph"], st["operator"] = hg, op
+        st["graph"], st["operator"], st["slots"] = hg, op, slots
         if op.unknown:
             log.warning(
                 "hypergraph learner %s: %d members of the hypergraph are not among its examples",
@@ -374,7 +399,7 @@ class HyperLearn(Plugin):
     def prepare(self, view: View, rows: I64, step: int) -> Arrays:
         out = self.block(rows)
         d, e = self._feature_dim(), self.own_dim
-        for m, slot in self._state["slots"].items():  # how much of each modality is there
+        for m, slot in list(self._state["slots"].items()):  # how much of each is there
             view.note(f"hyper_{m}_mass", float(out[:, d + self.slots * e + slot].mean()))
         return {"hyper_in": out}
 
