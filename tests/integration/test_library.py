@@ -47,6 +47,7 @@ def connection(env: StackEnv) -> carls.Connection:
 
 
 @pytest.mark.learning
+@pytest.mark.timeout(1800)  # three seeds of CNN training: 425-533 s alone, 880 s+ in a loaded CI
 def test_a_cnn_learns_from_pseudo_labels_and_neighbours_made_by_the_worker(
     env: StackEnv,
 ) -> None:
