@@ -32,6 +32,11 @@ def _stores(ctx: click.Context) -> Iterator[tuple[CassandraBank, CassandraBlobs]
         conn.close()
 
 
+def _orders(hg: Any) -> str:
+    """``'12 of order 2, 3 of order 4'``: a hypergraph's hyperedges by order."""
+    return ", ".join(f"{n} of order {k}" for k, n in hg.orders().items())
+
+
 @click.group()
 def hypergraph() -> None:
     """A multimodal task's hypergraph: hyperedges of order 2 to 4 joining items of its
@@ -98,7 +103,7 @@ def build(modalities: tuple[str, ...], knn: int, cross_weight: float, out: Path)
     files = [read_modality(name, path) for name, path in _modality_arg(modalities)]
     hg = build_hypergraph(files, knn, cross_weight)
     out.write_bytes(hg.to_bytes())
-    orders = ", ".join(f"{n} of order {k}" for k, n in hg.orders().items())
+    orders = _orders(hg)
     click.echo(f"{out}: {len(hg.members)} hyperedges ({orders}) over {', '.join(hg.modalities)}")
 
 
@@ -147,7 +152,7 @@ def register(ctx: click.Context, task: str, file: Path, wait: float, as_json: bo
     if as_json:
         emit_json(out)
     else:
-        orders = ", ".join(f"{n} of order {k}" for k, n in hg.orders().items())
+        orders = _orders(hg)
         click.echo(
             f"{task}: hypergraph {info.name} registered: {len(hg.members)} hyperedges "
             f"({orders}) over {', '.join(hg.modalities)}"
@@ -194,7 +199,7 @@ def show(ctx: click.Context, task: str, as_json: bool) -> None:
     if as_json:
         emit_json(out)
         return
-    orders = ", ".join(f"{n} of order {k}" for k, n in hg.orders().items())
+    orders = _orders(hg)
     click.echo(f"{task}: {info.name}, {len(hg.members)} hyperedges ({orders})")
     click.echo(
         table(

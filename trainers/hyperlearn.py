@@ -22,7 +22,6 @@ import numpy.typing as npt
 from carls.bank.errors import NamespaceError
 from carls.bank.hypergraphs import MAX_ORDER, Check, Hypergraph, HypergraphError
 from carls.bank.protocol import ExampleStore, KnowledgeSource
-from carls.bank.types import NO_LABEL
 
 F32 = npt.NDArray[np.float32]
 Members = list[tuple[tuple[str, str], ...]]
@@ -282,11 +281,6 @@ def quadrant_digits(
         "test": test.tolist(),
         "labeled": labeled.tolist(),
     }
-
-
-def labels_of(y: Sequence[int], labeled: Sequence[bool]) -> npt.NDArray[np.int32]:
-    """``y`` with ``NO_LABEL`` where not ``labeled``."""
-    return np.where(np.asarray(labeled), np.asarray(y), NO_LABEL).astype(np.int32)
 
 
 def item_operator(hg: Hypergraph, ids: Sequence[str]) -> Any:

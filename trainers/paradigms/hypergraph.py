@@ -73,7 +73,6 @@ class Operator:
         from scipy import sparse
 
         own = {i: r for r, i in enumerate(ids)}
-        cols: dict[str, dict[str, int]] = {}
         node: dict[tuple[str, str], int] = {}
         order: list[tuple[str, str]] = []
         for i in ids:
@@ -113,7 +112,6 @@ class Operator:
         """Another modality -> (its ids the hyperedges name, P's columns of them)."""
         for m in sorted({m for m, _ in order[len(ids) :]}):
             at = [c for c in range(len(ids), n) if order[c][0] == m]
-            cols[m] = {order[c][1]: k for k, c in enumerate(at)}
             self.others[m] = ([order[c][1] for c in at], p[:, at])
         self.degree = dv[: len(ids)]
 
@@ -212,7 +210,6 @@ class HyperLearn(Plugin):
             "operator": None,
             "slots": {},
             "own_agg": np.zeros((n, d), np.float32),
-            "steps": {},
             "unused": set(),
         }
         self._block = np.zeros((n, self.width(d, setup.embedding_dim)), np.float32)
@@ -321,7 +318,6 @@ class HyperLearn(Plugin):
                 block[:, d + self.slots * e + slot] = np.where(
                     total > 0, there / np.maximum(total, 1e-12), 0.0
                 )
-                st["steps"][m] = int(steps.max()) if steps.size else -1
         with self._lock:
             self._block = block
 
