@@ -13,18 +13,25 @@ A task's hypergraph is registered whole (``register``): checked, then written as
 ``hypergraphs/<task>/g<time>-<sha>.npz``; the newest blob is the task's hypergraph.
 Learners poll for it, so adding a modality is registering a hypergraph that names it.
 Nothing is half-written: the blob store shows a blob only once every byte is in.
+
+Each learner also **announces** itself (``announce``: a small blob under
+``hypergraph-learners``): its task, modality, feature and embedding widths, and whether
+the workers should make the task's hypergraph (``knn``). The workers' hypergraph maker
+(``carls.makers.hypergraphs``) reads the announcements: it makes the hypergraph of tasks
+that ask for one, again when a modality joins, and fuses every task's embeddings.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,7 @@ from carls.schemas.names import MODALITY_PATTERN, validate_id
 
 MIN_ORDER, MAX_ORDER = 2, 4
 SCOPE = "hypergraphs"
+LEARNERS = "hypergraph-learners"
 KEEP = 3
 """Hypergraphs kept per task (the newest is the task's)."""
 _MODALITY = re.compile(MODALITY_PATTERN)
@@ -190,10 +198,18 @@ class HypergraphStore:
         self.blobs = blobs
         self.keep = keep
 
-    def register(self, task: str, hg: Hypergraph, check: Check | None = None) -> BlobInfo:
+    def register(
+        self,
+        task: str,
+        hg: Hypergraph,
+        check: Check | None = None,
+        made_by: dict[str, str] | None = None,
+    ) -> BlobInfo:
         """Check ``hg`` (its structure, then ``check`` for every modality it names: the
         modality is trained and its ids registered) and make it the task's hypergraph.
-        Raises ``HypergraphError`` before anything is written."""
+        ``made_by`` marks one a maker made (with what it was made from), which it may
+        replace; one registered without is the user's, which no maker replaces. Raises
+        ``HypergraphError`` before anything is written."""
         check_structure(hg)
         if check is not None:
             for modality in hg.modalities:
@@ -206,9 +222,8 @@ class HypergraphStore:
             path.write_bytes(data)
             sha, _ = file_digest(path)
             name = f"g{time.time_ns():020d}-{sha[:16]}.npz"
-            info = self.blobs.put(
-                _scope(task), name, path, meta={"edges": len(hg.members), "orders": hg.orders()}
-            )
+            meta = {"edges": len(hg.members), "orders": hg.orders(), **(made_by or {})}
+            info = self.blobs.put(_scope(task), name, path, meta=meta)
         self.blobs.collect(_scope(task), self.keep)
         return info
 
@@ -227,9 +242,52 @@ class HypergraphStore:
         return load(buf.getvalue(), info.name)
 
     def drop(self, task: str) -> int:
-        """Delete the task's hypergraphs; returns how many."""
+        """Delete the task's hypergraphs and its learners' announcements; returns how many
+        hypergraphs."""
+        for info in self.blobs.entries(LEARNERS):
+            if info.meta.get("task") == task:
+                self.blobs.delete(LEARNERS, info.name)
         scope = _scope(task)
         return sum(self.blobs.delete(scope, i.name) for i in self.blobs.entries(scope))
+
+    def announce(self, learner: Learner) -> None:
+        """Say that ``learner`` trains its task's modality (kept until ``drop``); written
+        only when it says something new."""
+        name = f"{learner.task}.{learner.modality}"
+        said = asdict(learner)
+        have = self.blobs.info(LEARNERS, name)
+        if have is not None and have.meta == said:
+            return
+        with tempfile.TemporaryDirectory(prefix="carls-hypergraph-") as tmp:
+            path = Path(tmp) / "learner.json"
+            path.write_text(json.dumps(said))
+            self.blobs.put(LEARNERS, name, path, meta=said)
+
+    def learners(self) -> dict[str, dict[str, Learner]]:
+        """The announced learners, by task and modality."""
+        out: dict[str, dict[str, Learner]] = {}
+        for info in self.blobs.entries(LEARNERS):
+            try:
+                one = Learner(**info.meta)
+            except TypeError:  # written by another version: not ours to read
+                continue
+            out.setdefault(one.task, {})[one.modality] = one
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Learner:
+    """A hypergraph learner's announcement: its task and modality, the width of its own
+    features and of its embeddings, and ``knn``: the workers make the task's hypergraph
+    (kNN hyperedges of its ``knn`` nearest within this modality, co-occurrence ones across
+    at ``cross_weight``), or None: the task's hypergraph is registered by hand."""
+
+    task: str
+    modality: str
+    features: int
+    embedding_dim: int
+    knn: int | None = None
+    cross_weight: float = 1.0
 
 
 def _scope(task: str) -> str:

@@ -173,9 +173,14 @@ def show(ctx: click.Context, task: str, as_json: bool) -> None:
         store = HypergraphStore(blobs)
         info = store.newest(task)
         if info is None:
-            raise click.ClickException(
-                f"{task} has no hypergraph; register one (carls hypergraph register)"
+            asked = store.learners().get(task, {})
+            how = (
+                "a carls worker makes it once the learners' examples are in (is one running?)"
+                if any(one.knn is not None for one in asked.values())
+                else "register one (carls hypergraph register), or let the workers make it "
+                "(paradigm param knn)"
             )
+            raise click.ClickException(f"{task} has no hypergraph; {how}")
         hg = store.read(task, info)
         assert hg is not None
         rows: list[dict[str, Any]] = []
@@ -192,6 +197,7 @@ def show(ctx: click.Context, task: str, as_json: bool) -> None:
         "task": task,
         "name": info.name,
         "registered_at": datetime.fromtimestamp(info.created_at, UTC).isoformat(timespec="seconds"),
+        "made_by_workers": "made_from" in info.meta,
         "hyperedges": len(hg.members),
         "orders": hg.orders(),
         "modalities": rows,
@@ -200,7 +206,8 @@ def show(ctx: click.Context, task: str, as_json: bool) -> None:
         emit_json(out)
         return
     orders = _orders(hg)
-    click.echo(f"{task}: {info.name}, {len(hg.members)} hyperedges ({orders})")
+    by = "made by the workers" if out["made_by_workers"] else "registered"
+    click.echo(f"{task}: {info.name} ({by}), {len(hg.members)} hyperedges ({orders})")
     click.echo(
         table(
             [[r["modality"], r["namespace"], r["ids"], r["embedded"]] for r in rows],

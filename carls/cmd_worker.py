@@ -58,6 +58,16 @@ from carls.makers.pipeline import MAKERS
     "dead-lettered rather than served.",
 )
 @click.option(
+    "--hypergraphs",
+    "hypergraph_every",
+    type=click.FloatRange(0, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between looks at the multimodal (HyperLearn) tasks whose learners "
+    "announced themselves: make a task's hypergraph when its learners ask (paradigm "
+    "param knn) and write its fused embeddings when newer ones come; 0: never.",
+)
+@click.option(
     "--stats",
     type=click.Path(dir_okay=False),
     envvar="CARLS_WORKER_STATS",
@@ -73,6 +83,7 @@ def worker(
     session_timeout: float,
     park_s: float,
     max_step_ahead: int,
+    hypergraph_every: float,
     stats: str | None,
 ) -> None:
     """Run knowledge makers until stopped (Ctrl-C or SIGTERM).
@@ -80,15 +91,19 @@ def worker(
     Follows the checkpoints topic (every worker knows every namespace's newest manifest),
     starts a refresh campaign for each new checkpoint, and turns id batches from the
     demand and examples topics into knowledge in the bank. Start more workers with the
-    same --app-id to share partitions; kill one and the others take over its work.
+    same --app-id to share partitions; kill one and the others take over its work. On a
+    timer it also makes the hypergraphs of multimodal tasks that ask for one and fuses
+    their modalities' embeddings (--hypergraphs).
     """
     from carls.bank.ann import HnswParams
     from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
+    from carls.bank.hypergraphs import HypergraphStore
     from carls.bank.indexes import CassandraLeases, SharedIndexes
     from carls.bank.session import Connection
     from carls.bank.verdicts import CassandraCrashes, CassandraVerdicts
     from carls.cli import settings_of
+    from carls.makers.hypergraphs import HypergraphMaker
     from carls.makers.worker import WorkerConfig, run_worker
 
     chosen = tuple(m.strip() for m in makers.split(",") if m.strip())
@@ -128,15 +143,22 @@ def worker(
         blobs = CassandraBlobs(cassandra).start()
         spool = settings.state_dir.resolve() / "indexes"
         spool.mkdir(parents=True, exist_ok=True)
-        indexes = SharedIndexes(
-            blobs, CassandraLeases(cassandra).start(), f"carls-maker@{cfg.worker}", spool=spool
+        leases = CassandraLeases(cassandra).start()
+        holder = f"carls-maker@{cfg.worker}"
+        indexes = SharedIndexes(blobs, leases, holder, spool=spool)
+        bank = CassandraBank(cassandra).start()
+        hypergraphs = (
+            HypergraphMaker(bank, HypergraphStore(blobs), leases, holder, hypergraph_every)
+            if hypergraph_every > 0
+            else None
         )
         run_worker(
             cfg,
-            CassandraBank(cassandra).start(),
+            bank,
             CassandraVerdicts(cassandra).start(),
             CassandraCrashes(cassandra).start(),
             settings.artifact_store(blobs),
             loglevel={"warning": "warn"}.get(level, level),
             indexes=indexes,
+            hypergraphs=hypergraphs,
         )

@@ -52,6 +52,7 @@ from carls.bank.types import NamespaceSpec
 from carls.bank.verdicts import CheckpointVerdicts, RecordCrashes, record_key
 from carls.makers.checkpoints import ModelCache, warm_up
 from carls.makers.errors import BadModelOutputError, CheckpointError
+from carls.makers.hypergraphs import HypergraphMaker
 from carls.makers.pipeline import MAKERS, Maker, Outcome
 from carls.makers.view import ManifestView
 from carls.schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
@@ -120,8 +121,10 @@ class Makers:
         crashes: RecordCrashes,
         artifacts: ArtifactStore,
         indexes: SharedIndexes | None = None,
+        hypergraphs: HypergraphMaker | None = None,
     ) -> None:
         self.cfg = cfg
+        self.hypergraphs = hypergraphs
         self.bank = bank
         self.verdicts = verdicts
         self.crashes = crashes
@@ -201,6 +204,12 @@ class Makers:
         async def _start_view() -> None:
             self.view.start()
 
+        if self.hypergraphs is not None:
+
+            @app.timer(self.hypergraphs.every_s)
+            async def _hypergraphs() -> None:
+                await self.hypergraph_tick()
+
         if cfg.stats_path is not None:
 
             @app.timer(1.0)
@@ -208,6 +217,16 @@ class Makers:
                 self.write_stats()
 
         return app
+
+    async def hypergraph_tick(self) -> None:
+        """One look of the hypergraph maker, in the pool; its failures are logged and the
+        next look tries again (nothing it does is owed to a record)."""
+        assert self.hypergraphs is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.pool, self.hypergraphs.tick)
+        except Exception:
+            log.exception("hypergraph maker: a look failed; the next one tries again")
 
     def stats(self) -> dict[str, float | int | None]:
         """Seconds spent per stage (``consume`` = waiting on Kafka and decoding)."""
@@ -669,13 +688,14 @@ def run_worker(
     artifacts: ArtifactStore,
     loglevel: str = "warning",
     indexes: SharedIndexes | None = None,
+    hypergraphs: HypergraphMaker | None = None,
 ) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
     if cfg.data_dir is not None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
     # checkpoint then costs a load, not the libraries' start-up
-    makers = Makers(cfg, bank, verdicts, crashes, artifacts, indexes)
+    makers = Makers(cfg, bank, verdicts, crashes, artifacts, indexes, hypergraphs)
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()

@@ -1,7 +1,10 @@
 """HyperLearn on the real stack: two quadrant learners train, each in its own `carls job
 run` process; a third modality's learner starts while they train and a hypergraph that
 names it is registered; the two running learners take its embeddings in without a
-restart (the same job attempt), and the third takes theirs."""
+restart (the same job attempt), and the third takes theirs. Then the same with the
+hypergraph made by a `carls worker` (the learners ask for it, ``knn``): made when the
+first two learners' examples are in, made again when the third joins, and the task's
+embeddings fused into ``<task>_fused`` by the worker."""
 
 from __future__ import annotations
 
@@ -44,7 +47,18 @@ class Task:
         self.info = hl.quadrant_digits(tmp / "data", labels=100, seed=0)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, modality: str) -> None:
+    def start_worker(self) -> None:
+        """A ``carls worker`` of its own group (the hypergraph maker looks every second)."""
+        args = ["worker", "--hypergraphs", "1", "--app-id", f"{self.name}-makers"]
+        self.procs["worker"] = subprocess.Popen(
+            [sys.executable, "-m", "carls", *args],
+            stdout=(self.tmp / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+            cwd=self.tmp,
+        )
+
+    def start(self, modality: str, **params: Any) -> None:
         from carls.demo_hyper import learner_spec
 
         raw = learner_spec(
@@ -54,7 +68,7 @@ class Task:
             steps=1_000_000,  # until cancelled
             seed=0,
         )
-        raw["paradigm"]["params"] |= {"poll_s": 0.5}
+        raw["paradigm"]["params"] |= {"poll_s": 0.5, **params}
         raw["train"]["eval_every"] = 50
         spec = self.tmp / f"{modality}.yaml"
         spec.write_text(yaml.safe_dump(raw))
@@ -94,6 +108,9 @@ class Task:
         while not (got := ok()):
             for m, p in self.procs.items():
                 if p.poll() is not None:
+                    if m == "worker":
+                        log = (self.tmp / "worker.log").read_text(errors="replace")[-3000:]
+                        raise AssertionError(f"the worker exited ({p.returncode}):\n{log}")
                     log = (self.tmp / f"{m}.log").read_text(errors="replace")[-2000:]
                     raise AssertionError(f"learner {m} exited ({p.returncode}):\n{log}")
             assert time.monotonic() < deadline, f"no {what} within {DEADLINE_S:.0f} s"
@@ -101,16 +118,19 @@ class Task:
         return got
 
     def close(self) -> None:
-        for m in self.procs:
+        learners = [m for m in self.procs if m != "worker"]
+        for m in learners:
             s = self.state(m)
             if s is not None and s.get("state") == "running":
                 self.jobs.request_cancel(s["job_id"])
+        if "worker" in self.procs:
+            self.procs["worker"].terminate()
         for p in self.procs.values():
             try:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-        for m in self.procs:  # the namespaces only: the stack's own topics stay
+        for m in [*learners, "fused"]:  # the namespaces only: the stack's own topics stay
             with contextlib.suppress(NamespaceError):
                 self.bank.drop_namespace(f"{self.name}_{m}")
         self.store.drop(self.name)
@@ -153,3 +173,44 @@ def test_a_third_modality_is_taken_in_by_the_running_learners_without_a_restart(
         lambda: not task.bank.read(f"{task.name}_q2", "embedding/q2", ids).missing.any(),
         "q2's embeddings of all its items",
     )
+
+
+def test_a_worker_makes_the_hypergraph_again_when_a_modality_joins_and_fuses_the_task(
+    task: Task,
+) -> None:
+    task.start_worker()
+    task.start("q0", knn=3)
+    task.start("q1", knn=3)
+
+    def made(modalities: list[str]) -> Any:
+        info = task.store.newest(task.name)
+        if info is None or "made_from" not in info.meta:
+            return None
+        hg = task.store.read(task.name, info)
+        return hg if hg is not None and hg.modalities == modalities else None
+
+    first = task.until(lambda: made(["q0", "q1"]), "a hypergraph of q0 and q1 made by the worker")
+    orders = first.orders()
+    assert orders[4] > 0 and orders[2] > 0  # kNN of order 4 within, the two quadrants across
+    assert len(first.ids_of("q0")) == len(task.info["ids"])  # every item, test items too
+    for m, o in (("q0", "q1"), ("q1", "q0")):
+        task.until(lambda m=m, o=o: task.took_in(m, o), f"{o} in {m}'s inputs")
+    jobs = {m: (task.state(m) or {})["job_id"] for m in ("q0", "q1")}
+    task.start("q2", knn=3)
+    task.until(lambda: made(["q0", "q1", "q2"]), "a hypergraph with q2 made by the worker")
+    for m in ("q0", "q1"):
+        task.until(lambda m=m: task.took_in(m, "q2"), f"q2 in {m}'s inputs")
+        state = task.state(m)
+        assert state is not None and state["job_id"] == jobs[m] and state["attempts"] == 1
+
+    def fused() -> bool:
+        try:
+            width = task.bank.namespace(f"{task.name}_fused").kinds.get("fused")
+        except NamespaceError:
+            return False
+        if width != 3 * 32:
+            return False
+        got = task.bank.read(f"{task.name}_fused", "fused", task.info["ids"])
+        return not got.missing.any() and bool(np.abs(got.values[:, 64:]).sum() > 0)
+
+    task.until(fused, "the three modalities fused by the worker")

@@ -37,7 +37,7 @@ import numpy.typing as npt
 from pydantic import Field, PrivateAttr
 
 from carls.bank.blobs import BlobInfo
-from carls.bank.hypergraphs import Hypergraph
+from carls.bank.hypergraphs import Hypergraph, Learner
 from carls.bank.types import KnowledgeBatch
 from carls.schemas.errors import CarlsError
 from carls.trainers.errors import SpecError
@@ -64,6 +64,8 @@ class GraphSource(Protocol):
     def newest(self, task: str) -> BlobInfo | None: ...
 
     def read(self, task: str, info: BlobInfo | None = None) -> Hypergraph | None: ...
+
+    def announce(self, learner: Learner) -> None: ...
 
 
 class Operator:
@@ -135,6 +137,14 @@ class HyperLearn(Plugin):
     """Steps between publications of this learner's embeddings."""
     poll_s: Number = Field(2.0, gt=0)
     """Seconds between looks at the bank (a new hypergraph, the others' embeddings)."""
+    knn: Int | None = Field(None, ge=1, le=3)
+    """Have the workers (``carls worker``) make the task's hypergraph: kNN hyperedges of
+    each item and its ``knn`` nearest within this modality (its features as registered in
+    the bank), and the modalities of one item across; made again when a modality joins or
+    its examples change. None: the task's hypergraph is registered (``carls hypergraph
+    register``); a registered one is never replaced by a made one."""
+    cross_weight: Number = Field(1.0, gt=0)
+    """The weight of the hyperedges across modalities the workers make (``knn``)."""
     wait_s: Number = Field(300.0, ge=0)
     """Seconds to wait, before the first step, for the task's hypergraph when it has none
     yet (it is registered once the learners' examples are in); then it trains on its own
@@ -145,6 +155,7 @@ class HyperLearn(Plugin):
     _bank: Any = PrivateAttr(None)
     _stopping: Callable[[], bool] | None = PrivateAttr(None)
     _failing: set[str] = PrivateAttr(default_factory=set)
+    _announced: bool = PrivateAttr(False)
     _block: F32 | None = PrivateAttr(None)
     _state: dict[str, Any] = PrivateAttr(default_factory=dict)
     _thread: threading.Thread | None = PrivateAttr(None)
@@ -215,6 +226,15 @@ class HyperLearn(Plugin):
         self._block = np.zeros((n, self.width(d, setup.embedding_dim)), np.float32)
         return []
 
+    def own_columns(self, total: int | None) -> int | str:
+        """This modality's own feature columns in examples ``total`` wide as registered
+        (None: this learner's), or ``total`` as it is when it is not a padded width."""
+        if total is None:
+            return self._feature_dim()
+        e = self._setup.embedding_dim if self._setup is not None else 0
+        d, odd = divmod(total - self.slots * (e + 1), 2)
+        return d if d >= 1 and not odd else f"{total} (padded)"
+
     def _feature_dim(self) -> int:
         assert self._setup is not None and self._setup.features is not None
         total = int(np.prod(self._setup.features.shape[1:]))
@@ -234,16 +254,22 @@ class HyperLearn(Plugin):
         if self._thread is not None or self._graphs is None:
             return
         self._stop.clear()
+        self._announce()
         self._try_poll()  # what is there already, before the first step
         task, waited = self._state["task"], 0.0
         while self._state["graph"] is None and waited < float(self.wait_s):
             if waited % 30 < float(self.poll_s):
+                how = (
+                    "made by the workers (is a carls worker running?)"
+                    if self.knn is not None
+                    else f"carls hypergraph register {task} FILE"
+                )
                 log.warning(
-                    "hypergraph learner %s: waiting for task %s's hypergraph (carls "
-                    "hypergraph register %s FILE), %.0f s of %.0f s",
+                    "hypergraph learner %s: waiting for task %s's hypergraph (%s), %.0f s of "
+                    "%.0f s",
                     self.modality,
                     task,
-                    task,
+                    how,
                     waited,
                     float(self.wait_s),
                 )
@@ -254,6 +280,24 @@ class HyperLearn(Plugin):
         self._thread = threading.Thread(target=self._follow, name="hypergraph", daemon=True)
         self._thread.start()
 
+    def _announce(self) -> None:
+        """Say to the workers that this modality trains (and whether to make the task's
+        hypergraph); a bank that is away leaves it to the next look."""
+        assert self._setup is not None and self._graphs is not None
+        learner = Learner(
+            task=self._state["task"],
+            modality=self.modality,
+            features=self._feature_dim(),
+            embedding_dim=self._setup.embedding_dim,
+            knn=None if self.knn is None else int(self.knn),
+            cross_weight=float(self.cross_weight),
+        )
+        try:
+            self._graphs.announce(learner)
+            self._announced = True
+        except CarlsError as exc:
+            log.warning("hypergraph learner %s: not announced yet (%s)", self.modality, exc)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -262,6 +306,8 @@ class HyperLearn(Plugin):
 
     def _follow(self) -> None:
         while not self._stop.wait(float(self.poll_s)):
+            if not self._announced:
+                self._announce()
             self._try_poll()
 
     def _try_poll(self) -> None:
