@@ -30,7 +30,7 @@ import numpy as np
 
 from carls.bank.artifacts import ArtifactStore
 from carls.bank.blobs import MAX_BYTES
-from carls.bank.errors import BankUnavailableError, NamespaceError
+from carls.bank.errors import BankUnavailableError, DimensionError, NamespaceError
 from carls.bank.hypergraphs import HypergraphStore
 from carls.bank.jobs import JobStore
 from carls.bank.protocol import KnowledgeBank
@@ -578,7 +578,36 @@ class JobRun:
         user_model = spec.model.builder is not None or spec.model.path is not None
         emb = km.heads.shapes.embedding_dim if user_model else None
         validate_against_namespace(spec, ds, existing, emb)
-        km.register_examples(buckets=self.ctx.buckets)
+        try:
+            km.register_examples(buckets=self.ctx.buckets)
+        except DimensionError as exc:
+            for p in km.knowledge.paradigms:
+                if isinstance(p, HyperLearn):
+                    raise DimensionError(f"{exc}: {self._width_hint(p)}") from exc
+            raise
+
+    def _width_hint(self, learner: HyperLearn) -> str:
+        """What a hypergraph learner's changed feature width means, in its own columns
+        (the bank sees them padded)."""
+        ns = self.spec.namespace
+        try:
+            spec = self.ctx.bank.namespace(ns)
+            for b in range(spec.buckets):
+                some = self.ctx.bank.example_ids(ns, b)[:1]
+                if some:
+                    had = self.ctx.bank.fetch_examples(ns, some).features.reshape(1, -1).shape[1]
+                    break
+            else:
+                return ""
+        except CarlsError:
+            return ""
+        was = learner.own_columns(had)
+        return (
+            f"modality {learner.modality} had {was} feature columns in {ns}, now "
+            f"{learner.own_columns(None)} (a hypergraph learner's examples are its d columns "
+            f"padded to 2d + slots * (embedding_dim + 1)); a modality keeps its width in its "
+            f"namespace: drop {ns} (carls bank drop {ns}) or train it under a new task"
+        )
 
     def _batches(self, ds: Dataset, inputs: _Inputs, km: Any) -> Any:
         """Endless batches of ``labeled_batch_size`` labeled examples and ``batch_size``

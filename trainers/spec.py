@@ -63,6 +63,7 @@ from carls.trainers.fields import (
 )
 from carls.trainers.paradigms.base import ParadigmParams
 from carls.trainers.paradigms.graph import DEFAULT_K, Graph
+from carls.trainers.paradigms.hypergraph import HyperLearn
 from carls.trainers.paradigms.message import Message
 from carls.trainers.paradigms.multimodal import Multimodal
 from carls.trainers.paradigms.pseudo_label import PseudoLabel
@@ -426,6 +427,8 @@ class JobSpec(_Spec):
         for p in plugins:
             if isinstance(p, Message):
                 out[p.own_kind] = p.size
+            elif isinstance(p, HyperLearn):
+                out[p.own_kind] = dim
         for p in plugins:
             if isinstance(p, Multimodal):
                 for modality in (p.modality, *p.others):

@@ -311,8 +311,11 @@ def test_learners_run_as_jobs_publish_every_nodes_embedding_and_refuse_a_changed
     )
     before = bank.fetch_examples("dq_q0", z["ids"][:5].tolist()).features
     run = JobRun(new_job_id("dq_q0"), _spec("dq_q0", wide, "q0"), ctx)  # type: ignore[arg-type]
-    with pytest.raises(DimensionError, match="dimension 65 does not match the namespace's 59"):
+    with pytest.raises(
+        DimensionError, match="dimension 65 does not match the namespace's 59"
+    ) as err:
         run.run()
+    assert "modality q0 had 16 feature columns in dq_q0, now 19" in str(err.value)
     assert run.state["state"] == "failed"
     after = bank.fetch_examples("dq_q0", z["ids"][:5].tolist()).features
     np.testing.assert_array_equal(before, after)
