@@ -263,6 +263,10 @@ class HypergraphStore:
             path.write_text(json.dumps(said))
             self.blobs.put(LEARNERS, name, path, meta=said)
 
+    def forget(self, task: str, modality: str) -> None:
+        """Forget a learner's announcement (its namespace was dropped)."""
+        self.blobs.delete(LEARNERS, f"{task}.{modality}")
+
     def learners(self) -> dict[str, dict[str, Learner]]:
         """The announced learners, by task and modality."""
         out: dict[str, dict[str, Learner]] = {}

@@ -82,30 +82,49 @@ class HypergraphMaker:
 
     def tick(self) -> None:
         """One look at every announced task (what the worker's timer runs)."""
-        for task, learners in sorted(self.store.learners().items()):
+        for task, announced in sorted(self.store.learners().items()):
             if self.leases is not None and not self.leases.claim(
                 LEASE_SCOPE, task, self.holder, max(30.0, 3 * self.every_s)
             ):
                 continue  # another worker serves it
             state = self.tasks.setdefault(task, _Task())
             try:
+                learners = self._living(task, announced)
+                if not learners:
+                    self.tasks.pop(task, None)
+                    continue
                 if any(one.knn is not None for one in learners.values()):
                     self.make(task, learners, state)
                 self.fuse(task, learners, state)
-            except (CarlsError, HypergraphError) as exc:
-                log.warning("hypergraph maker: task %s left for the next look (%s)", task, exc)
+            except (CarlsError, HypergraphError) as exc:  # said once, tried again each look
+                if str(exc) not in state.said:
+                    state.said.add(str(exc))
+                    log.warning("hypergraph maker: task %s left for the next look (%s)", task, exc)
+            finally:
+                if self.leases is not None and task not in self.tasks:
+                    self.leases.release(LEASE_SCOPE, task, self.holder)
 
     # ------------------------------------------------------------------------------------
+    def _living(self, task: str, learners: dict[str, Learner]) -> dict[str, Learner]:
+        """The learners whose namespace is there; the others' announcements are forgotten
+        (their namespace was dropped: a learner announces once its examples are in)."""
+        out = {}
+        for m, one in learners.items():
+            try:
+                self.bank.namespace(f"{task}_{m}")
+            except NamespaceError:
+                self.store.forget(task, m)
+                log.info("hypergraph maker: task %s: %s's namespace is gone; forgotten", task, m)
+                continue
+            out[m] = one
+        return out
+
     def _examples(self, task: str, learners: dict[str, Learner]) -> dict[str, list[str]]:
-        """Every announced modality's registered example ids (modalities whose namespace
-        is gone are left out)."""
+        """Every announced modality's registered example ids."""
         out: dict[str, list[str]] = {}
         for m in sorted(learners):
             ns = f"{task}_{m}"
-            try:
-                spec = self.bank.namespace(ns)
-            except NamespaceError:
-                continue
+            spec = self.bank.namespace(ns)
             ids: list[str] = []
             for b in range(spec.buckets):
                 ids += self.bank.example_ids(ns, b)

@@ -146,3 +146,17 @@ def test_the_learner_announces_its_modality_and_whether_the_workers_make_the_hyp
     assert store.learners() == {"t": {"a": Learner("t", "a", D, E, 3, 2.0)}}
     store.drop("t")
     assert store.learners() == {}
+
+
+def test_the_announcement_of_a_dropped_namespace_is_forgotten(
+    parts: tuple[MemoryBank, HypergraphStore, HypergraphMaker],
+) -> None:
+    bank, store, maker = parts
+    learner(bank, store, "a", IDS)
+    learner(bank, store, "b", IDS)
+    bank.drop_namespace("t_b")
+    maker.tick()
+    assert set(store.learners()["t"]) == {"a"}
+    bank.drop_namespace("t_a")
+    maker.tick()
+    assert store.learners() == {} and maker.tasks == {}
