@@ -19,6 +19,7 @@ register two hypergraphs for one change) and, for it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -59,7 +60,14 @@ class _Task:
     steps: tuple[Any, ...] | None = None
     """The hypergraph and the modalities' embedding steps of the last fusion."""
     fused_at: float = 0.0
+    failed: str | None = None
+    """The digest of the examples a hypergraph could not be made from: not tried again
+    until the announcements change or ``RESCAN_S`` passes (a bank that was away)."""
     said: set[str] = field(default_factory=set)
+
+    @property
+    def failing(self) -> bool:
+        return self.failed is not None
 
 
 class HypergraphMaker:
@@ -76,33 +84,68 @@ class HypergraphMaker:
     ) -> None:
         self.bank, self.store, self.leases, self.holder = bank, store, leases, holder
         self.every_s, self.fuse_every_s = every_s, fuse_every_s
+        self.lease_s = max(60.0, 6 * every_s)
+        """How long a task stays this worker's without a look (a look renews it)."""
         self.tasks: dict[str, _Task] = {}
+        self.said: set[str] = set()
         self.made = 0
         self.fused = 0
 
     def tick(self) -> None:
-        """One look at every announced task (what the worker's timer runs)."""
-        for task, announced in sorted(self.store.learners().items()):
-            if self.leases is not None and not self.leases.claim(
-                LEASE_SCOPE, task, self.holder, max(30.0, 3 * self.every_s)
-            ):
-                continue  # another worker serves it
+        """One look at every announced task (what the worker's timer runs). Nothing it
+        meets stops the worker: a bank that is away, or a task that fails, is said once
+        and tried again at the next look."""
+        try:
+            announced = self.store.learners()
+        except CarlsError as exc:
+            self._once(self.said, f"announcements unread ({exc})")
+            return
+        self.said.clear()
+        for task in set(self.tasks) - set(announced):  # forgotten, or dropped
+            del self.tasks[task]
+        for task, learners in sorted(announced.items()):
             state = self.tasks.setdefault(task, _Task())
             try:
-                learners = self._living(task, announced)
-                if not learners:
-                    self.tasks.pop(task, None)
+                if not self._hold(task):
+                    self.tasks.pop(task, None)  # another worker serves it
                     continue
-                if any(one.knn is not None for one in learners.values()):
-                    self.make(task, learners, state)
-                self.fuse(task, learners, state)
-            except (CarlsError, HypergraphError) as exc:  # said once, tried again each look
-                if str(exc) not in state.said:
-                    state.said.add(str(exc))
-                    log.warning("hypergraph maker: task %s left for the next look (%s)", task, exc)
+                self._serve(task, learners, state)
+            except Exception as exc:  # one task's failure leaves the others served
+                quiet = isinstance(exc, (CarlsError, HypergraphError))
+                self._once(state.said, f"task {task} left for the next look ({exc})", quiet)
             finally:
                 if self.leases is not None and task not in self.tasks:
-                    self.leases.release(LEASE_SCOPE, task, self.holder)
+                    with contextlib.suppress(CarlsError):  # else it runs out by itself
+                        self.leases.release(LEASE_SCOPE, task, self.holder)
+
+    def _hold(self, task: str) -> bool:
+        """Claim (or renew) the task's lease: True while this worker serves it."""
+        if self.leases is None:
+            return True
+        return self.leases.claim(LEASE_SCOPE, task, self.holder, self.lease_s)
+
+    def _serve(self, task: str, announced: dict[str, Learner], state: _Task) -> None:
+        learners = self._living(task, announced)
+        if not learners:
+            self.tasks.pop(task, None)
+            return
+        if any(one.knn is not None for one in learners.values()):
+            try:
+                self.make(task, learners, state)
+            except (CarlsError, HypergraphError) as exc:  # the fusion still goes on
+                self._once(state.said, f"task {task}: no hypergraph made ({exc})")
+        self.fuse(task, learners, state)
+        if not state.failing:
+            state.said.clear()  # a failure that comes back is said again
+
+    @staticmethod
+    def _once(said: set[str], message: str, quiet: bool = True) -> None:
+        if message not in said:
+            said.add(message)
+            if quiet:
+                log.warning("hypergraph maker: %s", message)
+            else:
+                log.exception("hypergraph maker: %s", message)
 
     # ------------------------------------------------------------------------------------
     def _living(self, task: str, learners: dict[str, Learner]) -> dict[str, Learner]:
@@ -136,7 +179,8 @@ class HypergraphMaker:
         """Make and register the task's hypergraph if its examples changed and have held
         still since the last look; True when one was registered."""
         seen = tuple(sorted(learners.items()))
-        if state.current and seen == state.announced and time.monotonic() < state.rescan_at:
+        still = seen == state.announced and time.monotonic() < state.rescan_at
+        if still and (state.current or state.failed is not None):
             return False
         state.announced, state.rescan_at = seen, time.monotonic() + RESCAN_S
         examples = self._examples(task, learners)
@@ -149,6 +193,7 @@ class HypergraphMaker:
         settled = state.examples == now
         state.examples, state.current = now, False
         if not settled or not examples:
+            state.failed = None  # new examples: worth a try once they hold still
             return False  # changing (examples still registering) or nothing yet
         newest = self.store.newest(task)
         if newest is not None:
@@ -167,11 +212,14 @@ class HypergraphMaker:
             x = self._features(f"{task}_{m}", ids, learners[m].features)
             parts.append((m, ids, x, learners[m].knn))
         weight = max(one.cross_weight for one in learners.values())
+        state.failed = now  # until it is registered
         hg = make_hypergraph(parts, weight)
         if not hg.members:
             return False
+        if not self._hold(task):  # the build outlasted the lease: another worker has it
+            return False
         info = self.store.register(task, hg, bank_check(self.bank, task), {"made_from": now})
-        state.current = True
+        state.current, state.failed = True, None
         self.made += 1
         log.info(
             "hypergraph maker: task %s: hypergraph %s made from %s (%d hyperedges)",

@@ -582,8 +582,9 @@ class JobRun:
             km.register_examples(buckets=self.ctx.buckets)
         except DimensionError as exc:
             for p in km.knowledge.paradigms:
-                if isinstance(p, HyperLearn):
-                    raise DimensionError(f"{exc}: {self._width_hint(p)}") from exc
+                hint = self._width_hint(p) if isinstance(p, HyperLearn) else ""
+                if hint:
+                    raise DimensionError(f"{exc}: {hint}") from exc
             raise
 
     def _width_hint(self, learner: HyperLearn) -> str:

@@ -14,7 +14,8 @@ from carls.bank.hypergraphs import Hypergraph, HypergraphStore, Learner
 from carls.bank.indexes import MemoryLeases
 from carls.bank.memory import MemoryBank
 from carls.bank.types import KnowledgeBatch, Lineage, NamespaceSpec
-from carls.makers.hypergraphs import HypergraphMaker
+from carls.makers import hypergraphs
+from carls.makers.hypergraphs import LEASE_SCOPE, HypergraphMaker
 from carls.trainers.paradigms import HyperLearn, Setup
 
 E, D = 4, 3
@@ -133,6 +134,38 @@ def test_one_worker_at_a_time_serves_a_task() -> None:
         two.tick()
     assert (one.made, two.made) == (1, 0)
     assert len(store.blobs.entries("hypergraphs/t")) == 1
+    leases.release(LEASE_SCOPE, "t", "w1")  # w1 stopped: w2 takes the task over
+    learner(bank, store, "c", IDS)
+    for _ in range(2):
+        two.tick()
+    assert two.made == 1 and leases.holder(LEASE_SCOPE, "t") == "w2"
+    one.tick()
+    assert one.made == 1 and "t" not in one.tasks  # w2's now
+
+
+def test_a_hypergraph_that_cannot_be_registered_is_not_made_again_until_something_changes(
+    parts: tuple[MemoryBank, HypergraphStore, HypergraphMaker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bank, store, maker = parts
+    learner(bank, store, "a", IDS)
+    bank.create_namespace(NamespaceSpec("t_b", {"embedding/b": E + 1}))  # another width
+    bank.register_examples("t_b", IDS, np.zeros((len(IDS), 8), np.float32))
+    store.announce(Learner("t", "b", D, E + 1, 2))
+    embeddings(bank, "a", IDS, 3)
+    builds = []
+    make = hypergraphs.make_hypergraph
+    monkeypatch.setattr(hypergraphs, "make_hypergraph", lambda *a: builds.append(1) or make(*a))
+    for _ in range(6):
+        maker.tick()
+    assert len(builds) == 1 and maker.made == 0 and store.newest("t") is None
+    learner(bank, store, "c", IDS)  # the announcements changed: tried again
+    maker.tick()
+    maker.tick()
+    assert len(builds) == 2 and maker.made == 0
+    maker.tasks["t"].rescan_at = 0.0  # and after a while (the bank may have been away)
+    maker.tick()
+    assert len(builds) == 3
 
 
 def test_the_learner_announces_its_modality_and_whether_the_workers_make_the_hypergraph() -> None:
@@ -157,6 +190,8 @@ def test_the_announcement_of_a_dropped_namespace_is_forgotten(
     bank.drop_namespace("t_b")
     maker.tick()
     assert set(store.learners()["t"]) == {"a"}
+    assert maker.leases is not None and maker.leases.holder(LEASE_SCOPE, "t") == "w1"
     bank.drop_namespace("t_a")
     maker.tick()
     assert store.learners() == {} and maker.tasks == {}
+    assert maker.leases.holder(LEASE_SCOPE, "t") is None  # nothing left: the lease given up
