@@ -45,6 +45,9 @@ class Harness:
     bank: KnowledgeBank
     shared_across_processes: bool
     config: CassandraConfig | None = None
+    connection: Any = None
+    """The session's one Cassandra connection, which every Cassandra store of a test
+    shares (a connection per test timed out in a loaded CI)."""
     clock: FakeClock | None = None
     """Set when the bank's clock is injected: TTL tests advance it instead of waiting."""
     short_ttl_s: int = 2

@@ -43,12 +43,17 @@ def cassandra_harness() -> Iterator[Harness]:
     except (OSError, BankUnavailableError) as exc:
         _unreachable(f"{config.hosts[0]}:{config.port}: {exc}")
     from carls.bank.cassandra import CassandraBank
+    from carls.bank.session import Connection
 
-    bank = CassandraBank(config).start()
+    connection = Connection(config).start()
+    bank = CassandraBank(connection).start()
     try:
-        yield Harness("cassandra", bank, shared_across_processes=True, config=config)
+        yield Harness(
+            "cassandra", bank, shared_across_processes=True, config=config, connection=connection
+        )
     finally:
         bank.close()
+        connection.close()
 
 
 def _memory_harness() -> Harness:

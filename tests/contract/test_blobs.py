@@ -42,8 +42,8 @@ def rig(harness: Harness) -> Iterator[Rig]:
 
         yield Rig(memory, memory, set_chunk, drop_chunk)
         return
-    store = CassandraBlobs(harness.config, chunk_bytes=CHUNK).start()
-    other = CassandraBlobs(harness.config, chunk_bytes=CHUNK).start()
+    store = CassandraBlobs(harness.connection, chunk_bytes=CHUNK).start()
+    other = CassandraBlobs(harness.connection, chunk_bytes=CHUNK).start()
     where = "WHERE scope = %s AND name = %s AND sha256 = %s AND chunk = %s"
 
     def cql_set(info: BlobInfo, i: int, data: bytes) -> None:

@@ -19,8 +19,8 @@ def stores(harness: Harness) -> Iterator[tuple[CheckpointVerdicts, CheckpointVer
         yield memory, memory
         return
     writer, reader = (
-        CassandraVerdicts(harness.config).start(),
-        CassandraVerdicts(harness.config).start(),
+        CassandraVerdicts(harness.connection).start(),
+        CassandraVerdicts(harness.connection).start(),
     )
     try:
         yield writer, reader

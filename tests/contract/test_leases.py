@@ -20,7 +20,8 @@ def leases(harness: Harness) -> Iterator[tuple[Leases, Leases]]:
         memory = MemoryLeases()
         yield memory, memory
         return
-    a, b = CassandraLeases(harness.config).start(), CassandraLeases(harness.config).start()
+    a = CassandraLeases(harness.connection).start()
+    b = CassandraLeases(harness.connection).start()
     try:
         yield a, b
     finally:
