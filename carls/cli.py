@@ -10,13 +10,40 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from carls import quiet
 from carls.infra import InfraError
 from carls.output import fail
 from carls.schemas.errors import CarlsError
 from carls.settings import Settings
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise on a CLI.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+EXTRAS = {
+    "tensorflow": "worker] or carls[trainer",
+    "keras": "worker] or carls[trainer",
+    "faust": "worker",
+    "mode": "worker",
+    "aiokafka": "worker",
+    "faiss": "worker",
+    "sklearn": "trainer",
+    "scipy": "trainer",
+    "matplotlib": "trainer",
+    "tensorboard": "trainer",
+}
+"""Modules a core install lacks, and the extra that brings each."""
+
+
+def quiet_start_up() -> None:
+    """TensorFlow's and absl's start-up chatter (oneDNN, CUDA probing, XLA) is noise on
+    a command line: silenced before TensorFlow is first imported. ``--verbose`` (or
+    CARLS_VERBOSE=1) leaves it; warnings carls raises itself go through its own loggers."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    quiet.install()
+    for name in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+if os.environ.get("CARLS_VERBOSE", "") in ("", "0"):
+    quiet_start_up()
 
 
 def _env_help() -> str:
@@ -34,6 +61,14 @@ class CarlsGroup(click.Group):
             fail(exc.explain())
         except ValidationError as exc:
             fail(f"invalid settings: {exc}", hint="check your CARLS_* environment variables")
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            fail(
+                f"this command needs {top}, which a core install of carls leaves out",
+                hint=f"pip install 'carls[{EXTRAS[top]}]'",
+            )
         except CarlsError as exc:
             fail(
                 str(exc),
@@ -55,8 +90,15 @@ class CarlsGroup(click.Group):
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
     help="Log level for carls and its libraries.",
 )
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="CARLS_VERBOSE",
+    show_envvar=True,
+    help="Also show TensorFlow's, absl's and CUDA's start-up logging (hidden by default).",
+)
 @click.pass_context
-def main(ctx: click.Context, log_level: str) -> None:
+def main(ctx: click.Context, log_level: str, verbose: bool) -> None:
     """carls: asynchronous knowledge for model training.
 
     Trainers publish checkpoints and example ids to Kafka; knowledge makers (Faust workers)
@@ -73,6 +115,13 @@ def main(ctx: click.Context, log_level: str) -> None:
         # The driver logs every failed connection attempt with a traceback; carls reports
         # the failure itself, once, as an error with a hint.
         logging.getLogger("cassandra").setLevel(logging.ERROR)
+    if verbose:  # the chatter back, for this process and the ones it starts
+        quiet.uninstall()
+        for name in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY"):
+            os.environ.pop(name, None)
+        os.environ["CARLS_VERBOSE"] = "1"
+        for name in ("absl", "tensorflow", "h5py"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
     ctx.obj = _LazySettings()
 
 

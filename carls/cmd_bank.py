@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,24 +31,39 @@ def _bank(ctx: click.Context) -> Iterator[CassandraBank]:
 
 
 class _Progress:
-    """Progress lines on stderr (at most ~2 per second), with rate and ETA."""
+    """Progress of long admin work (export, import) on stderr: a bar redrawn in place on
+    a terminal, a line every few seconds otherwise; each phase (``what``) on its own line."""
 
     def __init__(self, enabled: bool = True) -> None:
+        from carls.progress import Display
+
         self.enabled = enabled
-        self.start = time.monotonic()
+        self.display = Display(stream=sys.stderr, plain_every_s=2.0)
+        self.what: str | None = None
+        self.rate: Any = None
         self.last = 0.0
 
     def __call__(self, what: str, done: int, total: int) -> None:
+        from carls.progress import Rate, bar, duration
+
+        if not self.enabled:
+            return
         now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.5 and done < total):
+        if what != self.what:  # a new phase: a new line
+            self.what, self.rate = what, Rate()
+            self.display.new_block()
+        elif now - self.last < 0.2 and done < total:
             return
         self.last = now
-        elapsed = now - self.start
-        eta = (elapsed / done * (total - done)) if done else 0.0
-        progress(
-            f"  {what}: {done:,}/{total:,} ({100 * done / max(total, 1):.0f}%), "
-            f"{elapsed:.1f} s elapsed, ~{eta:.0f} s left"
+        self.rate.add(done, now)
+        per_s = self.rate.per_s
+        line = (
+            f"  {what}: {bar(done / max(total, 1))} {done:,}/{total:,} "
+            f"({100 * done / max(total, 1):.0f}%)"
+            + (f", {per_s:,.0f}/s" if per_s else "")
+            + (f", {duration(self.rate.eta_s(total))} left" if done < total else "")
         )
+        self.display.update([line], {}, final=done >= total)
 
 
 def _kv(values: tuple[str, ...], what: str) -> dict[str, int]:
@@ -200,13 +216,62 @@ def stats(ctx: click.Context, namespace: str, as_json: bool) -> None:
 @bank.command()
 @click.argument("namespace")
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --watch: a line per look).")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Look again every --interval seconds until every kind reaches --until: bars with "
+    "rate and time left on a terminal, a plain line per change otherwise.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between looks (--watch); each look scans the namespace.",
+)
+@click.option(
+    "--until",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="With --watch: stop once every kind has this fraction of ids at its newest step.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=None,
+    help="With --watch: give up after this many seconds (exit status 2).",
+)
 @click.pass_context
-def coverage(ctx: click.Context, namespace: str, kinds: tuple[str, ...], as_json: bool) -> None:
-    """How many registered ids have knowledge at the newest step, older steps, or none."""
+def coverage(
+    ctx: click.Context,
+    namespace: str,
+    kinds: tuple[str, ...],
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    until: float,
+    timeout: float | None,
+) -> None:
+    """How many registered ids have knowledge at the newest step, older steps, or none.
+
+    With --watch it follows a refresh campaign until it is done (Ctrl-C stops it)."""
     from carls.bank.admin import coverage_dicts
 
     with _bank(ctx) as b:
+        if watch:
+            done = _watch_coverage(
+                lambda: coverage_dicts(b, namespace, list(kinds) or None),
+                namespace,
+                as_json,
+                interval,
+                until,
+                timeout,
+            )
+            if not done:
+                ctx.exit(2)
+            return
         rows = coverage_dicts(b, namespace, list(kinds) or None)
     if as_json:
         emit_json(rows)
@@ -228,6 +293,67 @@ def coverage(ctx: click.Context, namespace: str, kinds: tuple[str, ...], as_json
             ["kind", "ids", "newest step", "at newest", "coverage", "older", "none"],
         )
     )
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _watch_coverage(
+    look: Any,
+    namespace: str,
+    as_json: bool,
+    interval: float,
+    until: float,
+    timeout: float | None,
+    display: Any = None,
+) -> bool:
+    """Look at the coverage until every kind reaches ``until``; False on timeout."""
+    from carls.progress import Display, Rate, bar, duration
+
+    shown = display or Display(as_json=as_json)
+    rate = Rate()
+    steps: dict[str, int | None] = {}
+    started = time.monotonic()
+    while True:
+        rows = look()
+        now_steps = {r["kind"]: r["newest_step"] for r in rows}
+        if now_steps != steps:  # a new checkpoint's campaign: counting starts over
+            rate.reset()
+            steps = now_steps
+        made = sum(r["at_newest"] for r in rows)
+        total = sum(r["total"] for r in rows)
+        rate.add(made)
+        eta = rate.eta_s(total)
+        done = bool(rows) and all(r["fraction_at_newest"] >= until for r in rows)
+        per_s = rate.per_s
+        head = (
+            f"{namespace}: {made:,}/{total:,} ids at their kind's newest step"
+            + (f", {per_s:,.0f} ids/s" if per_s is not None else "")
+            + ("" if done else f", {duration(eta)} left")
+            + (" - done" if done else "")
+        )
+        lines = [head] + [
+            f"  {r['kind']:<13} {bar(r['fraction_at_newest'])} "
+            f"{100 * r['fraction_at_newest']:5.1f}%  step {_or_dash(r['newest_step'])}  "
+            f"{r['at_newest']:,}/{r['total']:,} (older {r['older']:,}, none {r['none']:,})"
+            for r in rows
+        ]
+        record = {
+            "namespace": namespace,
+            "at": time.time(),
+            "kinds": rows,
+            "ids_per_s": per_s,
+            "eta_s": eta,
+            "done": done,
+        }
+        shown.update(lines, record, final=done)
+        if done:
+            return True
+        if timeout is not None and time.monotonic() - started >= timeout:
+            progress(f"coverage of {namespace} below {until:.0%} after {timeout:g} s")
+            return False
+        time.sleep(interval)
 
 
 @bank.command()
@@ -472,10 +598,15 @@ def drop(ctx: click.Context, namespace: str, yes: bool, as_json: bool) -> None:
             f"drop namespace {namespace} and all its knowledge?", default=False, err=True
         ):
             raise click.Abort()
+        started = time.monotonic()
+        progress(f"dropping {namespace}: its examples and knowledge ...")
         b.drop_namespace(namespace)
+        progress(f"  done ({time.monotonic() - started:.1f} s); its stored checkpoints ...")
         blobs = CassandraBlobs(b.connection).start()
         checkpoints = blobs.delete_scope(f"checkpoints/{namespace}")
+        progress(f"  {checkpoints} deleted; its neighbour indexes ...")
         indexes = blobs.delete_scope(f"indexes/{namespace}")
+        progress(f"  {indexes} deleted ({time.monotonic() - started:.1f} s in all)")
     if as_json:
         emit_json(
             {"dropped": namespace, "checkpoints_deleted": checkpoints, "indexes_deleted": indexes}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,26 @@ from carls.output import emit_json, progress, table
     show_default=True,
     help="Jobs run at once (the members of a job group do not count against it).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port at /metrics (default: the setting "
+    "CARLS_TRAINER_METRICS_PORT, 9480; taken: the next free of 16 ports; 0: any free "
+    "port; -1: none).",
+)
 @click.pass_context
-def trainer(ctx: click.Context, group: str | None, once: bool, slots: int) -> None:
+def trainer(
+    ctx: click.Context, group: str | None, once: bool, slots: int, metrics_port: int | None
+) -> None:
     """Consume training jobs from the jobs topic and run them, up to --slots at a time.
 
     Any number of trainers, on any machines, share the topic's partitions; each job runs
     once, and again on another trainer if its trainer dies (`carls job status` lists the
     retries). Job groups start together. Each job's state, test accuracy and knowledge
     staleness are kept for `carls job status`; a failed job is marked failed with its
-    reason and the trainer goes on.
+    reason and the trainer goes on. Every job writes a TensorBoard run under the log root
+    (CARLS_LOG_ROOT, default <state dir>/runs: `tensorboard --logdir` it).
     """
     from carls.bank.blobs import CassandraBlobs
     from carls.bank.cassandra import CassandraBank
@@ -45,6 +57,7 @@ def trainer(ctx: click.Context, group: str | None, once: bool, slots: int) -> No
     from carls.trainers.service import serve
 
     settings = settings_of(ctx)
+    _serve_metrics(settings, metrics_port)
     cassandra = Connection(settings.cassandra).start()
     bank = CassandraBank(cassandra).start()
     jobs = CassandraJobStore(cassandra).start()
@@ -60,11 +73,22 @@ def trainer(ctx: click.Context, group: str | None, once: bool, slots: int) -> No
             once=once,
             slots=slots,
             lease_s=settings.job_lease_s,
+            log_dir=settings.log_dir,
         )
     finally:
         cassandra.close()
     if once:
         click.echo(f"ran {ran} job(s)")
+
+
+def _serve_metrics(settings: Any, port: int | None) -> None:
+    from carls.streams import metrics
+
+    served = metrics.serve(
+        settings.trainer_metrics_port if port is None else port, settings.metrics_host, "trainer"
+    )
+    if served is not None:
+        progress(f"trainer metrics at {served.url}")
 
 
 @click.group()
@@ -74,21 +98,47 @@ def job() -> None:
 
 @job.command()
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the full history).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (with the full history; with --follow: a line per look).",
+)
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a PNG of test accuracy and knowledge staleness over steps.",
 )
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Follow the job until it ends: a progress bar with steps/s and time left on a "
+    "terminal, a line per change otherwise; the exit status is then 0 only if it succeeded.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between looks (--follow).",
+)
 @click.pass_context
-def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) -> None:
-    """State, test accuracy and knowledge staleness of JOB_ID."""
+def status(
+    ctx: click.Context,
+    job_id: str,
+    as_json: bool,
+    plot: Path | None,
+    follow: bool,
+    interval: float,
+) -> None:
+    """State, test accuracy and knowledge staleness of JOB_ID (and where its TensorBoard
+    run is)."""
     from carls.bank.jobs import CassandraJobStore
     from carls.cli import settings_of
 
     store = CassandraJobStore(settings_of(ctx).cassandra).start()
     try:
-        state = store.get(job_id)
+        state = follow_job(store.get, job_id, as_json, interval) if follow else store.get(job_id)
     finally:
         store.close()
     if state is None:
@@ -98,11 +148,61 @@ def status(ctx: click.Context, job_id: str, as_json: bool, plot: Path | None) ->
 
         plot_history(state, plot)
         progress(f"wrote {plot}")
+    if follow:
+        if not as_json:
+            click.echo(table(list(status_rows(job_id, state).items()), ["", ""]))
+        if state.get("state") != "succeeded":
+            ctx.exit(1)
+        return
     if as_json:
         emit_json(state)
         return
     rows = status_rows(job_id, state)
     click.echo(table(list(rows.items()), ["", ""]))
+
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def follow_job(
+    get: Any, job_id: str, as_json: bool, interval: float, display: Any = None
+) -> dict[str, Any] | None:
+    """Look at the job every ``interval`` s until it ends; its last state (None: no such
+    job; `carls submit` writes a job's state before it is queued)."""
+    from carls.progress import Display, Rate, bar, duration
+
+    shown = display or Display(as_json=as_json)
+    rate = Rate()
+    while True:
+        state = get(job_id)
+        if state is None:
+            return None
+        step, steps = int(state.get("step") or 0), int(state.get("steps") or 0)
+        rate.add(step)
+        ended = state.get("state") in ENDED
+        acc = state.get("test_accuracy")
+        per_s = rate.per_s
+        line = (
+            f"{job_id}: {state.get('state')} {bar(step / max(steps, 1))} "
+            f"step {step:,}/{steps:,}"
+            + (f", {per_s:.1f} steps/s" if per_s else "")
+            + (f", {duration(rate.eta_s(steps))} left" if not ended and per_s else "")
+            + (f", test accuracy {acc:.4f}" if acc is not None else "")
+        )
+        record = {
+            "job_id": job_id,
+            "state": state.get("state"),
+            "step": step,
+            "steps": steps,
+            "steps_per_s": per_s,
+            "eta_s": None if ended else rate.eta_s(steps),
+            "test_accuracy": acc,
+            "at": time.time(),
+        }
+        shown.update([line], record, final=ended)
+        if ended:
+            return dict(state)
+        time.sleep(interval)
 
 
 def status_rows(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +221,7 @@ def status_rows(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
             stale if stale is not None else last.get("staleness_mean"),
         ),
         ("knowledge coverage", last.get("knowledge_coverage")),
+        ("tensorboard", f"tensorboard --logdir {state['logdir']}" if state.get("logdir") else None),
     ]
     use = last.get("knowledge_use") or {}
     if "pseudo_used" in use:
@@ -245,8 +346,14 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @job.command(name="run")
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (default CARLS_TRAINER_METRICS_PORT; -1: none).",
+)
 @click.pass_context
-def run_(ctx: click.Context, spec_file: Path, as_json: bool) -> None:
+def run_(ctx: click.Context, spec_file: Path, as_json: bool, metrics_port: int | None) -> None:
     """Run the job in SPEC_FILE in this process, without the jobs topic.
 
     One process per job, on purpose: e.g. each modality of a hypergraph task in its own
@@ -270,6 +377,7 @@ def run_(ctx: click.Context, spec_file: Path, as_json: bool) -> None:
 
     settings = settings_of(ctx)
     spec = load_spec(spec_file)
+    _serve_metrics(settings, metrics_port)
     cassandra = Connection(settings.cassandra).start()
     publisher = Publisher(settings.kafka, settings.topics) if publishes(spec) else None
     stop, done = StopSignal(), threading.Event()
@@ -280,6 +388,7 @@ def run_(ctx: click.Context, spec_file: Path, as_json: bool) -> None:
             publisher=publisher,
             store=settings.artifact_store(CassandraBlobs(cassandra).start()),
             jobs=jobs,
+            log_dir=settings.log_dir,
         )
         job_id = new_job_id(spec.namespace)
 

@@ -68,6 +68,14 @@ from carls.makers.pipeline import MAKERS
     "param knn) and write its fused embeddings when newer ones come; 0: never.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port at /metrics (default: the setting "
+    "CARLS_WORKER_METRICS_PORT, 9464; taken: the next free of 16 ports; 0: any free "
+    "port; -1: none).",
+)
+@click.option(
     "--stats",
     type=click.Path(dir_okay=False),
     envvar="CARLS_WORKER_STATS",
@@ -84,6 +92,7 @@ def worker(
     park_s: float,
     max_step_ahead: int,
     hypergraph_every: float,
+    metrics_port: int | None,
     stats: str | None,
 ) -> None:
     """Run knowledge makers until stopped (Ctrl-C or SIGTERM).
@@ -105,6 +114,7 @@ def worker(
     from carls.cli import settings_of
     from carls.makers.hypergraphs import HypergraphMaker
     from carls.makers.worker import WorkerConfig, run_worker
+    from carls.streams import metrics
 
     chosen = tuple(m.strip() for m in makers.split(",") if m.strip())
     unknown = sorted(set(chosen) - set(MAKERS))
@@ -138,6 +148,13 @@ def worker(
         f"kafka {','.join(settings.kafka.bootstrap_servers)}",
         err=True,
     )
+    served = metrics.serve(
+        settings.worker_metrics_port if metrics_port is None else metrics_port,
+        settings.metrics_host,
+        "worker",
+    )
+    if served is not None:
+        click.echo(f"carls worker {cfg.worker}: metrics at {served.url}", err=True)
     level = ctx.find_root().params.get("log_level", "WARNING").lower()
     with Connection(settings.cassandra) as cassandra:
         blobs = CassandraBlobs(cassandra).start()

@@ -126,6 +126,28 @@ class Settings(BaseSettings):
         _CASSANDRA["namespace_cache_s"], ge=0, description="how long a namespace spec is reused"
     )
 
+    # Observability
+    log_root: Path | None = Field(
+        None,
+        description="where trainers write TensorBoard event files, a run folder per job "
+        "(`tensorboard --logdir` it); default <state_dir>/runs",
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", description="address workers and trainers serve Prometheus /metrics on"
+    )
+    worker_metrics_port: int = Field(
+        9464,
+        ge=-1,
+        le=65535,
+        description="port of a worker's /metrics (taken: the next free one of 16); -1: none",
+    )
+    trainer_metrics_port: int = Field(
+        9480,
+        ge=-1,
+        le=65535,
+        description="port of a trainer's /metrics (taken: the next free one of 16); -1: none",
+    )
+
     # Knowledge
     checkpoint_root: Path | None = Field(
         None,
@@ -287,6 +309,11 @@ class Settings(BaseSettings):
             "progress": self.partitions_progress,
             "deadletter": self.partitions_deadletter,
         }
+
+    @property
+    def log_dir(self) -> Path:
+        """Where trainers write TensorBoard runs (``log_root``, or under the state folder)."""
+        return (self.log_root or self.state_dir / "runs").resolve()
 
     @property
     def checkpoint_dir(self) -> Path:

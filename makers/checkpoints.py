@@ -74,6 +74,7 @@ from carls.schemas.artifacts import (
 )
 from carls.schemas.errors import SchemaError
 from carls.schemas.records import CheckpointManifest
+from carls.streams import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -420,9 +421,11 @@ class ModelCache:
             try:
                 model = load_model(manifest, self.store)
             except BaseException:
+                metrics.MODEL_LOAD_FAILURES.inc()
                 with self._lock:
                     self._loading.pop(key, None)
                 raise
+            metrics.MODEL_LOADS.inc()
             with self._lock:
                 self._loading.pop(key, None)
                 self.loads += 1

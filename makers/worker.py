@@ -50,6 +50,7 @@ from carls.bank.indexes import SharedIndexes
 from carls.bank.protocol import KnowledgeBank
 from carls.bank.types import NamespaceSpec
 from carls.bank.verdicts import CheckpointVerdicts, RecordCrashes, record_key
+from carls.makers.campaigns import CampaignTracker
 from carls.makers.checkpoints import ModelCache, warm_up
 from carls.makers.errors import BadModelOutputError, CheckpointError
 from carls.makers.hypergraphs import HypergraphMaker
@@ -57,6 +58,7 @@ from carls.makers.pipeline import MAKERS, Maker, Outcome
 from carls.makers.view import ManifestView
 from carls.schemas import CheckpointManifest, ExampleBatch, ProgressEvent, decode, encode
 from carls.schemas.errors import CarlsError
+from carls.streams import metrics
 from carls.streams.app import make_app, run_app
 from carls.streams.batches import BatchConsumer
 from carls.streams.config import KafkaConnection
@@ -177,6 +179,7 @@ class Makers:
         @app.agent(self.t_checkpoints, name="campaigns")
         async def campaigns(stream: Any) -> None:
             async for event in stream.events():
+                metrics.RECORDS.labels(cfg.topics.checkpoints).inc()
                 handle = functools.partial(self._on_manifest_records, event)
                 try:
                     await self.guarded(self.cfg.app_id, [event.message], handle)
@@ -249,6 +252,38 @@ class Makers:
             "first_batch_at": self.first_batch_at,
             "last_batch_at": self.last_batch_at,
         }
+
+    def families(self) -> list[Any]:
+        """This worker's stage times and consumer lag, for a metrics scrape."""
+        st = self.stats()
+        stages = {
+            stage: float(st[f"{stage}_s"] or 0.0)
+            for stage in ("consume", "fetch", "infer", "write", "pool", "search")
+        }
+        lag = {(self.ids_group, t): float(n) for t, n in self.consumer.lag().items()}
+        return [
+            metrics.counter(
+                "carls_stage_seconds",
+                "Seconds spent per stage of making knowledge (consume: waiting on Kafka and "
+                "decoding; fetch: reading features from the bank; infer: the model; write: "
+                "the bank; pool and search: the neighbour index).",
+                stages,
+                "stage",
+            ),
+            metrics.gauge(
+                "carls_consumer_lag",
+                "Records of the id-batch topics not handled yet, per consumer group and "
+                "topic (on the partitions this worker owns).",
+                lag,
+                ["group", "topic"],
+            ),
+            metrics.gauge(
+                "carls_parked_batches",
+                "Id batches parked, waiting for the checkpoint step they ask for.",
+                {(): float(len(self.parked))},
+                [],
+            ),
+        ]
 
     def write_stats(self) -> None:
         if self.cfg.stats_path is not None:
@@ -329,6 +364,7 @@ class Makers:
                     key=msg.topic.encode(), value=encode(letter)
                 )
                 await delivered
+                metrics.DEAD_LETTERS.labels(metrics.error_label(error)).inc()
                 return
             except asyncio.CancelledError:
                 raise
@@ -568,6 +604,7 @@ class Makers:
             list
         )
         for record in records:
+            metrics.RECORDS.labels(record.topic).inc()
             if record.value is None:  # a tombstone: no ids to make knowledge for
                 log.info("%s[%d]@%d: a tombstone, skipped", *_where(record))
                 continue
@@ -576,6 +613,7 @@ class Makers:
             except CarlsError as exc:
                 await self._dead_letter(record, f"undecodable example batch: {exc}", exc)
                 continue
+            metrics.IDS.labels(record.topic).inc(len(batch.ids))
             groups[(batch.namespace, tuple(batch.kinds))].append((record, batch))
         for (ns, kinds), members in groups.items():
             if not await self._serve(ns, kinds, members):
@@ -652,6 +690,7 @@ class Makers:
             return True
         campaign = members[0][1].campaign
         for kind, n in outcome.written.items():
+            metrics.KNOWLEDGE_WRITTEN.labels(kind).inc(n)
             await self._progress(ns, kind, outcome.step, n, None, campaign)
         if outcome.unregistered:  # bad input, kept: each record that named such ids
             unknown = set(outcome.unregistered)
@@ -696,10 +735,15 @@ def run_worker(
     log.info("TensorFlow ready in %.1f s", warm_up())  # before joining: the first
     # checkpoint then costs a load, not the libraries' start-up
     makers = Makers(cfg, bank, verdicts, crashes, artifacts, indexes, hypergraphs)
+    campaigns = CampaignTracker(cfg.kafka, cfg.topics.progress).start()
+    collectors = [metrics.register(makers.families), metrics.register(campaigns.families)]
     # Everything imported so far (TensorFlow, Faust) lives as long as the process: keep it
     # out of the collector's scans, which otherwise slow every allocation-heavy fetch.
     gc.freeze()
     try:
         run_app(makers.app, loglevel)
     finally:
+        for c in collectors:
+            metrics.unregister(c)
+        campaigns.stop()
         makers.close()

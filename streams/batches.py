@@ -118,6 +118,7 @@ class BatchConsumer(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._inflight: deque[_Fetch] = deque()
         self._done: dict[TopicPartition, int] = {}
+        self._first: dict[TopicPartition, int] = {}  # the first offset handed out
         self._held: dict[TopicPartition, set[int]] = {}
         self._last_commit = time.monotonic()
         super().__init__(**kwargs)
@@ -190,6 +191,7 @@ class BatchConsumer(Service):
         nxt: dict[TopicPartition, int] = {}
         for tp, batch in got.items():
             records.extend(batch)
+            self._first.setdefault(tp, batch[0].offset)
             nxt[tp] = batch[-1].offset + 1  # a partition's records come in offset order
         self.stats.fetches += 1
         self.stats.records += len(records)
@@ -238,6 +240,21 @@ class BatchConsumer(Service):
             return None
         tp = TopicPartition(topic, partition)
         return consumer.highwater(tp) if tp in consumer.assignment() else None
+
+    def lag(self) -> dict[str, int]:
+        """Records not handled yet, per topic, on the partitions this consumer owns: the
+        end offset as of its last fetch minus the next offset to handle (what is in hand
+        counts until its handler finishes)."""
+        consumer = self._consumer
+        out = dict.fromkeys(self.topics, 0)
+        if consumer is None:
+            return out
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            handled = self._done.get(tp, self._first.get(tp))
+            if end is not None and handled is not None:
+                out[tp.topic] = out.get(tp.topic, 0) + max(0, end - handled)
+        return out
 
     def owns_all(self, topic: str) -> bool:
         """Whether every partition of ``topic`` is this consumer's now (it is the only

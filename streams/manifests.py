@@ -74,22 +74,29 @@ def follow_from_start(
     handle: Callable[[Any], None],
     stop: threading.Event,
     retry_s: float = 2.0,
+    *,
+    from_end: bool = False,
 ) -> None:
     """Call ``handle(record)`` for every record of ``topic`` (kafka-python records:
     ``key``, ``value`` — None for a tombstone —, ``partition``, ``offset``), from the
-    beginning of every partition, without a consumer group, until ``stop`` is set. When
-    Kafka is away it starts over after ``retry_s`` (the compacted topic replays the
-    current map, so a handler that keeps the newest per key loses nothing)."""
+    beginning of every partition (``from_end``: from what comes next), without a consumer
+    group, until ``stop`` is set. When Kafka is away it starts over after ``retry_s`` (the
+    compacted topic replays the current map, so a handler that keeps the newest per key
+    loses nothing)."""
     while not stop.is_set():
         try:
-            _follow(conn, topic, handle, stop)
+            _follow(conn, topic, handle, stop, from_end)
         except KafkaError as exc:
             log.warning("following %s: lost Kafka (%s); retrying", topic, exc)
             stop.wait(retry_s)
 
 
 def _follow(
-    conn: KafkaConnection, topic: str, handle: Callable[[Any], None], stop: threading.Event
+    conn: KafkaConnection,
+    topic: str,
+    handle: Callable[[Any], None],
+    stop: threading.Event,
+    from_end: bool = False,
 ) -> None:
     consumer = KafkaConsumer(**conn.kafka_python(), enable_auto_commit=False, group_id=None)
     try:
@@ -102,7 +109,10 @@ def _follow(
             return
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        if from_end:
+            consumer.seek_to_end(*tps)
+        else:
+            consumer.seek_to_beginning(*tps)
         while not stop.is_set():
             for records in consumer.poll(timeout_ms=500).values():
                 for rec in records:

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,7 @@ import numpy.typing as npt
 from carls.bank.protocol import KnowledgeSource
 from carls.bank.rows import stale_mask
 from carls.schemas.errors import CarlsError
+from carls.streams import metrics
 
 log = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
@@ -66,18 +68,25 @@ class Staleness:
     too_stale: int = 0
     total: int = 0
     sum: float = 0.0
+    recent: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    """The staleness of the latest rows read that had knowledge (up to ``RECENT``)."""
+    RECENT: ClassVar[int] = 4096
 
     def record(
         self, staleness: I64, missing: npt.NDArray[np.bool_], too_stale: npt.NDArray[np.bool_]
-    ) -> None:
+    ) -> list[int]:
+        """Add one read; returns its histogram counts."""
         present = staleness[~missing]
         idx = np.searchsorted(self.edges, present, side="right")
-        for i, c in enumerate(np.bincount(idx, minlength=len(self.counts)).tolist()):
+        counts: list[int] = np.bincount(idx, minlength=len(self.counts)).tolist()
+        for i, c in enumerate(counts):
             self.counts[i] += c
         self.missing += int(missing.sum())
         self.too_stale += int(too_stale.sum())
         self.total += int(staleness.size)
         self.sum += float(present.sum())
+        self.recent = np.concatenate([self.recent, present])[-self.RECENT :]
+        return counts
 
     @property
     def mean(self) -> float | None:
@@ -147,6 +156,9 @@ class KnowledgeReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="knowledge-reader", daemon=True)
         self.staleness = Staleness()
+        """Every read's staleness, of all the kinds followed."""
+        self.by_kind: dict[str, Staleness] = {}
+        """The same, per kind."""
         self.reads_from_bank = 0
 
     # Lifecycle ---------------------------------------------------------------------------
@@ -197,7 +209,14 @@ class KnowledgeReader:
             nbrs = t.neighbours[idx] if t.neighbours is not None else None
         missing = steps < 0
         too_stale = stale_mask(steps, missing, current_step, max_staleness)
-        self.staleness.record(current_step - steps, missing, too_stale)
+        stale = current_step - steps
+        self.staleness.record(stale, missing, too_stale)
+        by_kind = self.by_kind.setdefault(kind, Staleness())
+        counts = by_kind.record(stale, missing, too_stale)
+        misses = int(missing.sum())
+        metrics.READER_HITS.labels(kind).inc(idx.size - misses)
+        metrics.READER_MISSES.labels(kind).inc(misses)
+        metrics.STALENESS.add(kind, by_kind.edges, counts, float(stale[~missing].sum()))
         return Slice(values, steps, ~missing & ~too_stale, classes, conf, nbrs)
 
     def clock(self, namespace: str, kind: str) -> int:
@@ -236,6 +255,7 @@ class KnowledgeReader:
             for (ns, kind), t in tables.items():
                 got = self.bank.read(ns, kind, ids)
                 self.reads_from_bank += 1
+                metrics.READER_BANK_ROWS.labels(kind).inc(len(ids))
                 have = ~got.missing
                 rows = part[have]
                 nbr_idx = None

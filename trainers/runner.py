@@ -47,6 +47,7 @@ from carls.trainers.datasets import (
     validate_against_namespace,
 )
 from carls.trainers.errors import ModelError, SpecError
+from carls.trainers.observe import KnowledgeBoard, StepMetrics
 from carls.trainers.outputs import HeadShapes, ModelHeads, OutputName
 from carls.trainers.paradigms import HyperLearn, Message, Multimodal, from_spec
 from carls.trainers.sources import check_sources
@@ -72,6 +73,12 @@ class Context:
     jobs: JobStore | None = None
     producer: str = "carls-trainer"
     buckets: int = 8
+    log_dir: Path | None = None
+    """Where the job's TensorBoard run goes (``<log_dir>/<job id>``); None: none written."""
+
+
+STEP_SAVE_S = 2.0
+"""Between evaluations, a job's step is saved this often (its progress, to followers)."""
 
 
 def new_job_id(namespace: str) -> str:
@@ -354,6 +361,8 @@ class JobRun:
         """Called once after the first training step (a job group's start barrier)."""
         self.stop = stop if stop is not None else StopSignal()
         self._progress: _ProgressWriter | None = None
+        self.board: KnowledgeBoard | None = None
+        """The job's TensorBoard writer (with a ``Context.log_dir``)."""
         self.model: Any = None
         """The job's ``KnowledgeModel``, once built (its reader, its paradigms)."""
         self.state: dict[str, Any] = {
@@ -372,6 +381,7 @@ class JobRun:
             "retries": list(retries or []),
             "trainer": trainer,
             "group": group,
+            "logdir": str(ctx.log_dir / job_id) if ctx.log_dir is not None else None,
         }
 
     def save_state(self, *, final: bool = False, **changes: Any) -> None:
@@ -408,6 +418,8 @@ class JobRun:
         return self.state
 
     def _end(self, write: bool = True, **changes: Any) -> None:
+        if self.board is not None:
+            self.board.close()
         if self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -462,8 +474,11 @@ class JobRun:
         publish = self._publish_checkpoints()
         if publish is not None:
             callbacks.append(publish)
+        if self.ctx.log_dir is not None:
+            self.board = KnowledgeBoard(self.ctx.log_dir / self.job_id)
+            callbacks.append(self.board)
         job_log = _JobLog(self, km, inputs.x_test, ds.y_test, self._test_inputs(ds, km))
-        callbacks += [job_log, _StopTraining(self.stop)]
+        callbacks += [job_log, _StopTraining(self.stop), StepMetrics()]
         if self.after_first_step is not None:
             callbacks.append(_AfterFirstStep(self.after_first_step))
         every = min(tr.eval_every, tr.steps)
@@ -704,6 +719,8 @@ class JobRun:
             "seconds": time.monotonic() - t0,
         }
         self.state["history"].append(entry)
+        if self.board is not None:
+            self.board.scalar("test/accuracy", acc)
         self.save_state(step=step, test_accuracy=acc)
         self.say(
             f"{self.job_id}: step {step}/{self.spec.train.steps} test accuracy {acc:.3f}"
@@ -733,6 +750,7 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
         self.t0 = time.monotonic()
         self.cpu0 = time.process_time()
         self._before: tuple[float, int] = (0.0, 0)
+        self._saved_at = time.monotonic()
 
     def on_train_begin(self, logs: Any = None) -> None:
         self.t0 = time.monotonic()
@@ -752,6 +770,9 @@ class _JobLog(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyp
         self.done += 1
         if self.done >= self.job.spec.train.steps:
             self.model.stop_training = True
+        elif time.monotonic() - self._saved_at >= STEP_SAVE_S:  # for `job status --follow`
+            self._saved_at = time.monotonic()
+            self.job.save_state(step=self.done)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         logs = dict(logs or {})

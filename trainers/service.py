@@ -100,6 +100,7 @@ class TrainerService:
         say: Say = lambda _: None,
         name: str | None = None,
         lease_s: float = LEASE_S,
+        log_dir: Path | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots: at least 1, got {slots}")
@@ -107,6 +108,7 @@ class TrainerService:
         self.store, self.group, self.slots, self.say = store, group, slots, say
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.lease_s = lease_s
+        self.log_dir = log_dir
         self.renew_every_s = lease_s / 3
         self.running: dict[str, _Job] = {}
         self.watched: dict[str, _Job] = {}
@@ -266,6 +268,7 @@ class TrainerService:
                 store=self.store,
                 jobs=self.jobs,
                 producer=f"carls-trainer@{self.name}",
+                log_dir=self.log_dir,
             )
             run = JobRun(
                 job.job_id,
@@ -401,10 +404,20 @@ def serve(
     idle_timeout_s: float = 5.0,
     slots: int = 1,
     lease_s: float = LEASE_S,
+    log_dir: Path | None = None,
 ) -> int:
     """Run jobs until stopped (or, with ``once``, until the topic is drained and the jobs
     taken have ended); return how many ran."""
     service = TrainerService(
-        conn, topics, bank, jobs, store, group, slots=slots, say=say, lease_s=lease_s
+        conn,
+        topics,
+        bank,
+        jobs,
+        store,
+        group,
+        slots=slots,
+        say=say,
+        lease_s=lease_s,
+        log_dir=log_dir,
     )
     return service.serve(once=once, idle_timeout_s=idle_timeout_s)

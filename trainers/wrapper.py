@@ -72,6 +72,10 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
             ``Teacher`` paradigm reads (see ``publish_teacher``).
     """
 
+    fit_callbacks: tuple[Any, ...] = ()
+    """The callbacks of the latest ``fit`` (a ``KnowledgeBoard`` finds the checkpoint
+    publisher among them)."""
+
     def __init__(
         self,
         base: keras.Model,
@@ -217,6 +221,8 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         """``keras.Model.fit``, with the knowledge reader running (and stopped afterwards,
         also when training fails, unless a ``with`` block around it keeps it)."""
         callbacks = list(kwargs.pop("callbacks", None) or [])
+        # (untracked by Keras: callbacks are no part of the model's state)
+        object.__setattr__(self, "fit_callbacks", tuple(callbacks))
         kwargs["callbacks"] = [_Progress(self), *callbacks]
         if self.knowledge.publishing:
             kwargs["callbacks"].append(_PublishKnowledge(self))
