@@ -128,11 +128,19 @@ class Stack:
     blobs: CassandraBlobs
     store: Any
     publisher: Publisher
+    log_dir: Path | None = None
 
     def context(self, publish: bool = True) -> Context:
-        """A job context on this stack (``publish``: checkpoints and demand go to Kafka)."""
+        """A job context on this stack (``publish``: checkpoints and demand go to Kafka;
+        each job's TensorBoard run under ``log_dir``)."""
         publisher = self.publisher if publish else None
-        return Context(bank=self.bank, publisher=publisher, store=self.store, jobs=self.jobs)
+        return Context(
+            bank=self.bank,
+            publisher=publisher,
+            store=self.store,
+            jobs=self.jobs,
+            log_dir=self.log_dir,
+        )
 
 
 @contextlib.contextmanager
@@ -151,6 +159,7 @@ def on_stack(settings: Settings, say: Say, worker_log: str) -> Iterator[Stack]:
             blobs,
             settings.artifact_store(blobs),
             publisher,
+            settings.log_dir,
         )
     finally:
         worker.terminate()

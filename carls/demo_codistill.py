@@ -95,6 +95,21 @@ class _Procs:
             env={**os.environ},
         )
 
+    def size(self, name: str) -> int:
+        return (self.logs / f"{name}.log").stat().st_size
+
+    def warnings_since(self, name: str, offset: int, most: int = 12) -> list[str]:
+        """The process's warning and error lines logged after ``offset`` (the newest)."""
+        with (self.logs / f"{name}.log").open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        lines = [
+            line.strip()
+            for line in text.splitlines()
+            if ("WARNING" in line or "ERROR" in line) and "is overlapping" not in line
+        ]
+        return lines[-most:]
+
     def check(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
@@ -178,6 +193,7 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
                 # machine a third job would slow one peer and let the other run ahead,
                 # beyond the staleness its partner's predictions may have.
                 say(f"seed {seed}: peers a and b, submitted as a group")
+                worker_at = procs.size("worker")
                 ids = _submit(files["a"], files["b"])
                 states = _wait(jobs, procs, ids, say)
                 say(f"seed {seed}: the same model alone")
@@ -200,6 +216,8 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
                             (s.get("staleness") or {}).get("mean") for s in (a, b)
                         ],
                         "peer_reads_used": [_used(s.get("staleness")) for s in (a, b)],
+                        # what the worker said meanwhile (why a peer may have read nothing)
+                        "worker_warnings": procs.warnings_since("worker", worker_at),
                     }
                 )
                 say(

@@ -30,6 +30,7 @@ from carls.bank.protocol import NamespaceLookup
 from carls.schemas import CheckpointManifest, ExampleBatch
 from carls.schemas.artifacts import FORMAT, SAVED_MODEL, artifact_relpath, fingerprint_of_config
 from carls.schemas.errors import CarlsError
+from carls.streams import metrics
 from carls.streams.manifests import latest_manifest
 from carls.streams.producer import Publisher
 from carls.trainers.export import SavedModelExporter
@@ -198,6 +199,7 @@ class CheckpointPublisher:
                     if is_local(manifest.uri):
                         self.store.retain_local(Path(urlparse(manifest.uri).path))
                     self.published.append(manifest)
+                    metrics.CHECKPOINTS_PUBLISHED.inc()
                     log.info("published %s step %d", self.namespace, manifest.step)
                     pause = 0.5
                     break

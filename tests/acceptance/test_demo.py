@@ -8,6 +8,7 @@ brings up the stack (a no-op when it is running) and starts its own worker."""
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
 import pytest
@@ -17,6 +18,11 @@ from tests.acceptance.conftest import CarlsRun, json_of
 
 pytestmark = pytest.mark.acceptance
 
+TF_LOG = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\]"  # absl / TSL C++ logging
+    r"|absl::InitializeLog|^(WARNING|INFO|ERROR):absl:|^WARNING:tensorflow|oneDNN|cuda",
+    re.IGNORECASE,
+)
 TRAIN_EXAMPLES = 1257  # digits' 1797 rows, 30% held out for test
 
 
@@ -25,7 +31,11 @@ TRAIN_EXAMPLES = 1257  # digits' 1797 rows, 30% held out for test
 def test_demo_beats_the_supervised_baseline_with_knowledge_from_the_bank(
     stack: Settings, carls: CarlsRun
 ) -> None:
-    report = json_of(carls("demo", "--json", timeout=900))
+    proc = carls("demo", "--json", timeout=900)
+    report = json_of(proc)
+    # the user sees carls' own lines, none of TensorFlow's or absl's start-up logging
+    noise = [line for line in proc.stderr.splitlines() if TF_LOG.search(line)]
+    assert not noise, noise
 
     assert report["seeds"] == [0, 1, 2]
     for arm in ("baseline", "carls"):
