@@ -16,33 +16,46 @@ from carls.output import fail
 from carls.schemas.errors import CarlsError
 from carls.settings import Settings
 
+_EITHER = "pip install 'carls[trainer]' or 'carls[worker]'"
 EXTRAS = {
-    "tensorflow": "worker] or carls[trainer",
-    "keras": "worker] or carls[trainer",
-    "faust": "worker",
-    "mode": "worker",
-    "aiokafka": "worker",
-    "faiss": "worker",
-    "sklearn": "trainer",
-    "scipy": "trainer",
-    "matplotlib": "trainer",
-    "tensorboard": "trainer",
+    "tensorflow": _EITHER,
+    "keras": _EITHER,
+    "sklearn": _EITHER,
+    "scipy": _EITHER,
+    "faiss": _EITHER,
+    "faust": "pip install 'carls[worker]'",
+    "mode": "pip install 'carls[worker]'",
+    "aiokafka": "pip install 'carls[worker]'",
+    "matplotlib": "pip install 'carls[trainer]'",
+    "tensorboard": "pip install 'carls[trainer]'",
 }
-"""Modules a core install lacks, and the extra that brings each."""
+"""Modules a core install lacks, and how to install the extra that brings each."""
+
+
+_QUIETED: list[str] = []
+"""The environment variables quiet_start_up set (a user's own are left as they are)."""
 
 
 def quiet_start_up() -> None:
     """TensorFlow's and absl's start-up chatter (oneDNN, CUDA probing, XLA) is noise on
     a command line: silenced before TensorFlow is first imported. ``--verbose`` (or
     CARLS_VERBOSE=1) leaves it; warnings carls raises itself go through its own loggers."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    for name, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GRPC_VERBOSITY", "ERROR")):
+        if name not in os.environ:
+            os.environ[name] = value
+            _QUIETED.append(name)
     quiet.install()
     for name in ("absl", "tensorflow", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-if os.environ.get("CARLS_VERBOSE", "") in ("", "0"):
+def _verbose_env() -> bool:
+    """CARLS_VERBOSE read as click reads a flag's environment variable."""
+    flag = os.environ.get("CARLS_VERBOSE", "").strip().lower()
+    return flag in ("1", "true", "t", "yes", "y", "on")
+
+
+if not _verbose_env():
     quiet_start_up()
 
 
@@ -67,7 +80,7 @@ class CarlsGroup(click.Group):
                 raise
             fail(
                 f"this command needs {top}, which a core install of carls leaves out",
-                hint=f"pip install 'carls[{EXTRAS[top]}]'",
+                hint=EXTRAS[top],
             )
         except CarlsError as exc:
             fail(
@@ -117,8 +130,8 @@ def main(ctx: click.Context, log_level: str, verbose: bool) -> None:
         logging.getLogger("cassandra").setLevel(logging.ERROR)
     if verbose:  # the chatter back, for this process and the ones it starts
         quiet.uninstall()
-        for name in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY"):
-            os.environ.pop(name, None)
+        while _QUIETED:
+            os.environ.pop(_QUIETED.pop(), None)
         os.environ["CARLS_VERBOSE"] = "1"
         for name in ("absl", "tensorflow", "h5py"):
             logging.getLogger(name).setLevel(logging.NOTSET)

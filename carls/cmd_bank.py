@@ -325,7 +325,8 @@ def _watch_coverage(
         total = sum(r["total"] for r in rows)
         rate.add(made)
         eta = rate.eta_s(total)
-        done = bool(rows) and all(r["fraction_at_newest"] >= until for r in rows)
+        # a kind with no ids to make (nothing registered yet) has nothing left to wait for
+        done = bool(rows) and all(r["total"] == 0 or r["fraction_at_newest"] >= until for r in rows)
         per_s = rate.per_s
         head = (
             f"{namespace}: {made:,}/{total:,} ids at their kind's newest step"

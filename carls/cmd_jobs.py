@@ -173,11 +173,15 @@ def follow_job(
 
     shown = display or Display(as_json=as_json)
     rate = Rate()
+    last_step = 0
     while True:
         state = get(job_id)
         if state is None:
             return None
         step, steps = int(state.get("step") or 0), int(state.get("steps") or 0)
+        if step < last_step:  # another attempt starts over: so does its rate
+            rate.reset()
+        last_step = step
         rate.add(step)
         ended = state.get("state") in ENDED
         acc = state.get("test_accuracy")
@@ -185,7 +189,7 @@ def follow_job(
         line = (
             f"{job_id}: {state.get('state')} {bar(step / max(steps, 1))} "
             f"step {step:,}/{steps:,}"
-            + (f", {per_s:.1f} steps/s" if per_s else "")
+            + (f", {per_s:.1f} steps/s" if per_s and per_s > 0 else "")
             + (f", {duration(rate.eta_s(steps))} left" if not ended and per_s else "")
             + (f", test accuracy {acc:.4f}" if acc is not None else "")
         )

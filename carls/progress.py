@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -90,6 +91,12 @@ class Display:
         self._last_text: str | None = None
         self._last_at = -float("inf")
 
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 0
+
     def new_block(self) -> None:
         """What comes next is drawn below what is there (a new phase), not over it."""
         self._drawn = 0
@@ -103,8 +110,13 @@ class Display:
             return
         text = "\n".join(lines)
         if self.tty:
+            # a line wider than the terminal would wrap and the cursor would not come back
+            # over it: each is cut to the width; what is left of a longer block is cleared
+            columns = self._columns()  # 0: a terminal that does not say (lines kept whole)
+            width = max(20, columns - 1) if columns > 0 else None
             up = f"\x1b[{self._drawn}F" if self._drawn else ""
-            self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+            body = "".join(f"\x1b[2K{line[:width]}\n" for line in lines)
+            self.stream.write(up + body + "\x1b[J")
             self._drawn = len(lines)
             self.stream.flush()
             return

@@ -23,10 +23,11 @@ from types import ModuleType
 from typing import Any
 
 CHATTER = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "  # absl / TSL C++ logging
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "  # absl / TSL C++ logging
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions: .* rebuild TensorFlow)"
 )
-"""A line of TensorFlow's C++ start-up logging."""
+"""A line of TensorFlow's C++ start-up logging (a fatal one, F, is always shown)."""
 
 QUIET_MODULES = ("tensorflow",)
 
@@ -34,24 +35,33 @@ QUIET_MODULES = ("tensorflow",)
 @contextlib.contextmanager
 def stderr_filtered() -> Iterator[None]:
     """Descriptor 2 into a temporary file for the block; its lines written back after it,
-    less TensorFlow's C++ log lines."""
+    less TensorFlow's C++ log lines (all of them, when the block raises). Where that
+    cannot be set up, the block runs as it is."""
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no descriptor 2 to redirect
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the with below
+    except (OSError, ValueError, AttributeError):
         yield
         return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
+    with tmp:
         try:
+            saved = os.dup(2)
+        except OSError:  # no descriptor 2
             yield
+            return
+        failed = True
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield
+            failed = False
         finally:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            kept = [line for line in tmp.read().splitlines(True) if not CHATTER.match(line)]
+            lines = tmp.read().splitlines(True)
+            kept = lines if failed else [line for line in lines if not CHATTER.match(line)]
             if kept:
                 with contextlib.suppress(OSError):
                     os.write(2, b"".join(kept))

@@ -4,9 +4,10 @@ A campaign (a namespace's ids, published again for a new checkpoint) is announce
 progress topic with its size (``processed`` 0 of ``total``), and each worker then reports
 the ids it made per kind. ``CampaignTracker`` follows that topic from the moment the worker
 starts, without a consumer group, so each worker sees all workers' progress: a campaign is
-in flight from its announcement until every kind heard of has reached its size, or until
-nothing was heard of it for ``forget_s``. Campaigns announced before the worker started
-are not known to it.
+in flight from its announcement until every kind heard of has reached its size (a kind
+made in a later phase, the neighbours of a large namespace, counts once it is heard of),
+or until nothing was heard of it for ``forget_s``. Campaigns announced before the worker
+started are not known to it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from carls.streams.config import KafkaConnection
 from carls.streams.manifests import follow_from_start
 
 log = logging.getLogger(__name__)
+
+EARLY_KEPT = 256
+"""Campaigns whose progress is kept before their announcement is heard (the oldest go)."""
 
 
 @dataclass
@@ -46,6 +50,7 @@ class CampaignTracker:
     ) -> None:
         self.conn, self.topic, self.forget_s = conn, topic, forget_s
         self._campaigns: dict[str, _Campaign] = {}
+        self._early: dict[str, dict[str, int]] = {}  # progress of campaigns not announced
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,9 +86,16 @@ class CampaignTracker:
             c = self._campaigns.get(event.campaign)
             if event.total is not None and event.processed == 0:  # the announcement
                 if c is None:
-                    self._campaigns[event.campaign] = _Campaign(event.total)
+                    c = self._campaigns[event.campaign] = _Campaign(event.total)
+                    for kind, n in self._early.pop(event.campaign, {}).items():
+                        c.made[kind] = c.made.get(kind, 0) + n
                 return
-            if c is None:  # started before this worker listened
+            if c is None:  # before its announcement reached this worker (or before it
+                # listened): kept a while, for an announcement that may still come
+                early = self._early.setdefault(event.campaign, {})
+                early[event.kind] = early.get(event.kind, 0) + event.processed
+                while len(self._early) > EARLY_KEPT:
+                    self._early.pop(next(iter(self._early)))
                 return
             c.made[event.kind] = c.made.get(event.kind, 0) + event.processed
             c.heard_at = time.monotonic()

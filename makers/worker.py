@@ -258,14 +258,15 @@ class Makers:
         st = self.stats()
         stages = {
             stage: float(st[f"{stage}_s"] or 0.0)
-            for stage in ("consume", "fetch", "infer", "write", "pool", "search")
+            for stage in ("fetch", "infer", "write", "pool", "search")
         }
+        stages["consume"] = self.consumer.stats.wait_s  # only grows, as a counter must
         lag = {(self.ids_group, t): float(n) for t, n in self.consumer.lag().items()}
         return [
             metrics.counter(
                 "carls_stage_seconds",
-                "Seconds spent per stage of making knowledge (consume: waiting on Kafka and "
-                "decoding; fetch: reading features from the bank; infer: the model; write: "
+                "Seconds spent per stage of making knowledge (consume: waiting on Kafka for "
+                "id batches; fetch: reading features from the bank; infer: the model; write: "
                 "the bank; pool and search: the neighbour index).",
                 stages,
                 "stage",
@@ -482,9 +483,11 @@ class Makers:
             # Every batch of the first phase comes to this worker: the pool takes their
             # embeddings as they are made instead of fetching and inferring them again.
             self.maker.collect(spec, manifest, [i for ids in buckets for i in ids])
+        # announced before its batches go out, so that every worker's progress on them
+        # comes after it (the campaigns' metrics count from the announcement)
+        await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
         await self._publish_campaign(ns, manifest.step, campaign, buckets, first)
         log.info("campaign %s: %d ids of %s for step %d", campaign, total, ns, manifest.step)
-        await self._progress(ns, "embedding", manifest.step, 0, total, campaign)
         if staged:
             await self._run(self.maker.prepare_pool, spec, manifest)
             await self._publish_campaign(ns, manifest.step, campaign, buckets, ("neighbours",))

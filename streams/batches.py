@@ -55,6 +55,8 @@ class _Fetch:
 class BatchStats:
     fetches: int = 0
     records: int = 0
+    wait_s: float = 0.0
+    """Seconds spent waiting on Kafka for records (fetches that found some or none)."""
 
 
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
@@ -119,6 +121,7 @@ class BatchConsumer(Service):
         self._inflight: deque[_Fetch] = deque()
         self._done: dict[TopicPartition, int] = {}
         self._first: dict[TopicPartition, int] = {}  # the first offset handed out
+        self._handled: dict[TopicPartition, int] = {}  # next offset after what is handled
         self._held: dict[TopicPartition, set[int]] = {}
         self._last_commit = time.monotonic()
         super().__init__(**kwargs)
@@ -178,13 +181,17 @@ class BatchConsumer(Service):
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         got: dict[TopicPartition, list[Any]]
-        urgent = [tp for tp in consumer.assignment() if tp.topic in self.priority]
-        if urgent:
-            got = await consumer.getmany(*urgent, timeout_ms=0, max_records=self.max_records)
-            if got:
-                return got
-        got = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_records)
-        return got
+        started = time.monotonic()
+        try:
+            urgent = [tp for tp in consumer.assignment() if tp.topic in self.priority]
+            if urgent:
+                got = await consumer.getmany(*urgent, timeout_ms=0, max_records=self.max_records)
+                if got:
+                    return got
+            got = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_records)
+            return got
+        finally:
+            self.stats.wait_s += time.monotonic() - started
 
     def _dispatch(self, got: dict[TopicPartition, list[Any]]) -> None:
         records: list[Any] = []
@@ -209,6 +216,7 @@ class BatchConsumer(Service):
                 raise exc
             for tp, off in fetch.next_offsets.items():
                 self._done[tp] = max(self._done.get(tp, 0), off)
+                self._handled[tp] = max(self._handled.get(tp, 0), off)
 
     async def drain(self, consumer: AIOKafkaConsumer | None = None) -> None:
         """Finish the fetches in flight and commit them (before a rebalance or a stop)."""
@@ -244,14 +252,21 @@ class BatchConsumer(Service):
     def lag(self) -> dict[str, int]:
         """Records not handled yet, per topic, on the partitions this consumer owns: the
         end offset as of its last fetch minus the next offset to handle (what is in hand
-        counts until its handler finishes)."""
+        counts until its handler finishes). Never raises (a rebalance may be under way)."""
         consumer = self._consumer
         out = dict.fromkeys(self.topics, 0)
         if consumer is None:
             return out
-        for tp in consumer.assignment():
-            end = consumer.highwater(tp)
-            handled = self._done.get(tp, self._first.get(tp))
+        owned = set(consumer.assignment())
+        for known in (self._first, self._handled):
+            for tp in [tp for tp in known if tp not in owned]:
+                known.pop(tp, None)  # taken away: counted afresh if it comes back
+        for tp in owned:
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # unassigned meanwhile
+                continue
+            handled = self._handled.get(tp, self._first.get(tp))
             if end is not None and handled is not None:
                 out[tp.topic] = out.get(tp.topic, 0) + max(0, end - handled)
         return out

@@ -18,6 +18,7 @@ come first). ``tensorboard --logdir <log root>`` shows every job as a run.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from carls.streams import metrics
+
+log = logging.getLogger(__name__)
 
 
 class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
@@ -42,6 +45,7 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
         self.logdir = Path(logdir)
         self.every_steps = every_steps
         self._writer: Any = None
+        self._off = False
         self._first = 0
         self._published = 0
         self._seen: dict[str, tuple[float, int]] = {}  # staleness sums at the last write
@@ -58,15 +62,33 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
             self._writer = tf.summary.create_file_writer(str(self.logdir))
         return self._writer
 
+    def _guarded(self, what: str, fn: Any) -> None:
+        """A board that cannot write (a full disk, a folder it may not create) says so
+        once and stops writing: it never fails the training it watches."""
+        if self._off:
+            return
+        try:
+            fn()
+        except Exception as exc:
+            self._off = True
+            log.warning(
+                "TensorBoard run %s: %s failed (%s); no more is written", self.logdir, what, exc
+            )
+
     def scalar(self, name: str, value: float, step: int | None = None) -> None:
         """Write one scalar (e.g. ``test/accuracy`` at an evaluation)."""
-        with self._open().as_default(step=self.step() if step is None else step):
-            tf.summary.scalar(name, float(value))
-        self._writer.flush()
+
+        def write() -> None:
+            with self._open().as_default(step=self.step() if step is None else step):
+                tf.summary.scalar(name, float(value))
+            self._writer.flush()
+
+        self._guarded(name, write)
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self._open()
         self._first = int(self.model.optimizer.iterations.numpy())
+        self._published = 0
+        self._guarded("opening", self._open)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         done = int(self.model.optimizer.iterations.numpy()) - self._first
@@ -78,6 +100,9 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
 
     def write(self, logs: Any = None) -> None:
         """Losses (from Keras' ``logs``), knowledge and checkpoints, at the current step."""
+        self._guarded("writing", lambda: self._write(logs))
+
+    def _write(self, logs: Any) -> None:
         km, step = self.model, self.step()
         with self._open().as_default(step=step):
             logs = dict(logs or {})
@@ -117,7 +142,7 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
             (cb.checkpoints for cb in _callbacks(km) if hasattr(cb, "checkpoints")), None
         )
         published = list(getattr(publisher, "published", []) or [])
-        if len(published) != self._published:
+        if published and len(published) != self._published:
             self._published = len(published)
             tf.summary.scalar("checkpoints/published", float(len(published)))
             last = published[-1]

@@ -126,11 +126,12 @@ def _families(tracker: CampaignTracker) -> dict[tuple[str, tuple[str, ...]], flo
 def test_campaigns_are_in_flight_from_their_announcement_until_every_kind_is_made() -> None:
     tracker = CampaignTracker()
     tracker.take(_event("before-me", "embedding", 10, None))  # announced before: unknown
+    tracker.take(_event("c1", "embedding", 15, None))  # came ahead of its announcement
     tracker.take(_event("c1", "embedding", 0, 100))  # the announcement
-    tracker.take(_event("c1", "embedding", 40, None))
+    tracker.take(_event("c1", "embedding", 25, None))
     tracker.take(_event("c1", "prediction", 20, None))
     got = _families(tracker)
-    assert got[("carls_campaigns_in_flight", ())] == 1
+    assert got[("carls_campaigns_in_flight", ())] == 1  # not before-me
     assert got[("carls_campaign_coverage_ratio", ("embedding",))] == pytest.approx(0.4)
     assert got[("carls_campaign_coverage_ratio", ("prediction",))] == pytest.approx(0.2)
     tracker.take(_event("c1", "embedding", 60, None))

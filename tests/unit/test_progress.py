@@ -4,11 +4,14 @@ the job follower on scripted looks."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import pty
 import select
+import struct
+import termios
 from collections.abc import Iterator
 from typing import Any
 
@@ -146,6 +149,18 @@ def test_following_a_job_shows_its_steps_until_it_ends() -> None:
 
 def test_following_an_unknown_job_returns_none_at_once() -> None:
     assert follow_job(lambda _: None, "nope", True, 0.01, Display(True, io.StringIO())) is None
+
+
+def test_on_a_narrow_terminal_lines_are_cut_to_its_width(terminal: tuple[Any, int]) -> None:
+    out, leader = terminal
+    fcntl.ioctl(out.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 24, 30, 0, 0))
+    shown = Display(stream=out)
+    shown.update(["x" * 50, "short"], {})
+    shown.update(["y" * 50], {})  # one line fewer: the rest is cleared
+    out.flush()
+    text = _read(leader)
+    assert "x" * 29 in text and "x" * 30 not in text  # 29 columns: no line wraps
+    assert text.endswith(f"{ESC}2K{'y' * 29}\r\n{ESC}J")
 
 
 def test_bars_rates_and_durations() -> None:
