@@ -18,7 +18,8 @@ Wrap any Keras 3 model, keep ``compile``/``fit``/``evaluate``, and add knowledge
         from_logits=True), metrics=["accuracy"])
     with km:                                    # stops the knowledge reader afterwards
         km.fit(example_batches(ids, x, labels, labeled_batch_size=50), steps_per_epoch=100,
-               epochs=30, callbacks=[PublishCheckpoints(conn.publisher, conn.store)])
+               epochs=30, callbacks=[PublishCheckpoints(conn.publisher, conn.store),
+                                     KnowledgeBoard("runs/my_run")])  # TensorBoard
 
 Names are loaded on first use, so ``import carls.trainers`` does not start TensorFlow.
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from carls.trainers.export import SavedModelExporter
     from carls.trainers.feed import augmented, example_batches
     from carls.trainers.knowledge import Knowledge
+    from carls.trainers.observe import KnowledgeBoard, StepMetrics, serve_metrics
     from carls.trainers.outputs import ModelHeads
     from carls.trainers.paradigms import (
         Codistillation,
@@ -54,6 +56,7 @@ __all__ = [
     "DatasetError",
     "Graph",
     "Knowledge",
+    "KnowledgeBoard",
     "KnowledgeModel",
     "Message",
     "ModelError",
@@ -64,11 +67,13 @@ __all__ = [
     "PublishCheckpoints",
     "SavedModelExporter",
     "SpecError",
+    "StepMetrics",
     "Teacher",
     "TrainerError",
     "augmented",
     "example_batches",
     "publish_teacher",
+    "serve_metrics",
 ]
 
 _WHERE = {
@@ -77,6 +82,9 @@ _WHERE = {
     "example_batches": "feed",
     "augmented": "feed",
     "Knowledge": "knowledge",
+    "KnowledgeBoard": "observe",
+    "StepMetrics": "observe",
+    "serve_metrics": "observe",
     "ModelHeads": "outputs",
     "SavedModelExporter": "export",
     "DatasetError": "errors",

@@ -12,6 +12,7 @@ come first). ``tensorboard --logdir <log root>`` shows every job as a run.
 ``StepMetrics`` times each training step for the process's Prometheus metrics
 (``carls_trainer_step_seconds``); the reader counts its cache hits and misses itself.
 
+    serve_metrics()                             # /metrics on 9480 (or the next free port)
     board = KnowledgeBoard("runs/my-job")
     model.fit(batches, callbacks=[PublishCheckpoints(...), board, StepMetrics()])
 """
@@ -165,6 +166,16 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
 def _callbacks(km: Any) -> list[Any]:
     """The callbacks of the ``fit`` running (``KnowledgeModel.fit`` keeps them)."""
     return list(getattr(km, "fit_callbacks", ()) or ())
+
+
+def serve_metrics(port: int = 9480, host: str = "0.0.0.0") -> metrics.MetricsServer | None:
+    """Serve this process's Prometheus metrics (the trainer's: step times, the reader's
+    hits, misses and staleness) at ``http://host:port/metrics``; a taken port moves to
+    the next free one of 16. Returns where (``.url``), or None when nothing is free."""
+    served = metrics.serve(port, host, "trainer")
+    if served is not None:
+        log.info("trainer metrics at %s", served.url)
+    return served
 
 
 class StepMetrics(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped

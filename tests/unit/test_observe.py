@@ -114,3 +114,18 @@ def test_a_board_refuses_a_write_interval_below_one(tmp_path: Path, every: int) 
 
     with pytest.raises(ValueError, match="every_steps"):
         KnowledgeBoard(tmp_path, every_steps=every)
+
+
+def test_the_library_serves_a_trainers_metrics_from_its_own_process() -> None:
+    import urllib.request
+
+    from carls.trainers import KnowledgeBoard, StepMetrics, serve_metrics
+
+    assert KnowledgeBoard.__module__ == StepMetrics.__module__ == "carls.trainers.observe"
+    served = serve_metrics(0, "127.0.0.1")
+    assert served is not None
+    try:
+        text = urllib.request.urlopen(served.url, timeout=10).read().decode()
+    finally:
+        served.close()
+    assert "carls_trainer_step_seconds_bucket" in text
