@@ -18,7 +18,9 @@ paradigms' terms build on them, and the ids, labels and features agree.
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ import tensorflow as tf
 
 from carls.bank.errors import NamespaceError
 from carls.bank.protocol import KnowledgeBank
+from carls.bank.retry import retry_unavailable
 from carls.bank.types import NO_LABEL, NamespaceSpec, default_kinds
 from carls.schemas import names
 from carls.schemas.errors import SchemaError
@@ -40,6 +43,8 @@ from carls.trainers.paradigms.graph import DEFAULT_K
 from carls.trainers.writer import KnowledgeWriter
 
 REGISTER_CHUNK = 5000
+REGISTER_RETRY_S = 300.0
+"""How long registering examples waits for a bank that times out or is away, then fails."""
 log = logging.getLogger(__name__)
 JOINED = "carls_knowledge"
 """The key under which ``join`` adds a batch's knowledge to its inputs."""
@@ -177,14 +182,25 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         m = self._multimodal()
         modality = m.modality if m is not None else None
         written = 0
-        for s in range(0, len(self.ids), REGISTER_CHUNK):
-            part = slice(s, s + REGISTER_CHUNK)
-            written += self.bank.register_examples(
+        deadline = time.monotonic() + REGISTER_RETRY_S
+        bank = self.bank
+
+        def register(part: slice) -> int:
+            return bank.register_examples(
                 self.namespace,
                 self.ids[part],
                 flat[part],
                 self.labels[part].tolist(),
                 modality=modality,
+            )
+
+        for s in range(0, len(self.ids), REGISTER_CHUNK):
+            part = slice(s, s + REGISTER_CHUNK)
+            # a write that timed out on a loaded server is sent again (rows are upserts)
+            written += retry_unavailable(
+                functools.partial(register, part),
+                f"registering the examples of {self.namespace}",
+                stop=lambda pause: time.monotonic() + pause > deadline,
             )
         return written
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from carls.bank.protocol import coverage
+from carls.bank.retry import retry_unavailable
 from carls.bank.types import Coverage, NamespaceSpec, default_kinds
 from carls.schemas import CheckpointManifest
 from carls.trainers.checkpoints import save_artifact
@@ -47,9 +48,15 @@ class MakerEnv(StackEnv):
         self.ids = [f"x{i:06d}" for i in range(examples)]
         self.features = rng.standard_normal((examples, FEATURES)).astype(np.float32)
         labels = np.where(rng.random(examples) < 0.2, rng.integers(0, CLASSES, examples), -1)
+        deadline = time.monotonic() + 300  # a loaded server's timeouts are waited out
         for s in range(0, examples, 5000):
-            self.bank.register_examples(
-                self.ns, self.ids[s : s + 5000], self.features[s : s + 5000], labels[s : s + 5000]
+            part = slice(s, s + 5000)
+            retry_unavailable(
+                lambda part=part: self.bank.register_examples(
+                    self.ns, self.ids[part], self.features[part], labels[part]
+                ),
+                "registering the test's examples",
+                stop=lambda pause: time.monotonic() + pause > deadline,
             )
 
     def save(self, step: int, **model_kw: Any) -> CheckpointManifest:

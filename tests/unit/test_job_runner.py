@@ -347,3 +347,30 @@ def test_a_teachers_namespace_declares_instructions_and_a_student_needs_its_teac
         run(student, bank)
     assert info.value.field == "paradigm.params.teacher"
     assert "student_job" not in [n.name for n in bank.namespaces()]  # nothing written
+
+
+class TimingOutBank(MemoryBank):
+    """A bank whose first ``failures`` example registrations time out (a loaded server)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def register_examples(self, *args: Any, **kwargs: Any) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise BankUnavailableError("cassandra register examples failed: OperationTimedOut")
+        return super().register_examples(*args, **kwargs)
+
+
+def test_a_registration_that_times_out_is_sent_again_and_the_job_goes_on(
+    images: Path,
+) -> None:
+    spec = job(images, train={"steps": 10, "eval_every": 10})
+    bank = TimingOutBank(failures=2)
+    state = run(spec, bank)
+    assert state["state"] == "succeeded" and bank.failures == 0
+    buckets = bank.namespace("images_job").buckets
+    ids = [i for b in range(buckets) for i in bank.example_ids("images_job", b)]
+    assert len(ids) == 419  # every training example (a third of digits, 70 % of it)
+    assert not bank.fetch_examples("images_job", ids).missing.any()
