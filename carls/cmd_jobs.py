@@ -193,6 +193,9 @@ def follow_job(
             + (f", {duration(rate.eta_s(steps))} left" if not ended and per_s else "")
             + (f", test accuracy {acc:.4f}" if acc is not None else "")
         )
+        quiet = quiet_for(state)
+        if quiet is not None:
+            line += f" - not heard from for {duration(quiet)}: its process may have stopped"
         record = {
             "job_id": job_id,
             "state": state.get("state"),
@@ -201,6 +204,7 @@ def follow_job(
             "steps_per_s": per_s,
             "eta_s": None if ended else rate.eta_s(steps),
             "test_accuracy": acc,
+            "quiet_s": quiet,
             "at": time.time(),
         }
         shown.update([line], record, final=ended)
@@ -252,7 +256,28 @@ def status_rows(job_id: str, state: dict[str, Any]) -> dict[str, Any]:
         )
     if state.get("reason"):
         rows.append(("reason", state["reason"]))
+    quiet = quiet_for(state)
+    if quiet is not None:
+        rows.append(("last heard", f"{quiet / 60:.0f} min ago: {QUIET_HINT}"))
     return {k: v for k, v in rows if v is not None}
+
+
+QUIET_S = 300.0
+"""A running job not heard from for this long (its step is saved every few seconds while
+it trains) is said to have gone quiet."""
+QUIET_HINT = (
+    "its process may have stopped (a job `carls trainer` ran is run again once its lease "
+    "runs out; one `carls job run` ran is not: run it again)"
+)
+
+
+def quiet_for(state: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds a running job has not been heard from, when that is over QUIET_S."""
+    heard = state.get("heard_at")
+    if state.get("state") != "running" or not isinstance(heard, int | float):
+        return None
+    quiet = (time.time() if now is None else now) - float(heard)
+    return quiet if quiet > QUIET_S else None
 
 
 def _when(at: float | None) -> str | None:

@@ -245,7 +245,12 @@ def write_state(
     wait = give_up.wait if give_up is not None and not final else time.sleep
     try:
         retry_unavailable(
-            lambda: jobs.put(job_id, state), f"job {job_id}: saving its state", stop=stop, wait=wait
+            # heard_at: when its process last said something (`carls job status` says
+            # when a running job has gone quiet for long: its process may be gone)
+            lambda: jobs.put(job_id, {**state, "heard_at": time.time()}),
+            f"job {job_id}: saving its state",
+            stop=stop,
+            wait=wait,
         )
     except BankUnavailableError as exc:
         log.warning("job %s: state not saved (%s); training goes on", job_id, exc)

@@ -3,6 +3,7 @@ and the trainer's Prometheus metrics; on the in-memory bank, without Kafka."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ def test_a_job_writes_its_losses_accuracy_and_knowledge_to_a_tensorboard_run(
 
     run = runs / job_id
     assert state["logdir"] == str(run)
+    stored = ctx.jobs.get(job_id) if ctx.jobs is not None else None
+    assert stored is not None and stored["state"] == "succeeded"
+    assert 0 <= time.time() - stored["heard_at"] < 60  # when the job last said something
     assert status_rows(job_id, state)["tensorboard"] == f"tensorboard --logdir {run}"
     scalars = _scalars(run)
     # every loss term of the paradigm, and the total

@@ -172,3 +172,22 @@ def test_bars_rates_and_durations() -> None:
     r.add(0, at=0.0)
     r.add(50, at=10.0)
     assert r.per_s == 5.0 and r.eta_s(100) == 10.0
+
+
+def test_a_running_job_gone_quiet_is_said_to_be_so() -> None:
+    import time
+
+    from carls.cmd_jobs import QUIET_S, quiet_for, status_rows
+
+    now = time.time()
+    running = {"state": "running", "step": 10, "steps": 100, "heard_at": now - QUIET_S - 60}
+    assert quiet_for(running, now) == pytest.approx(QUIET_S + 60)
+    assert "may have stopped" in status_rows("j", running)["last heard"]
+    assert quiet_for({**running, "heard_at": now - 5}, now) is None
+    assert quiet_for({**running, "state": "succeeded"}, now) is None  # ended: not quiet
+    assert "last heard" not in status_rows("j", {**running, "heard_at": now})
+
+    out = io.StringIO()
+    states = iter([running, {**running, "state": "failed", "heard_at": now}])
+    follow_job(lambda _: next(states), "j", False, 0.01, Display(stream=out, plain_every_s=0))
+    assert "not heard from for 6 min 00 s: its process may have stopped" in out.getvalue()
