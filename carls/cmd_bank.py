@@ -13,6 +13,7 @@ import click
 
 from carls.bank.types import DEFAULT_BUCKETS
 from carls.output import emit_json, fail, progress, table
+from carls.progress import interval_option
 
 if TYPE_CHECKING:
     from carls.bank.cassandra import CassandraBank
@@ -223,13 +224,7 @@ def stats(ctx: click.Context, namespace: str, as_json: bool) -> None:
     help="Look again every --interval seconds until every kind reaches --until: bars with "
     "rate and time left on a terminal, a plain line per change otherwise.",
 )
-@click.option(
-    "--interval",
-    type=click.FloatRange(0.2, 3600),
-    default=2.0,
-    show_default=True,
-    help="Seconds between looks (--watch); each look scans the namespace.",
-)
+@interval_option("--watch; each look scans the namespace")
 @click.option(
     "--until",
     type=click.FloatRange(0, 1),

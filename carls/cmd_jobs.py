@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from carls.output import emit_json, progress, table
+from carls.progress import interval_option
 
 
 @click.command()
@@ -115,13 +116,7 @@ def job() -> None:
     help="Follow the job until it ends: a progress bar with steps/s and time left on a "
     "terminal, a line per change otherwise; the exit status is then 0 only if it succeeded.",
 )
-@click.option(
-    "--interval",
-    type=click.FloatRange(0.2, 3600),
-    default=2.0,
-    show_default=True,
-    help="Seconds between looks (--follow).",
-)
+@interval_option("--follow")
 @click.pass_context
 def status(
     ctx: click.Context,

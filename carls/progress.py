@@ -16,11 +16,12 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO, TypeVar
 
 import click
 
+F = TypeVar("F", bound=Callable[..., Any])
 BAR_WIDTH = 24
 
 
@@ -129,5 +130,12 @@ class Display:
             self._last_text, self._last_at = text, now
 
 
-def echo_err(message: str) -> None:
-    click.echo(message, err=True)
+def interval_option(what: str) -> Callable[[F], F]:
+    """The ``--interval`` option of a command that looks again and again."""
+    return click.option(
+        "--interval",
+        type=click.FloatRange(0.2, 3600),
+        default=2.0,
+        show_default=True,
+        help=f"Seconds between looks ({what}).",
+    )

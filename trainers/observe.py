@@ -48,6 +48,7 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
         self._writer: Any = None
         self._off = False
         self._first = 0
+        self._done = 0
         self._published = 0
         self._seen: dict[str, tuple[float, int]] = {}  # staleness sums at the last write
 
@@ -88,12 +89,13 @@ class KnowledgeBoard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras i
 
     def on_train_begin(self, logs: Any = None) -> None:
         self._first = int(self.model.optimizer.iterations.numpy())
+        self._done = 0
         self._published = 0
         self._guarded("opening", self._open)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        done = int(self.model.optimizer.iterations.numpy()) - self._first
-        if done % self.every_steps == 0:
+        self._done += 1  # counted here: no read of the optimizer's step on every step
+        if self._done % self.every_steps == 0:
             self.write(logs)
 
     def on_train_end(self, logs: Any = None) -> None:

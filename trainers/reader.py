@@ -58,6 +58,17 @@ class _Table:
     neighbours: I64 | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read's staleness: histogram counts, rows missing and too stale, rows, sum."""
+
+    counts: list[int]
+    missing: int
+    too_stale: int
+    total: int
+    sum: float
+
+
 @dataclass(slots=True)
 class Staleness:
     """Staleness (trainer step - knowledge step) seen by reads, as a histogram."""
@@ -74,19 +85,29 @@ class Staleness:
 
     def record(
         self, staleness: I64, missing: npt.NDArray[np.bool_], too_stale: npt.NDArray[np.bool_]
-    ) -> list[int]:
-        """Add one read; returns its histogram counts."""
+    ) -> Read:
+        """Add one read (and keep its latest rows); returns it, for ``add`` elsewhere."""
         present = staleness[~missing]
         idx = np.searchsorted(self.edges, present, side="right")
-        counts: list[int] = np.bincount(idx, minlength=len(self.counts)).tolist()
-        for i, c in enumerate(counts):
-            self.counts[i] += c
-        self.missing += int(missing.sum())
-        self.too_stale += int(too_stale.sum())
-        self.total += int(staleness.size)
-        self.sum += float(present.sum())
+        read = Read(
+            np.bincount(idx, minlength=len(self.counts)).tolist(),
+            int(missing.sum()),
+            int(too_stale.sum()),
+            int(staleness.size),
+            float(present.sum()),
+        )
+        self.add(read)
         self.recent = np.concatenate([self.recent, present])[-self.RECENT :]
-        return counts
+        return read
+
+    def add(self, read: Read) -> None:
+        """Count a read another histogram recorded (same edges)."""
+        for i, c in enumerate(read.counts):
+            self.counts[i] += c
+        self.missing += read.missing
+        self.too_stale += read.too_stale
+        self.total += read.total
+        self.sum += read.sum
 
     @property
     def mean(self) -> float | None:
@@ -209,14 +230,12 @@ class KnowledgeReader:
             nbrs = t.neighbours[idx] if t.neighbours is not None else None
         missing = steps < 0
         too_stale = stale_mask(steps, missing, current_step, max_staleness)
-        stale = current_step - steps
-        self.staleness.record(stale, missing, too_stale)
         by_kind = self.by_kind.setdefault(kind, Staleness())
-        counts = by_kind.record(stale, missing, too_stale)
-        misses = int(missing.sum())
-        metrics.READER_HITS.labels(kind).inc(idx.size - misses)
-        metrics.READER_MISSES.labels(kind).inc(misses)
-        metrics.STALENESS.add(kind, by_kind.edges, counts, float(stale[~missing].sum()))
+        read = by_kind.record(current_step - steps, missing, too_stale)
+        self.staleness.add(read)  # all kinds together: the same read, counted once
+        metrics.READER_HITS.labels(kind).inc(read.total - read.missing)
+        metrics.READER_MISSES.labels(kind).inc(read.missing)
+        metrics.STALENESS.add(kind, by_kind.edges, read.counts, read.sum)
         return Slice(values, steps, ~missing & ~too_stale, classes, conf, nbrs)
 
     def clock(self, namespace: str, kind: str) -> int:
