@@ -34,6 +34,7 @@ from cassandra.connection import ConnectionBusy
 from cassandra.policies import (
     ConstantSpeculativeExecutionPolicy,
     DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
     TokenAwarePolicy,
 )
 from cassandra.query import PreparedStatement
@@ -81,6 +82,10 @@ class CassandraConfig:
     """A read (or a write with its own timestamp) not answered within this many seconds is
     sent once more, to the next replica: a node that has just restarted, or is stalled,
     then slows a read by this much instead of failing it. ``None``: never."""
+    reconnect_max_s: float = 10.0
+    """Longest wait between tries to reach a node marked down (from 0.5 s, doubling). The
+    driver's default grows to 10 minutes, so a node back from a long stall could go unused
+    (a single-node bank: every request failing with "no host available") for as long."""
 
 
 class _QuietConnectFailure(logging.Filter):
@@ -116,6 +121,7 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
         auth_provider=auth,
         protocol_version=5,
         connect_timeout=cfg.connect_timeout_s,
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, cfg.reconnect_max_s),
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
     )
     try:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from carls.bank.errors import BankUnavailableError
 from carls.bank.protocol import coverage
 from carls.bank.retry import retry_unavailable
 from carls.bank.types import Coverage, NamespaceSpec, default_kinds
@@ -68,12 +69,19 @@ class MakerEnv(StackEnv):
     def wait_coverage(
         self, step: int, kinds: tuple[str, ...] = ("embedding",), timeout: float = 120.0
     ) -> dict[str, Coverage]:
+        """Wait until every id of ``kinds`` is at ``step``; a bank that does not answer
+        meanwhile (just back from an outage) is asked again until the deadline."""
         deadline = time.monotonic() + timeout
+        got: dict[str, Coverage] | str = "none read"
         while time.monotonic() < deadline:
             self.assert_workers_alive()
-            got = {k: self.coverage(k) for k in kinds}
-            if all(c.newest_step == step and c.at_newest == c.total for c in got.values()):
-                return got
+            try:
+                got = {k: self.coverage(k) for k in kinds}
+            except BankUnavailableError as exc:
+                got = f"the bank did not answer: {exc}"
+            else:
+                if all(c.newest_step == step and c.at_newest == c.total for c in got.values()):
+                    return got
             time.sleep(0.5)
         raise AssertionError(f"coverage at step {step} incomplete: {got}\n{self.worker_logs()}")
 
