@@ -1,6 +1,7 @@
 """Knowledge from any source, and the teacher paradigm: staleness on the source's own step
-clock, a frozen teacher never stale, the teacher's instructions and schedule, the
-makers' instructions, and the checks of a teacher's namespace a job is submitted with."""
+clock, a peer far behind the trainer left out, a frozen teacher never stale, the teacher's
+instructions and schedule, the makers' instructions, and the checks of a teacher's
+namespace a job is submitted with."""
 
 from __future__ import annotations
 
@@ -74,6 +75,24 @@ def test_a_peers_staleness_is_counted_on_its_own_step_clock() -> None:
     # rows of step 1000 are fresh, rows of step 900 are 100 steps behind it, too stale
     w = k.batch(np.arange(N), 10)["peer_w"]
     assert (w[: N // 2] > 0).all() and (w[N // 2 :] == 0).all()
+
+
+def test_a_peer_far_behind_the_trainer_is_not_distilled() -> None:
+    # the peer's predictions stopped at its step 100 (it fell behind, or its worker
+    # stalled): on its own clock they stay fresh, but a trainer at step 1,500 would learn
+    # from a checkpoint of the peer's first hundred steps
+    bank = bank_with("peer", 100)
+    k = knowledge(Codistillation(peer="peer", burn_in=0), bank, max_staleness=1000)
+    rows = np.arange(N)
+    assert (k.batch(rows, 1100)["peer_w"] > 0).all()  # 1,000 steps behind: still used
+    assert (k.batch(rows, 1101)["peer_w"] == 0).all()
+    assert k.view.stats["peer_usable"] < 1.0
+    # once the peer's newer predictions arrive, they are used again
+    probs = np.full((N, C), 1 / C, np.float32)
+    bank.write("peer", "prediction", KnowledgeBatch(IDS, probs), Lineage(1050, "t"))
+    assert k.reader is not None
+    k.reader.refresh(rows)
+    assert (k.batch(rows, 1500)["peer_w"] > 0).all()
 
 
 def test_the_own_namespaces_knowledge_stays_on_the_trainers_step() -> None:
