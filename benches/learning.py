@@ -34,8 +34,10 @@ import numpy as np
 import numpy.typing as npt
 
 Say = Callable[[str], None]
-RunCarls = Callable[[Path, str, int, str], float]
-"""``(npz, dataset, seed, paradigm) -> test accuracy`` of a carls job on that file."""
+RunCarls = Callable[[Path, str, int, str], tuple[float, dict[str, Any]]]
+"""``(npz, dataset, seed, paradigm) -> (test accuracy, knowledge)`` of a carls job on that
+file; ``knowledge`` says how the job's knowledge came (see ``carls.demo.knowledge_of``), so
+a seed far off the others says whether its knowledge was late or wrong."""
 NAMES = ("iris", "digits", "moons", "circles", "classification")
 """The suite's datasets, in the order they run."""
 SEEDS = (0, 1, 2)
@@ -158,6 +160,7 @@ def run(
     for name in names:
         p = problems[name]
         ours: list[float] = []
+        runs: list[dict[str, Any]] = []
         theirs: dict[str, list[float]] = {}
         for seed in seeds:
             labeled, test = split(p, seed)
@@ -165,9 +168,14 @@ def run(
             for method, acc in baselines(p, labeled, test).items():
                 theirs.setdefault(method, []).append(acc)
             say(f"{name} seed {seed}: carls {paradigm} at its defaults")
-            ours.append(run_carls(npz, name, seed, paradigm))
+            accuracy, knowledge = run_carls(npz, name, seed, paradigm)
+            ours.append(accuracy)
+            runs.append({"seed": seed, "accuracy": round(accuracy, 4), **knowledge})
+            came = knowledge.get("knowledge_from_step")
             say(
-                f"{name} seed {seed}: carls {ours[-1]:.4f}; "
+                f"{name} seed {seed}: carls {accuracy:.4f}"
+                + (f" (knowledge from step {came})" if came is not None else "")
+                + "; "
                 + ", ".join(f"{m} {a[-1]:.4f}" for m, a in theirs.items())
             )
         base = {m: summary(a) for m, a in theirs.items()}
@@ -178,6 +186,7 @@ def run(
             "examples": len(p.y),
             "labels": p.labels,
             "carls": mine,
+            "carls_runs": runs,
             "baselines": base,
             "best_baseline": best,
             "best_baseline_mean": base[best]["mean"],

@@ -172,6 +172,25 @@ def on_stack(settings: Settings, say: Say, worker_log: str) -> Iterator[Stack]:
         cassandra.close()
 
 
+def knowledge_of(state: dict[str, Any]) -> dict[str, Any]:
+    """How a finished job's knowledge came, from its state: the first evaluation at which
+    its cache held any (``None``: never), the cache's coverage and what the paradigm used
+    at the last evaluation (``knowledge_use``), and the mean staleness of its reads."""
+    history = state.get("history") or []
+    came = next((h["step"] for h in history if (h.get("knowledge_coverage") or 0) > 0), None)
+    last = history[-1] if history else {}
+    return {
+        "knowledge_from_step": came,
+        "coverage_at_end": last.get("knowledge_coverage"),
+        "use_at_end": {k: round(v, 4) for k, v in (last.get("knowledge_use") or {}).items()},
+        "staleness_mean": _rounded((state.get("staleness") or {}).get("mean")),
+    }
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _settled_coverage(
     bank: CassandraBank, ns: str, final_step: int, timeout_s: float = 30.0
 ) -> dict[str, Any]:
@@ -236,7 +255,9 @@ def learning_bench(
     bring_up(settings, say=say)
     run_id = uuid.uuid4().hex[:6]
 
-    def run_carls(npz: Path, dataset: str, seed: int, paradigm_name: str) -> float:
+    def run_carls(
+        npz: Path, dataset: str, seed: int, paradigm_name: str
+    ) -> tuple[float, dict[str, Any]]:
         ns = f"bench_{dataset}_s{seed}_{run_id}"
         spec = load_spec(
             {
@@ -247,10 +268,10 @@ def learning_bench(
             }
         )
         job = JobRun(new_job_id(ns), spec, stack.context(), lambda _: None)
-        accuracy = float(job.run()["test_accuracy"])
+        state = job.run()
         if publishes(spec):  # the next job starts on an idle worker, as on its own
             _settled_coverage(stack.bank, ns, spec.train.steps)
-        return accuracy
+        return float(state["test_accuracy"]), knowledge_of(state)
 
     with on_stack(settings, say, "bench-learning-worker") as stack:
         drop_earlier_runs(stack.bank, stack.blobs, settings, LEARNING_NAMESPACE.fullmatch)

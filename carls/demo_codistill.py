@@ -25,7 +25,7 @@ from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
 from carls.bank.jobs import CassandraJobStore
 from carls.bank.session import Connection
-from carls.demo import drop_earlier_runs, summary
+from carls.demo import drop_earlier_runs, knowledge_of, summary
 from carls.settings import Settings
 from carls.wiring import bring_up
 
@@ -216,6 +216,11 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
                             (s.get("staleness") or {}).get("mean") for s in (a, b)
                         ],
                         "peer_reads_used": [_used(s.get("staleness")) for s in (a, b)],
+                        # the share of a batch's peer predictions used, near the end (those
+                        # far behind the trainer's step are left out too)
+                        "peer_usable_at_end": [
+                            knowledge_of(s)["use_at_end"].get("peer_usable") for s in (a, b)
+                        ],
                         # what the worker said meanwhile (why a peer may have read nothing)
                         "worker_warnings": procs.warnings_since("worker", worker_at),
                     }
