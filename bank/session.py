@@ -83,9 +83,10 @@ class CassandraConfig:
     sent once more, to the next replica: a node that has just restarted, or is stalled,
     then slows a read by this much instead of failing it. ``None``: never."""
     reconnect_max_s: float = 10.0
-    """Longest wait between tries to reach a node marked down (from 0.5 s, doubling). The
-    driver's default grows to 10 minutes, so a node back from a long stall could go unused
-    (a single-node bank: every request failing with "no host available") for as long."""
+    """Longest wait between tries to reach a node marked down (from 0.5 s, doubling, for
+    as long as it takes). The driver's default grows to 10 minutes, so a node back from a
+    long stall could go unused (a single-node bank: every request failing with "no host
+    available") for as long."""
 
 
 class _QuietConnectFailure(logging.Filter):
@@ -121,7 +122,10 @@ def connect(cfg: CassandraConfig, keyspace: bool = True) -> tuple[Cluster, Sessi
         auth_provider=auth,
         protocol_version=5,
         connect_timeout=cfg.connect_timeout_s,
-        reconnection_policy=ExponentialReconnectionPolicy(0.5, cfg.reconnect_max_s),
+        # no limit on the tries (the driver's default gives up after 64)
+        reconnection_policy=ExponentialReconnectionPolicy(
+            min(0.5, cfg.reconnect_max_s), cfg.reconnect_max_s, max_attempts=None
+        ),
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
     )
     try:

@@ -70,7 +70,9 @@ def specs(seed: int, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def _used(staleness: dict[str, Any] | None) -> int:
-    """Reads of the peer's predictions that were there and fresh enough to use."""
+    """Reads of the peer's predictions that were there and fresh on the peer's own clock
+    (those of a peer that stood still for too long, left out too, show in
+    ``peer_usable_at_end``)."""
     if not staleness:
         return 0
     return int(staleness["reads"] - staleness["missing"] - staleness["too_stale"])
@@ -216,8 +218,8 @@ def run(settings: Settings, say: Say, seeds: tuple[int, ...] = SEEDS) -> dict[st
                             (s.get("staleness") or {}).get("mean") for s in (a, b)
                         ],
                         "peer_reads_used": [_used(s.get("staleness")) for s in (a, b)],
-                        # the share of a batch's peer predictions used, near the end (those
-                        # far behind the trainer's step are left out too)
+                        # the share of a batch's peer predictions used, near the end (none
+                        # while the peer stands still for too long)
                         "peer_usable_at_end": [
                             knowledge_of(s)["use_at_end"].get("peer_usable") for s in (a, b)
                         ],

@@ -40,5 +40,8 @@ def test_carls_at_its_defaults_matches_the_best_baseline_on_every_set(
     assert set(r["datasets"]) == SETS and r["seeds"] == [0, 1, 2] and r["params"] == {}
     for name, d in r["datasets"].items():
         assert len(d["carls"]["accuracies"]) == 3, (name, d)
+        # each job says how its knowledge came (shown with the figures when a set falls short)
+        assert [run["seed"] for run in d["carls_runs"]] == [0, 1, 2], (name, d)
+        assert all("knowledge_from_step" in run for run in d["carls_runs"]), (name, d)
         assert d["carls_minus_best"] >= -TOLERANCE, (name, d["carls"], d["best_baseline"], d)
     assert r["beats_best_on"] >= 4, {n: d["carls_minus_best"] for n, d in r["datasets"].items()}

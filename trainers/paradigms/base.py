@@ -131,6 +131,11 @@ class View:
         limit = None if source.frozen else self.max_staleness
         return self.reader.get(ns, kind, rows, clock, limit)
 
+    def newest(self, source: Source) -> int:
+        """The newest step of the source's knowledge seen so far (-1: none yet)."""
+        assert self.reader is not None
+        return self.reader.clock(source.namespace, source.kind)
+
     def rows(self, source: Source, rows: npt.ArrayLike) -> tuple[F32, I64]:
         """Values and steps (-1: none) of any rows, with no staleness policy."""
         assert self.reader is not None
