@@ -15,6 +15,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def past(deadline: float) -> Callable[[float], bool]:
+    """A ``stop`` for :func:`retry_unavailable`: true once the next pause would end after
+    ``deadline`` (a ``time.monotonic()`` time)."""
+    return lambda pause: time.monotonic() + pause > deadline
+
+
 def retry_unavailable(
     call: Callable[[], T],
     what: str,

@@ -179,16 +179,13 @@ def knowledge_of(state: dict[str, Any]) -> dict[str, Any]:
     history = state.get("history") or []
     came = next((h["step"] for h in history if (h.get("knowledge_coverage") or 0) > 0), None)
     last = history[-1] if history else {}
+    staleness = (state.get("staleness") or {}).get("mean")
     return {
         "knowledge_from_step": came,
         "coverage_at_end": last.get("knowledge_coverage"),
         "use_at_end": {k: round(v, 4) for k, v in (last.get("knowledge_use") or {}).items()},
-        "staleness_mean": _rounded((state.get("staleness") or {}).get("mean")),
+        "staleness_mean": None if staleness is None else round(staleness, 1),
     }
-
-
-def _rounded(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def _settled_coverage(

@@ -177,7 +177,8 @@ class KnowledgeReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="knowledge-reader", daemon=True)
         self.staleness = Staleness()
-        """Every read's staleness, of all the kinds followed."""
+        """Every read's staleness, of all the kinds followed (its ``recent`` rows are kept
+        per kind only, in ``by_kind``)."""
         self.by_kind: dict[str, Staleness] = {}
         """The same, per kind."""
         self.reads_from_bank = 0

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from carls.bank.errors import NamespaceError
 from carls.bank.protocol import KnowledgeBank
-from carls.bank.retry import retry_unavailable
+from carls.bank.retry import past, retry_unavailable
 from carls.bank.types import NO_LABEL, NamespaceSpec, default_kinds
 from carls.schemas import names
 from carls.schemas.errors import SchemaError
@@ -184,23 +184,20 @@ class KnowledgeModel(keras.Model):  # type: ignore[misc]  # Keras is untyped
         written = 0
         deadline = time.monotonic() + REGISTER_RETRY_S
         bank = self.bank
-
-        def register(part: slice) -> int:
-            return bank.register_examples(
-                self.namespace,
-                self.ids[part],
-                flat[part],
-                self.labels[part].tolist(),
-                modality=modality,
-            )
-
         for s in range(0, len(self.ids), REGISTER_CHUNK):
             part = slice(s, s + REGISTER_CHUNK)
             # a write that timed out on a loaded server is sent again (rows are upserts)
             written += retry_unavailable(
-                functools.partial(register, part),
+                functools.partial(
+                    bank.register_examples,
+                    self.namespace,
+                    self.ids[part],
+                    flat[part],
+                    self.labels[part].tolist(),
+                    modality=modality,
+                ),
                 f"registering the examples of {self.namespace}",
-                stop=lambda pause: time.monotonic() + pause > deadline,
+                stop=past(deadline),
             )
         return written
 

@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits
 
 from carls.bank.blobs import CassandraBlobs
 from carls.bank.cassandra import CassandraBank
-from carls.bank.retry import retry_unavailable
+from carls.bank.retry import past, retry_unavailable
 from carls.settings import Settings
 from tests.acceptance.conftest import CarlsRun, json_of
 from tests.stack_support import prefixed_settings, remove
@@ -69,7 +69,7 @@ def env(stack: Settings, tmp_path: Path) -> Iterator[Env]:
         bank = retry_unavailable(
             CassandraBank(settings.cassandra).start,
             "connecting for clean-up",
-            stop=lambda pause: time.monotonic() + pause > deadline,
+            stop=past(deadline),
         )
         with bank:
             remove(settings, bank, e.namespaces)

@@ -23,7 +23,7 @@ from carls.bank.cassandra import CassandraBank
 from carls.bank.errors import BankUnavailableError
 from carls.bank.jobs import CassandraJobStore
 from carls.bank.protocol import coverage
-from carls.bank.retry import retry_unavailable
+from carls.bank.retry import past, retry_unavailable
 from carls.bank.types import NamespaceSpec, default_kinds
 from carls.infra import status
 from carls.infra.cassandra import CassandraServer
@@ -258,7 +258,7 @@ def _same_knowledge(bank: CassandraBank, ns: str, ref: str, ids: list[str]) -> N
         return retry_unavailable(
             lambda: bank.read(namespace, kind, ids),
             f"reading {kind} of {namespace}",
-            stop=lambda pause: time.monotonic() + pause > deadline,
+            stop=past(deadline),
         )
 
     for kind in KINDS:

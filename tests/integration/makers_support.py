@@ -10,7 +10,7 @@ import numpy as np
 
 from carls.bank.errors import BankUnavailableError
 from carls.bank.protocol import coverage
-from carls.bank.retry import retry_unavailable
+from carls.bank.retry import past, retry_unavailable
 from carls.bank.types import Coverage, NamespaceSpec, default_kinds
 from carls.schemas import CheckpointManifest
 from carls.trainers.checkpoints import save_artifact
@@ -57,7 +57,7 @@ class MakerEnv(StackEnv):
                     self.ns, self.ids[part], self.features[part], labels[part]
                 ),
                 "registering the test's examples",
-                stop=lambda pause: time.monotonic() + pause > deadline,
+                stop=past(deadline),
             )
 
     def save(self, step: int, **model_kw: Any) -> CheckpointManifest:
